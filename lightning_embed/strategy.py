@@ -23,6 +23,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from lightning_embed.errors import UserError
@@ -205,6 +206,8 @@ def _instantiate(cls: type[TuningStrategy], kwargs: dict[str, Any], label: str) 
         raise StrategyError(f"tuning strategy {label!r} has no option(s) {', '.join(unknown)}; its options: {valid}.")
     try:
         return cls(**kwargs)
+    except StrategyError:
+        raise  # already names the strategy and lists every problem
     except (TypeError, ValueError) as err:
         raise StrategyError(f"tuning strategy {label!r}: {err}") from None
 
@@ -219,3 +222,207 @@ def strategy_arguments(cls: type[TuningStrategy]) -> list[tuple[str, str, Any]]:
         type_name = ann if isinstance(ann, str) else getattr(ann, "__name__", repr(ann))
         out.append((name, str(type_name), None if p.default is p.empty else p.default))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers for strategy authors (built-in and third-party alike).
+
+
+def raise_if_problems(strategy: str, problems: list[str]) -> None:
+    """Raises one :class:`StrategyError` listing every problem, so a user fixes them all in one go.
+
+    Constructors use it for value-only checks (``rank=0``, negative dropout); backbone-dependent checks
+    belong in :meth:`TuningStrategy.validate`, which returns its list instead.
+
+    Args:
+        strategy: the strategy's short name, for the message.
+        problems: one sentence each; nothing is raised when empty.
+
+    Raises:
+        StrategyError: when ``problems`` is not empty.
+    """
+    if problems:
+        raise StrategyError(f"tuning strategy {strategy!r}: " + "; ".join(p.rstrip(".") for p in problems) + ".")
+
+
+def apply_strategy(strategy: TuningStrategy, backbone: nn.Module) -> nn.Module:
+    """Validates ``strategy`` against ``backbone`` (every problem at once), then applies it.
+
+    Raises:
+        StrategyError: listing everything :meth:`TuningStrategy.validate` found.
+    """
+    problems = strategy.validate(backbone)
+    if problems:
+        raise StrategyError(
+            f"tuning strategy {strategy!r} cannot tune this {backbone_kind(backbone)} backbone: "
+            + "; ".join(p.rstrip(".") for p in problems)
+            + "."
+        )
+    return strategy.apply(backbone)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether a module is a normalisation layer (LayerNorm, RMSNorm, ``LlamaRMSNorm``, ...).
+
+    Model families define their own RMSNorm classes, so the class name decides, not ``isinstance``.
+    """
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(module).__name__
+
+
+@dataclass(frozen=True)
+class BackboneParts:
+    """Where each parameter of a backbone sits relative to its transformer blocks.
+
+    Derived from the module tree (:func:`backbone_parts`), not from a table per family, so it holds for
+    GPT-NeoX, Llama, BERT, GPT-2, Qwen and the like. Every name is a ``named_parameters``/``named_modules``
+    name of the backbone as given (unwrapped).
+
+    Attributes:
+        blocks_path: dotted path of the blocks' ``ModuleList`` (``layers``, ``encoder.layer``, ``h``).
+        blocks: module name of each block, bottom to top.
+        block_params: parameter names of each block, bottom to top.
+        embedding_params: parameters registered before the blocks (token/position embeddings and
+            their norm, e.g. BERT's ``embeddings.LayerNorm``).
+        input_embedding: module name of the token embedding (``get_input_embeddings()``), or ``""``.
+        final_norm_params: parameters of norm layers registered after the blocks (``norm``,
+            ``final_layer_norm``); empty for post-LN encoders such as BERT.
+        head_params: other parameters after the blocks (BERT's ``pooler``). They do not feed
+            ``last_hidden_state``, so no built-in strategy trains them (they would never get a gradient).
+    """
+
+    blocks_path: str
+    blocks: tuple[str, ...]
+    block_params: tuple[tuple[str, ...], ...]
+    embedding_params: tuple[str, ...]
+    input_embedding: str
+    final_norm_params: tuple[str, ...]
+    head_params: tuple[str, ...]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def linear_layers(self, backbone: nn.Module) -> list[str]:
+        """Module names of every linear layer inside the blocks (``nn.Linear`` and GPT-2's ``Conv1D``)."""
+        prefixes = tuple(b + "." for b in self.blocks)
+        return [n for n, m in backbone.named_modules() if n.startswith(prefixes) and is_linear(m)]
+
+
+def is_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` (bitsandbytes' 4-bit layers included) or transformers' ``Conv1D`` (GPT-2 family)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def backbone_parts(backbone: nn.Module) -> BackboneParts:
+    """Splits a backbone's parameters into embeddings, blocks, final norm and head.
+
+    Registration order decides "before" and "after" the blocks: every Hugging Face base model registers
+    its embeddings first and its final norm (and pooler) last.
+
+    Raises:
+        BackboneError: when the blocks cannot be found.
+    """
+    from lightning_embed.models import find_blocks
+
+    path, blocks = find_blocks(backbone)
+    block_names = tuple(f"{path}.{i}" if path else str(i) for i in range(len(blocks)))
+    per_block: list[list[str]] = [[] for _ in blocks]
+    owner = {}
+    for mname, module in backbone.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            owner[f"{mname}.{pname}" if mname else pname] = module
+    before: list[str] = []
+    final: list[str] = []
+    head: list[str] = []
+    seen_blocks = False
+    prefix = f"{path}." if path else ""
+    for name, _ in backbone.named_parameters():
+        if name.startswith(prefix) and name[len(prefix):].split(".", 1)[0].isdigit():
+            per_block[int(name[len(prefix):].split(".", 1)[0])].append(name)
+            seen_blocks = True
+        elif not seen_blocks:
+            before.append(name)
+        elif is_norm(owner[name]):
+            final.append(name)
+        else:
+            head.append(name)
+    input_embedding = ""
+    get = getattr(backbone, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if emb is not None:
+        input_embedding = next((n for n, m in backbone.named_modules() if m is emb), "")
+    return BackboneParts(
+        blocks_path=path,
+        blocks=block_names,
+        block_params=tuple(tuple(b) for b in per_block),
+        embedding_params=tuple(before),
+        input_embedding=input_embedding,
+        final_norm_params=tuple(final),
+        head_params=tuple(head),
+    )
+
+
+def backbone_kind(backbone: nn.Module) -> str:
+    """``model_type (ClassName)`` for messages, e.g. ``llama (LlamaModel)``."""
+    kind = getattr(getattr(backbone, "config", None), "model_type", None)
+    return f"{kind} ({type(backbone).__name__})" if kind else type(backbone).__name__
+
+
+def set_trainable(backbone: nn.Module, names: set[str] | frozenset[str]) -> None:
+    """Makes exactly the named parameters require gradients, every other one frozen."""
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(name in names)
+
+
+@dataclass(frozen=True)
+class ParameterSummary:
+    """Parameter counts of a (possibly wrapped or quantised) model.
+
+    Attributes:
+        total: every unique parameter, 4-bit weights counted by their logical (unpacked) size.
+        trainable: the ones that require gradients.
+    """
+
+    total: int
+    trainable: int
+
+    @property
+    def share(self) -> float:
+        """Trainable fraction of the total (0 for an empty model)."""
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.trainable:,} of {self.total:,} parameters train ({100 * self.share:.3g}%)"
+
+
+def _logical_numel(p: torch.Tensor) -> int:
+    # bitsandbytes packs two 4-bit values per byte; its quant_state keeps the original shape.
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    if shape is not None:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return n
+    return p.numel()
+
+
+def parameter_summary(model: nn.Module) -> ParameterSummary:
+    """Total and trainable parameter counts (shared parameters counted once)."""
+    total = trainable = 0
+    for p in model.parameters():  # parameters() already drops duplicates (tied weights)
+        n = _logical_numel(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return ParameterSummary(total, trainable)
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that require gradients, by ``named_parameters`` name (detached).
+
+    With the strategy re-applied to a freshly loaded base, ``model.load_state_dict(state, strict=False)``
+    restores the trained model exactly: every built-in strategy re-applies deterministically (same module
+    tree, same parameter names; QLoRA re-quantises the base weights to the same 4-bit codes).
+    """
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,430 @@
+"""FlopCallback: counts the FLOP of every training step, stops at a budget, writes a run record.
+
+Hook order matters for the budget: Lightning calls the callback's ``setup`` before the module's
+``configure_optimizers`` (which reads ``trainer.estimated_stepping_batches`` for the learning-rate
+schedule), so the step count the budget buys is set in ``setup`` and the schedule is built for it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import time
+import uuid
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from lightning_embed.errors import UserError
+from lightning_embed.flop_budget import (
+    DEFAULT_ESTIMATE_BATCHES,
+    BudgetReport,
+    batch_masks,
+    flop_model_for,
+    parse_budget,
+    plan_budget,
+    sample_loader,
+    training_flags,
+)
+from lightning_embed.flops import ACCOUNTINGS, Accounting, FlopModel, TokenStats
+from lightning_embed.runs import RunRecord, append_run, check_runs_file, jsonable
+
+_STATE_VERSION = 1
+#: Order of the per-batch counters that are all-reduced across ranks.
+_COUNTERS = ("rows", "real_tokens", "real_squares", "padded_tokens", "padded_squares", "examples")
+
+
+class FlopCounter:
+    """Running totals (over all ranks) kept by the callback and saved in checkpoints."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.examples = 0
+        self.tokens = 0
+        self.padded_tokens = 0
+        self.flops_model = 0.0
+        self.flops_hardware = 0.0
+        self.train_time_s = 0.0
+        self.duration_s = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in vars(self):
+            if key in state:
+                setattr(self, key, type(getattr(self, key))(state[key]))
+
+
+class FlopCallback(Callback):
+    """Counts training FLOP exactly, optionally spends a FLOP budget, and records every fit.
+
+    Per optimizer step it logs model and hardware FLOP (step and running total), real and padded tokens,
+    examples, throughput (tokens/s, examples/s) and, where Lightning knows the device's peak, MFU. Counts
+    cover every rank: the per-batch token statistics are all-reduced, so ranks with different padding are
+    counted exactly.
+
+    With ``max_flops``, before training the callback measures the cost of a step on a sample of training
+    batches and sets ``max_steps`` to the steps the budget buys (``max_epochs`` becomes unlimited: the
+    budget decides the length, and the learning-rate schedule is built for exactly those steps). Training
+    then stops after ``max_steps`` steps or as soon as the counted model FLOP reach the budget, whichever
+    comes first, so it never overshoots by more than one step; a final validation runs at the stop.
+
+    At the end of every fit, and when a fit fails or is interrupted, rank zero appends one
+    :class:`~lightning_embed.runs.RunRecord` line to ``runs_file``.
+
+    Args:
+        max_flops: FLOP budget of the run (model FLOP in ``accounting``), e.g. ``1.5e15``; None: no limit.
+        accounting: ``exact`` (derived from the module that trains) or ``paper`` (the study's 6N,
+            2N + 4N_t, 4N + 2N_t per token, to replay published budgets). Hardware FLOP is always exact.
+        runs_file: JSON-lines file the run record is appended to; None: no record.
+        log_every_n_steps: log every this many optimizer steps; None: the trainer's ``log_every_n_steps``.
+        estimate_batches: training batches collated to estimate the cost of a step for ``max_flops``.
+        window_size: optimizer steps the throughput and MFU are averaged over.
+        config: the run's configuration to store in the record (the CLI passes its parsed config);
+            None: the model's and data module's hyper-parameters and the trainer's limits.
+
+    Raises:
+        UserError: (before training) a non-numeric or non-positive budget, one that does not buy one step,
+            an unknown accounting, or a runs file that cannot be appended to.
+    """
+
+    def __init__(
+        self,
+        max_flops: float | str | None = None,
+        accounting: Accounting = "exact",
+        runs_file: str | None = "runs.jsonl",
+        log_every_n_steps: int | None = None,
+        estimate_batches: int = DEFAULT_ESTIMATE_BATCHES,
+        window_size: int = 20,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_flops = parse_budget(max_flops)
+        if accounting not in ACCOUNTINGS:
+            raise UserError(f"accounting must be one of {', '.join(ACCOUNTINGS)}, not {accounting!r}.")
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise UserError(f"log_every_n_steps={log_every_n_steps} must be at least 1.")
+        if estimate_batches < 1 or window_size < 2:
+            raise UserError("estimate_batches must be at least 1 and window_size at least 2.")
+        self.accounting: Accounting = accounting
+        self.runs_file = runs_file
+        self.log_every_n_steps = log_every_n_steps
+        self.estimate_batches = estimate_batches
+        self.window_size = window_size
+        self.config = config
+        self.counter = FlopCounter()
+        self.flop_model: FlopModel | None = None
+        self.plan: BudgetReport | None = None
+        self.planned_steps: int | None = None
+        self.run_id: str | None = None
+        self.last_metrics: dict[str, float] = {}
+        self._flags: dict[str, bool] = {}
+        self._trainer: L.Trainer | None = None
+        self._val_metrics: dict[str, float] = {}
+        self._metrics_step: int | None = None
+        self._last_step = 0
+        self._fit_started = False
+        self._written = False
+        self._setup_time = 0.0
+        self._duration_before = 0.0
+        self._train_t0: float | None = None
+        self._val_t0: float | None = None
+        self._throughput: Throughput | None = None
+        self._step_flops = [0.0, 0.0]  # model, hardware of the optimizer step in progress
+
+    # -- setup: FLOP model, runs file, budget ---------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._trainer = trainer
+        # A fresh count per fit; a resumed fit gets its count back in load_state_dict, which Lightning
+        # calls after setup.
+        self.counter = FlopCounter()
+        self.run_id, self.planned_steps, self.plan = None, None, None
+        self._val_metrics, self._metrics_step = {}, None
+        self._setup_time, self._duration_before = time.monotonic(), 0.0
+        self._fit_started = self._written = False
+        self._step_flops = [0.0, 0.0]
+        self.flop_model = flop_model_for(pl_module, self.accounting)
+        self._flags = training_flags(pl_module)
+        problem = None
+        if self.runs_file is not None and trainer.is_global_zero:
+            try:
+                check_runs_file(self.runs_file)
+            except UserError as err:
+                problem = str(err)
+        # Every rank raises, not just the one that found the problem (the others would hang).
+        problem = trainer.strategy.broadcast(problem, src=0)
+        if problem:
+            raise UserError(problem)
+        if self.max_flops is not None:
+            self._apply_budget(trainer, pl_module)
+
+    def _apply_budget(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        plan, problem = None, None
+        if trainer.is_global_zero:
+            try:
+                sample = sample_loader(_train_loader(trainer, pl_module), self.estimate_batches)
+                plan = plan_budget(self.flop_model, self.max_flops, sample, world_size=trainer.world_size,
+                                   accumulate_grad_batches=trainer.accumulate_grad_batches, **self._flags)
+            except UserError as err:
+                problem = str(err)
+        # Rank zero's plan for everyone: every rank must build the same schedule and stop together.
+        plan, problem = trainer.strategy.broadcast((plan, problem), src=0)
+        if problem:
+            raise UserError(problem)
+        self.plan = plan
+        self.planned_steps = plan.steps
+        self._set_max_steps(trainer, self.planned_steps)
+        epochs = f", {plan.epochs:.2f} passes over the data" if plan.epochs is not None else ""
+        rank_zero_info(
+            f"FlopCallback: a budget of {self.max_flops:.4g} FLOP ({self.accounting}) buys {plan.steps:,} steps of "
+            f"{plan.examples_per_step:g} examples ({plan.examples:,} examples{epochs}); one step costs "
+            f"{plan.per_step.model:.4g} model FLOP (measured on {plan.sampled_batches} batches).")
+
+    @staticmethod
+    def _set_max_steps(trainer: L.Trainer, steps: int) -> None:
+        # The budget alone decides the length: max_epochs unlimited, so estimated_stepping_batches (and
+        # the learning-rate schedule built from it) is exactly these steps.
+        trainer.fit_loop.epoch_loop.max_steps = steps
+        trainer.fit_loop.max_epochs = -1
+
+    # -- counting -------------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_started = True
+        if self.run_id is None:
+            self.run_id = uuid.uuid4().hex
+        dtype = _compute_dtype(trainer)
+        available = get_available_flops(trainer.strategy.root_device, dtype) if dtype is not None else None
+        self._throughput = Throughput(available_flops=available, world_size=trainer.world_size,
+                                      window_size=self.window_size)
+        self._last_step = trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_t0 = time.perf_counter() - self.counter.train_time_s
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._val_t0 is not None and self._train_t0 is not None:
+            self._train_t0 += time.perf_counter() - self._val_t0  # validation time is not training time
+        self._val_t0 = None
+        if trainer.sanity_checking:
+            return
+        self._val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                             if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+        self._metrics_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        masks, examples = batch_masks(batch)
+        counts = self._reduce(trainer, masks, examples)
+        stats = TokenStats(*counts[:5])
+        step = self.flop_model.count(stats, **self._flags)
+        c = self.counter
+        c.batches += 1
+        c.examples += int(counts[5])
+        c.tokens += int(stats.real_tokens)
+        c.padded_tokens += int(stats.padded_tokens)
+        c.flops_model += step.model
+        c.flops_hardware += step.hardware
+        self._step_flops[0] += step.model
+        self._step_flops[1] += step.hardware
+        if trainer.global_step == self._last_step:
+            return  # gradient accumulation: the optimizer step is not done yet
+        self._last_step = trainer.global_step
+        c.train_time_s = time.perf_counter() - self._train_t0
+        step_model, step_hardware = self._step_flops
+        self._step_flops = [0.0, 0.0]
+        self._throughput.update(time=c.train_time_s, batches=trainer.global_step,
+                                samples=c.examples / trainer.world_size, lengths=c.tokens / trainer.world_size,
+                                flops=step_hardware / trainer.world_size)
+        if self.max_flops is not None and (
+            c.flops_model >= self.max_flops or (self.planned_steps and trainer.global_step >= self.planned_steps)
+        ):
+            # Stopping through should_stop (not only max_steps) makes Lightning validate the final model.
+            trainer.should_stop = True
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        if trainer.global_step % every == 0 or trainer.should_stop:
+            self._log(trainer, step_model, step_hardware)
+
+    def _reduce(self, trainer: L.Trainer, masks: list[torch.Tensor], examples: int) -> list[float]:
+        """This batch's token stats summed over ranks: one small all-reduce and one host copy."""
+        device = masks[0].device
+        rows = sum(m.shape[0] for m in masks)
+        padded = sum(m.shape[0] * m.shape[1] for m in masks)
+        padded_sq = sum(m.shape[0] * m.shape[1] ** 2 for m in masks)
+        real = [m.sum(-1, dtype=torch.int64) for m in masks]
+        lengths = torch.cat(real)
+        local = torch.stack([lengths.sum(), (lengths * lengths).sum()])
+        fixed = torch.tensor([rows, padded, padded_sq, examples], dtype=torch.int64, device=device)
+        vector = torch.cat([local, fixed])
+        if trainer.world_size > 1:
+            vector = trainer.strategy.reduce(vector, reduce_op="sum")
+        real_tokens, real_squares, rows, padded, padded_sq, examples = vector.tolist()
+        return [rows, real_tokens, real_squares, padded, padded_sq, examples]
+
+    def _log(self, trainer: L.Trainer, step_model: float, step_hardware: float) -> None:
+        c = self.counter
+        metrics = {
+            "flops/step_model": step_model, "flops/step_hardware": step_hardware,
+            "flops/total_model": c.flops_model, "flops/total_hardware": c.flops_hardware,
+            "tokens/real": float(c.tokens), "tokens/padded": float(c.padded_tokens), "examples": float(c.examples),
+        }
+        if self.max_flops is not None:
+            metrics["flops/budget_used"] = c.flops_model / self.max_flops
+        rates = self._throughput.compute()
+        world = "" if trainer.world_size > 1 else "device/"
+        if f"{world}samples_per_sec" in rates:
+            metrics["throughput/examples_per_sec"] = rates[f"{world}samples_per_sec"]
+        if f"{world}items_per_sec" in rates:
+            metrics["throughput/tokens_per_sec"] = rates[f"{world}items_per_sec"]
+            if c.tokens:
+                metrics["throughput/padded_tokens_per_sec"] = rates[f"{world}items_per_sec"] * c.padded_tokens / c.tokens
+        if "device/flops_per_sec" in rates:
+            metrics["throughput/hardware_flops_per_sec"] = rates["device/flops_per_sec"] * trainer.world_size
+        if "device/mfu" in rates:
+            metrics["throughput/mfu"] = rates["device/mfu"]
+        self.last_metrics = metrics
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        duration = self._duration_before + (time.monotonic() - self._setup_time if self._setup_time else 0.0)
+        return {"version": _STATE_VERSION, "counter": {**self.counter.state_dict(), "duration_s": duration},
+                "accounting": self.accounting, "max_flops": self.max_flops, "planned_steps": self.planned_steps,
+                "run_id": self.run_id, "val_metrics": dict(self._val_metrics), "metrics_step": self._metrics_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("accounting", self.accounting) != self.accounting:
+            raise UserError(f"the checkpoint counted FLOP with accounting={state_dict['accounting']!r}; resume "
+                            f"with the same accounting, not {self.accounting!r}, or the total would mix the two.")
+        self.counter.load_state_dict(state_dict.get("counter", {}))
+        self._duration_before = self.counter.duration_s
+        self._setup_time = time.monotonic()
+        self.run_id = state_dict.get("run_id") or self.run_id
+        self._val_metrics = dict(state_dict.get("val_metrics") or {})
+        self._metrics_step = state_dict.get("metrics_step")
+        planned = state_dict.get("planned_steps")
+        if planned and state_dict.get("max_flops") == self.max_flops and self.max_flops is not None:
+            # Same budget: keep the original plan (so the schedule is the one the run started with).
+            self.planned_steps = int(planned)
+            if self._trainer is not None:
+                self._set_max_steps(self._trainer, self.planned_steps)
+
+    # -- records --------------------------------------------------------------------------------------
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "completed", None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not self._fit_started:
+            return  # nothing trained (a setup error): no record
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "failed"
+        message = str(exception).strip().splitlines()
+        error = f"{type(exception).__name__}: {message[0] if message else ''}".strip()
+        try:
+            self._write(trainer, pl_module, status, error)
+        except Exception as err:  # never mask the original exception
+            rank_zero_warn(f"FlopCallback could not write the run record: {err}")
+
+    def make_record(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str,
+                    error: str | None = None) -> RunRecord:
+        """The run record of the fit so far."""
+        c = self.counter
+        hparams = jsonable(dict(getattr(pl_module, "hparams", {}) or {}))
+        tuning = getattr(pl_module, "tuning", None)
+        params = self.flop_model.params
+        metrics = {k.removeprefix("val/"): v for k, v in self._val_metrics.items() if k != "val/loss"}
+        info = getattr(pl_module, "backbone_info", None)
+        steps = trainer.global_step
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        return RunRecord(
+            backbone=str(hparams.get("backbone") or _name_or_path(pl_module)),
+            tuning=_tuning_name(tuning),
+            status=status,  # type: ignore[arg-type]
+            tuning_args=jsonable(tuning.hparams()) if hasattr(tuning, "hparams") else {},
+            total_params=params.total, non_embedding_params=params.non_embedding, trainable_params=params.trainable,
+            num_layers=hparams.get("num_layers"), num_blocks=getattr(info, "num_blocks", None),
+            steps=steps, examples=int(c.examples), batch_size=int(round(c.examples / steps)) if steps else None,
+            tokens=int(c.tokens), padded_tokens=int(c.padded_tokens), flops_model=c.flops_model,
+            flops_hardware=c.flops_hardware, accounting=self.accounting, budget=self.max_flops,
+            val_loss=self._val_metrics.get("val/loss"), metrics=metrics, metrics_step=self._metrics_step,
+            seed=int(seed) if seed and seed.lstrip("-").isdigit() else None, world_size=trainer.world_size,
+            duration_s=self._duration_before + time.monotonic() - self._setup_time, train_time_s=c.train_time_s,
+            versions=_versions(), hparams=hparams, config=self._config(trainer, hparams), error=error,
+            run_id=self.run_id or "",
+        )
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, error: str | None) -> None:
+        if self._written or self.runs_file is None or not trainer.is_global_zero or self.flop_model is None:
+            return
+        self._written = True
+        append_run(self.runs_file, self.make_record(trainer, pl_module, status, error))
+
+    def _config(self, trainer: L.Trainer, hparams: dict[str, Any]) -> dict[str, Any]:
+        if self.config is not None:
+            return jsonable(self.config)
+        data = getattr(trainer, "datamodule", None)
+        return {
+            "model": hparams,
+            "data": jsonable(dict(getattr(data, "hparams", {}) or {})) if data is not None else {},
+            "trainer": {"max_steps": trainer.max_steps, "max_epochs": trainer.max_epochs,
+                        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                        "world_size": trainer.world_size, "precision": str(trainer.precision)},
+            "flops": {"max_flops": self.max_flops, "accounting": self.accounting},
+        }
+
+
+def _train_loader(trainer: L.Trainer, pl_module: L.LightningModule):
+    """A fresh training loader (the trainer's own is built later and must not be consumed)."""
+    if trainer.datamodule is not None:
+        return trainer.datamodule.train_dataloader()
+    source = trainer.fit_loop._data_source  # the loaders given to fit(); no public accessor exists
+    return source.dataloader()
+
+
+def _compute_dtype(trainer: L.Trainer) -> torch.dtype | None:
+    try:
+        from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
+        return _plugin_to_compute_dtype(trainer.precision_plugin)
+    except Exception:  # an unknown precision plugin: no MFU, everything else still works
+        return None
+
+
+def _tuning_name(tuning: Any) -> str:
+    if tuning is None:
+        return "full"
+    return str(getattr(tuning, "name", "") or type(tuning).__name__)
+
+
+def _name_or_path(pl_module: L.LightningModule) -> str:
+    config = getattr(getattr(pl_module, "backbone", None), "config", None)
+    return str(getattr(config, "_name_or_path", "") or type(getattr(pl_module, "backbone", pl_module)).__name__)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("torch", "lightning", "transformers", "lightning-embed"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+__all__ = ["FlopCallback", "FlopCounter"]

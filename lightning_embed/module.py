@@ -1,0 +1,283 @@
+"""EmbeddingModule: backbone + tuning strategy + pooling + L2 normalisation + contrastive loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_embed.errors import UserError
+from lightning_embed.loss import InfoNCELoss
+from lightning_embed.metrics import retrieval_metrics
+from lightning_embed.models import describe, load_backbone, load_tokenizer
+from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
+from lightning_embed.strategy import TuningStrategy, build_strategy
+
+TuningSpec = str | dict[str, Any] | None
+
+
+class EmbeddingModule(L.LightningModule):
+    """Contrastive fine-tuning of a pretrained language model into a text-embedding model.
+
+    Args:
+        backbone: bundled alias (``smollm2-135m``, ``all-minilm-l6-v2``), local folder, ``.gguf`` file or
+            hub id.
+        tuning: fine-tuning method: a registered name (``full``, ``lora``, ...), ``{name: lora, rank: 32}``,
+            or ``{class_path: ..., init_args: {...}}``. ``lightning-embed strategies`` lists them.
+        pooling: ``mean`` (the study's choice), ``last``, ``cls`` or ``weighted_mean``.
+        normalize: L2-normalise embeddings (cosine similarity).
+        temperature: softmax temperature of InfoNCE (0.025 = inverse temperature 40, as the study).
+        symmetric: average the query->document and document->query losses (as the study).
+        gather_across_devices: under DDP, use every rank's documents as negatives (gathered with gradients).
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (0.1 as the study), on matrices only (not biases or norms).
+        warmup_ratio: share of the steps spent in linear warm-up.
+        lr_schedule: after warm-up, ``cosine`` to 0 (as the study), ``linear`` to 0, or ``constant``.
+        betas: AdamW betas.
+        query_max_length: queries are truncated to this many tokens.
+        document_max_length: documents are truncated to this many tokens.
+        query_prompt: text prepended to every query (an instruction prefix).
+        document_prompt: text prepended to every document.
+        num_layers: keep only the first ``num_layers`` blocks of the backbone (a smaller model of the family).
+        attn_implementation: ``sdpa`` (fast) or ``eager`` (needed to verify attention FLOP); default: the
+            backbone's own default.
+        gradient_checkpointing: recompute activations in the backward pass (less memory, one more forward).
+        trust_remote_code: run code shipped with a hub model; only if you trust it.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "smollm2-135m",
+        tuning: TuningSpec = "full",
+        pooling: PoolingMode = "mean",
+        normalize: bool = True,
+        temperature: float = 0.025,
+        symmetric: bool = True,
+        gather_across_devices: bool = True,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.1,
+        warmup_ratio: float = 0.1,
+        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        betas: tuple[float, float] = (0.9, 0.999),
+        query_max_length: int = 64,
+        document_max_length: int = 256,
+        query_prompt: str = "",
+        document_prompt: str = "",
+        num_layers: int | None = None,
+        attn_implementation: Literal["sdpa", "eager"] | None = None,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        strategy = build_strategy(tuning)
+        _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
+                       document_max_length)
+        self.save_hyperparameters(ignore=["tuning"])
+        # A serialisable form of the strategy, so checkpoints load with weights_only=True.
+        self.hparams["tuning"] = _strategy_spec(strategy)
+        self.tuning: TuningStrategy = strategy
+        self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
+        raw = load_backbone(
+            backbone, num_layers=num_layers, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+        self.backbone_info = describe(raw)
+        problems = strategy.validate(raw)
+        if problems:
+            raise UserError(f"tuning strategy {strategy!r} cannot tune {backbone!r}: " + "; ".join(problems) + ".")
+        self.backbone: nn.Module = strategy.apply(raw)
+        # from_pretrained returns eval mode and Lightning keeps submodule modes: train like everyone else.
+        self.backbone.train()
+        if gradient_checkpointing:
+            self._enable_gradient_checkpointing()
+        self.loss_fn = InfoNCELoss(temperature, symmetric=symmetric, gather_across_devices=gather_across_devices)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        #: Optional gradient-cache mini-batch size (read by the FLOP model; set by the GradCache feature).
+        self.gradcache_chunk_size: int | None = None
+        self.gradient_checkpointing = gradient_checkpointing
+
+    # ---- encoding -------------------------------------------------------------------------------------
+
+    def encode_batch(self, encoding: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embeds a tokenised batch: backbone, pooling over real tokens, L2 normalisation (fp32 out)."""
+        out = self.backbone(input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"])
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        emb = pool(hidden, encoding["attention_mask"], self.hparams.pooling)
+        return F.normalize(emb, dim=-1) if self.hparams.normalize else emb
+
+    def make_collator(self):
+        """The collator that tokenises pairs for this model (lengths, prompts, tokenizer)."""
+        from lightning_embed.data import PairCollator
+
+        return PairCollator(
+            self.tokenizer,
+            query_max_length=self.hparams.query_max_length,
+            document_max_length=self.hparams.document_max_length,
+            query_prompt=self.hparams.query_prompt,
+            document_prompt=self.hparams.document_prompt,
+        )
+
+    def forward(self, batch) -> torch.Tensor:
+        """Contrastive loss of a :class:`~lightning_embed.data.PairBatch`."""
+        queries = self.encode_batch(batch.queries)
+        documents = self.encode_batch(batch.documents)
+        return self.loss_fn(queries, documents, batch.num_negatives)
+
+    # ---- steps ----------------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch, stage: str) -> None:
+        queries = self.encode_batch(batch.queries)
+        documents = self.encode_batch(batch.documents)
+        # The held-out loss is computed without cross-device gathering: it must not depend on world size.
+        gather = self.loss_fn.gather_across_devices
+        self.loss_fn.gather_across_devices = False
+        try:
+            loss = self.loss_fn(queries, documents, batch.num_negatives)
+        finally:
+            self.loss_fn.gather_across_devices = gather
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        b = len(batch)
+        self._val_outputs.append((queries.detach().cpu(), documents[:b].detach().cpu(), batch.positive_ids.cpu()))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs.clear()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test")
+
+    def _log_retrieval(self, stage: str) -> None:
+        if not self._val_outputs:
+            return
+        queries = torch.cat([o[0] for o in self._val_outputs])
+        positives = torch.cat([o[1] for o in self._val_outputs])
+        ids = torch.cat([o[2] for o in self._val_outputs])
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:
+            queries, positives, ids = (self.all_gather(t.to(self.device)).flatten(0, 1).cpu() for t in (queries, positives, ids))
+        # One row per distinct document: duplicates of a positive would split its relevance.
+        doc_ids, first = _unique_first(ids)
+        metrics = retrieval_metrics(queries, positives[first], ids, doc_ids)
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "ndcg@10", rank_zero_only=True)
+
+    # ---- optimisation ---------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.backbone.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, betas=tuple(self.hparams.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_then_decay(total, self.hparams.warmup_ratio, self.hparams.lr_schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: only what cannot be rebuilt from the backbone -----------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        state = checkpoint["state_dict"]
+        if len(trainable) < len(state):
+            # Frozen weights are reloaded from the backbone, so adapter checkpoints stay small.
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+            checkpoint["lightning_embed_partial_state"] = True
+        checkpoint["lightning_embed"] = {"backbone_info": self.backbone_info.__dict__}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("lightning_embed_partial_state"):
+            state = checkpoint["state_dict"]
+            for key, value in self.state_dict().items():
+                state.setdefault(key, value)
+
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:
+            from lightning_embed.reporting import print_parameter_table
+
+            print_parameter_table(self)
+
+    def _enable_gradient_checkpointing(self) -> None:
+        model = self.backbone
+        if hasattr(model, "enable_input_require_grads"):
+            # Frozen embeddings would otherwise give checkpointed blocks inputs without grad (no backward).
+            model.enable_input_require_grads()
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise UserError(f"{type(model).__name__} does not support gradient checkpointing.")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def warmup_then_decay(total_steps: int, warmup_ratio: float, schedule: str):
+    """Learning-rate multiplier: linear warm-up over ``warmup_ratio`` of the steps, then decay to 0."""
+    warmup = int(round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _unique_first(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct ids and the index of each one's first occurrence."""
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.full((len(uniq),), len(ids), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(ids)), reduce="amin")
+    return uniq, first
+
+
+def _strategy_spec(strategy: TuningStrategy) -> dict[str, Any]:
+    """A plain-data spec that :func:`build_strategy` turns back into an equal strategy."""
+    from lightning_embed.strategy import available_strategies
+
+    for name, entry in available_strategies().items():
+        if entry.cls is type(strategy):
+            return {"name": name, **strategy.hparams()}
+    cls = type(strategy)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": strategy.hparams()}
+
+
+def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, qlen, dlen) -> None:
+    problems = []
+    if pooling not in POOLING_MODES:
+        problems.append(f"pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
+    if not temperature > 0:
+        problems.append(f"temperature={temperature} must be positive (the study uses 0.025)")
+    if not learning_rate > 0:
+        problems.append(f"learning_rate={learning_rate} must be positive")
+    if weight_decay < 0:
+        problems.append(f"weight_decay={weight_decay} must be >= 0")
+    if not 0 <= warmup_ratio < 1:
+        problems.append(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
+    if qlen < 1 or dlen < 1:
+        problems.append(f"query_max_length={qlen} and document_max_length={dlen} must be >= 1")
+    if problems:
+        raise UserError("model options: " + "; ".join(problems) + ".")

@@ -1,0 +1,22 @@
+"""Scaling laws and the recipe solver: which model, how much data and which method for a FLOP budget.
+
+Entry points (each backs a ``lightning-embed`` subcommand; their docstrings are its ``--help``):
+
+- :func:`laws_fit` (``laws fit``): fit a law per method setting to run records, write a laws file.
+- :func:`laws_plot` (``laws plot``): loss against FLOP with the optimal frontier, and iso-FLOP curves.
+- :func:`recipe` (``recipe``): rank method settings x candidate models under a budget, write the config.
+- :func:`sweep_plan` / :func:`sweep_run` (``sweep plan`` / ``sweep run``): iso-FLOP sweeps of fits.
+
+Nothing imported here pulls torch, scipy or matplotlib: ``recipe`` must answer in well under 2 s.
+"""
+
+from lightning_embed.recipe.fit import laws_fit
+from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws, save_laws
+from lightning_embed.recipe.plot import laws_plot
+from lightning_embed.recipe.solve import Recipe, recipe, solve
+from lightning_embed.recipe.sweep import sweep_plan, sweep_run
+
+__all__ = [
+    "ExtrapolationWarning", "Law", "LawsFile", "Recipe", "laws_fit", "laws_plot", "load_laws", "recipe",
+    "save_laws", "solve", "sweep_plan", "sweep_run",
+]

@@ -1,0 +1,394 @@
+"""The recipe solver (``lightning-embed recipe``): for a FLOP budget, which model, how much data, which method.
+
+For every law (a method at one setting) and every candidate model, the budget buys
+``budget / FLOP-per-example`` training examples; the law predicts the held-out loss at that (N, D); the
+lowest prediction wins. ``--rule paper`` shows the study's Algorithm 1 beside it: full fine-tuning up to
+9.06e16 FLOP and LoRA above, then the model size the laws prefer for that method, data from the FLOP
+formula. Nothing here builds a model under ``paper`` accounting, so an answer takes well under a second.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lightning_embed.errors import UserError
+from lightning_embed.recipe.catalogue import ModelEntry, load_shipped_family, resolve_models, shipped_families
+from lightning_embed.recipe.costs import Accounting, flops_per_example, trainable_params, tuning_spec
+from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws
+
+#: The study's crossover: full fine-tuning is compute-optimal up to here, LoRA above (Ziarko et al. 2024).
+PAPER_CROSSOVER_FLOPS = 9.06e16
+DEFAULT_LAWS_FILE = Path("laws.yaml")
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_TRAIN = "builtin:stdlib-code"
+FLOP_CALLBACK = "lightning_embed.flop_callback.FlopCallback"
+
+
+@dataclass(eq=False)  # compared by identity: the winner is one of the candidates
+class Candidate:
+    """One (method setting, model) pair under the budget."""
+
+    law: Law
+    model: ModelEntry
+    trainable: int | None
+    flops_per_example: float | None
+    examples: int = 0
+    steps: int = 0
+    data: float = 0.0
+    loss: float | None = None
+    note: str | None = None
+    extrapolation: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "method": self.law.method, "setting": self.law.setting, "label": self.law.label,
+            "model": self.model.name, "family": self.model.family, "backbone": self.model.backbone,
+            "num_layers": self.model.num_layers, "non_embedding_params": self.model.counts.non_embedding,
+            "trainable_params": self.trainable, "flops_per_example": self.flops_per_example,
+            "examples": self.examples, "steps": self.steps, "data": self.data, "predicted_loss": self.loss,
+            "note": self.note, "extrapolation": self.extrapolation,
+        }
+
+
+@dataclass
+class Recipe:
+    """The solver's answer: every candidate (best first), the winner, and the rule's pick."""
+
+    budget: float
+    accounting: Accounting
+    query_tokens: int
+    document_tokens: int
+    batch_size: int
+    data_unit: str
+    candidates: list[Candidate]
+    winner: Candidate
+    rule: Candidate | None = None
+    rule_method: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    laws_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``recipe --json``)."""
+        return {
+            "budget": self.budget, "accounting": self.accounting, "query_tokens": self.query_tokens,
+            "document_tokens": self.document_tokens, "batch_size": self.batch_size, "data_unit": self.data_unit,
+            "laws": self.laws_path, "winner": self.winner.to_dict(),
+            "rule": None if self.rule_method is None else {
+                "name": "paper", "method": self.rule_method, "crossover_flops": PAPER_CROSSOVER_FLOPS,
+                "pick": self.rule.to_dict() if self.rule else None,
+            },
+            "candidates": [c.to_dict() for c in self.candidates],
+            "warnings": self.warnings,
+        }
+
+
+def default_family(laws: LawsFile) -> str:
+    """The shipped family the laws were fitted on (by backbone), else ``pythia`` (the study's suite)."""
+    fitted = set(laws.provenance.get("backbones") or [])
+    best, hits = "pythia", 0
+    for name in shipped_families():
+        n = sum(m.backbone in fitted for m in load_shipped_family(name).models)
+        if n > hits:
+            best, hits = name, n
+    return best
+
+
+def solve(
+    budget: float, laws: LawsFile, models: list[ModelEntry], *, accounting: Accounting = "paper",
+    query_tokens: int = 14, document_tokens: int = 64, batch_size: int | None = None,
+    rule: Literal["paper"] | None = None,
+) -> Recipe:
+    """Ranks every method setting x model under a FLOP budget by the loss the laws predict.
+
+    Args:
+        budget: training FLOP (model FLOP, as run records and the FLOP callback count them).
+        laws: the fitted laws.
+        models: the candidate backbones.
+        accounting: ``paper`` (the study's per-token formulas) or ``exact`` (the FLOP model).
+        query_tokens: tokens of an average query (the study's data: 14).
+        document_tokens: tokens of an average document (the study's data: 64).
+        batch_size: examples per step; None takes the batch size the laws' runs used, else 32.
+        rule: ``paper`` also reports the study's Algorithm 1 decision.
+
+    Returns:
+        The recipe. Far extrapolation of a law is reported in ``warnings`` (and as ExtrapolationWarning).
+
+    Raises:
+        UserError: a budget too small to buy one batch for any candidate.
+    """
+    batch = batch_size or _shared_hparam(laws.laws, "batch_size") or DEFAULT_BATCH_SIZE
+    pairs = [(law, m) for law in laws.laws for m in models]
+    costs = flops_per_example([(m, law.method, law.setting) for law, m in pairs], accounting, query_tokens,
+                              document_tokens)
+    tokens_per_example = laws.provenance.get("tokens_per_example") or (query_tokens + document_tokens)
+    candidates = []
+    for (law, model), cost in zip(pairs, costs):
+        c = Candidate(law, model, trainable_params(model.counts, law.method, law.setting), cost)
+        if cost is None:
+            c.note = f"{law.method} cannot tune {model.name}" + (" (no biases)" if law.method == "bias" else "")
+        else:
+            c.examples = int(budget // cost)
+            c.steps = c.examples // batch
+            if c.steps < 1:
+                c.note = f"buys {c.examples:,} examples, less than one batch of {batch}"
+            else:
+                c.data = float(c.examples) if laws.data_unit == "examples" else c.examples * tokens_per_example
+                c.loss = float(law.predict(model.counts.non_embedding, c.data))
+                c.extrapolation = law.extrapolation(model.counts.non_embedding, c.data)
+        candidates.append(c)
+    feasible = sorted((c for c in candidates if c.loss is not None), key=lambda c: c.loss)
+    if not feasible:
+        cheapest = min((c for c in candidates if c.flops_per_example), key=lambda c: c.flops_per_example, default=None)
+        need = f" The smallest useful budget is {cheapest.flops_per_example * batch:.3g} FLOP ({cheapest.law.label} " \
+               f"on {cheapest.model.name}, one batch of {batch})." if cheapest else ""
+        raise UserError(f"a budget of {budget:.3g} FLOP buys less than one batch of {batch} examples for every "
+                        f"candidate.{need} Raise --budget, lower the batch size, or add smaller models.")
+    ordered = feasible + [c for c in candidates if c.loss is None]
+    result = Recipe(budget, accounting, query_tokens, document_tokens, batch, laws.data_unit, ordered, feasible[0],
+                    laws_path=str(laws.path) if laws.path else None)
+    if rule == "paper":
+        result.rule_method = "full" if budget <= PAPER_CROSSOVER_FLOPS else "lora"
+        picks = [c for c in feasible if c.law.method == result.rule_method]
+        result.rule = picks[0] if picks else None
+    for c in dict.fromkeys(x for x in (result.winner, result.rule) if x is not None):
+        if c.extrapolation:
+            msg = (f"{c.law.label} on {c.model.name}: the law is extrapolated far outside the runs it was "
+                   f"fitted on ({c.extrapolation}); treat the predicted loss as a rough guess.")
+            result.warnings.append(msg)
+            warnings.warn(msg, ExtrapolationWarning, stacklevel=2)
+    return result
+
+
+def _shared_hparam(laws: list[Law], key: str) -> Any:
+    values = {law.hparams.get(key) for law in laws}
+    return values.pop() if len(values) == 1 else None
+
+
+# ---- the config to fit with -----------------------------------------------------------------------------
+
+
+def build_fit_config(
+    model: ModelEntry, method: str, setting: dict[str, Any], budget: float, *, batch_size: int,
+    accounting: Accounting = "paper", hparams: dict[str, Any] | None = None, train: str | None = None,
+    runs_file: str = "runs.jsonl", seed: int = 0,
+) -> dict[str, Any]:
+    """A LightningCLI config that ``lightning-embed fit --config`` runs as is, with the FLOP budget set.
+
+    ``hparams`` (a law's shared training settings: learning rate, temperature, lengths, data) are reused
+    so the run matches those the law was fitted on. The FLOP callback sizes the run: it measures the cost
+    of a step on the real data, sets the steps the budget buys (and the learning-rate schedule with
+    them), stops at the budget, and appends the run record. It counts in the same ``accounting`` the
+    recipe used, so the budget means the same FLOP in both.
+    """
+    hp = hparams or {}
+    return {
+        "seed_everything": seed,
+        "model": {
+            "backbone": model.backbone,
+            "num_layers": model.num_layers,
+            "pooling": hp.get("pooling", "mean"),
+            "temperature": hp.get("temperature", 0.025),
+            "learning_rate": hp.get("learning_rate", 1.0e-4),
+            "tuning": tuning_spec(method, setting),
+            "query_max_length": hp.get("query_max_length", 32),
+            "document_max_length": hp.get("document_max_length", 128),
+        },
+        "data": {"train": train or hp.get("train") or DEFAULT_TRAIN, "batch_size": batch_size,
+                 # A file-based train source needs its validation set for the run record's val_loss.
+                 **({"val": hp["val"]} if hp.get("val") and not train else {})},
+        "trainer": {
+            "precision": "bf16-mixed",
+            "callbacks": [{"class_path": FLOP_CALLBACK, "init_args": {
+                "max_flops": float(budget), "accounting": accounting, "runs_file": runs_file}}],
+        },
+    }
+
+
+def fit_config(candidate: Candidate, budget: float, *, batch_size: int, accounting: Accounting = "paper",
+               train: str | None = None, runs_file: str = "runs.jsonl") -> dict[str, Any]:
+    """The fit config of a recipe candidate (see :func:`build_fit_config`)."""
+    return build_fit_config(candidate.model, candidate.law.method, candidate.law.setting, budget,
+                            batch_size=batch_size, accounting=accounting, hparams=candidate.law.hparams,
+                            train=train, runs_file=runs_file)
+
+
+def save_config(config: dict[str, Any], path: Path, header: str = "") -> Path:
+    """Writes a fit config as YAML, with ``header`` as comment lines on top."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comment + yaml.safe_dump(config, sort_keys=False, width=110))
+    return path
+
+
+# ---- presentation ---------------------------------------------------------------------------------------
+
+
+def si(x: float | None) -> str:
+    """``18.9M``, ``1.21G``: short numbers for tables."""
+    if x is None:
+        return "-"
+    for factor, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def summary(recipe: Recipe) -> str:
+    """One paragraph: the winner, and the rule's decision beside it."""
+    w = recipe.winner
+    text = (f"Budget {recipe.budget:.3g} FLOP ({recipe.accounting} accounting): {w.law.label} on {w.model.name} "
+            f"(N = {w.model.counts.non_embedding:,}), {w.examples:,} examples = {w.steps:,} steps of "
+            f"{recipe.batch_size}; predicted loss {w.loss:.4f}.")
+    if recipe.rule_method:
+        side = "at or below" if recipe.rule_method == "full" else "above"
+        text += f"\nStudy's Algorithm 1: {recipe.rule_method} ({side} {PAPER_CROSSOVER_FLOPS:.3g} FLOP)"
+        r = recipe.rule
+        if r is None:
+            text += f"; the laws hold no {recipe.rule_method} law, so it cannot size the model."
+        elif r is w:
+            text += " agrees."
+        else:
+            text += (f" -> {r.law.label} on {r.model.name}, {r.examples:,} examples; predicted loss {r.loss:.4f} "
+                     f"({100 * (r.loss / w.loss - 1):+.2f}% against the laws' optimum).")
+    return text
+
+
+def wide_console():
+    """A rich console; 120 columns when writing to a file or pipe (rich would assume 80)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
+
+
+def render(recipe: Recipe, console=None, max_rows: int = 20) -> None:
+    """Prints the candidates table (best first, ``max_rows`` of them) and the summary."""
+    from rich import box
+    from rich.table import Table
+
+    console = console or wide_console()
+    table = Table(title=f"Recipe for {recipe.budget:.3g} FLOP ({recipe.accounting} accounting, D = "
+                  f"{recipe.data_unit})", box=box.SIMPLE_HEAD, pad_edge=False)
+    shown = recipe.candidates[:max_rows]
+    if recipe.rule is not None and recipe.rule not in shown:
+        shown.append(recipe.rule)
+    # Names and numbers never truncate (they are what the user copies); a narrow terminal drops the
+    # trainable and FLOP columns (--json has them) and the note folds.
+    compact = console.width < 100
+    rows = []
+    for c in shown:
+        mark = "★" if c is recipe.winner else ("rule" if c is recipe.rule else "")
+        cells = [mark, c.law.label, c.model.name, si(c.model.counts.non_embedding), si(c.trainable),
+                 si(c.flops_per_example), si(c.examples) if c.examples else "-", si(c.steps) if c.steps else "-",
+                 "-" if c.loss is None else f"{c.loss:.4f}", c.note or ("extrapolated" if c.extrapolation else "")]
+        rows.append((cells, "bold green" if c is recipe.winner else ("cyan" if c is recipe.rule else None)))
+    header = ["", "method", "model", "N", "N_t", "FLOP/ex", "examples", "steps", "loss", "note"]
+    keep = [i for i, h in enumerate(header) if not (compact and h in ("N_t", "FLOP/ex"))]
+    for i in keep:
+        width = max(len(header[i]), *(len(r[0][i]) for r in rows))
+        if header[i] == "note":
+            table.add_column("note", overflow="fold")
+        else:
+            table.add_column(header[i], no_wrap=True, min_width=width,
+                             justify="left" if i < 3 else "right")
+    for cells, style in rows:
+        table.add_row(*(cells[i] for i in keep), style=style)
+    console.print(table)
+    if len(recipe.candidates) > len(shown):
+        console.print(f"... and {len(recipe.candidates) - len(shown)} more candidates (--json lists all).")
+    console.print(summary(recipe), highlight=False)
+
+
+def recipe(
+    budget: float,
+    laws: Path | None = None,
+    models: str | None = None,
+    accounting: Accounting = "paper",
+    rule: Literal["paper"] | None = None,
+    json: bool = False,
+    write_config: Path | None = None,
+    query_tokens: int = 14,
+    document_tokens: int = 64,
+    batch_size: int | None = None,
+    train: str | None = None,
+) -> Recipe:
+    """Recommends the model, data quantity and fine-tuning method for a FLOP budget.
+
+    Ranks every fitted method setting on every candidate model by the held-out loss its law predicts at
+    the data the budget buys, prints the ranking and the winner, and optionally writes the config to fit.
+
+    Args:
+        budget: training compute in FLOP (e.g. 1e17).
+        laws: laws file from ``lightning-embed laws fit`` (default: ./laws.yaml).
+        models: candidate families or models, comma-separated: a shipped family (pythia, smollm2,
+            qwen2.5, bert, smollm2-135m-truncated), a model of one (pythia-410m), ``all``, a family file
+            (.yaml) or a local model folder. Default: the family the laws were fitted on, else pythia.
+        accounting: FLOP per example: ``paper`` (the study's 6N / 2N+4N_t / 4N+2N_t per token) or
+            ``exact`` (the FLOP model with attention and the real backward; first use builds and caches).
+        rule: ``paper`` also shows the study's Algorithm 1 (full up to 9.06e16 FLOP, LoRA above).
+        json: print the recipe as JSON instead of a table.
+        write_config: write the winner's fit config (runs with ``lightning-embed fit --config FILE``).
+        query_tokens: tokens of an average query (the study's data: 14).
+        document_tokens: tokens of an average document (the study's data: 64).
+        batch_size: examples per step (default: the laws' runs' batch size, else 32).
+        train: training data for the written config (default: the laws' runs' data, else
+            builtin:stdlib-code).
+
+    Returns:
+        The recipe.
+
+    Raises:
+        UserError: bad arguments, a missing laws file, unknown models, or a budget too small to use.
+    """
+    problems = []
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        problems.append(f"--budget must be a positive number of FLOP, got {budget!r}")
+    if accounting not in ("paper", "exact"):
+        problems.append(f"--accounting must be 'paper' or 'exact', not {accounting!r}")
+    if rule not in (None, "paper"):
+        problems.append(f"--rule must be 'paper', not {rule!r}")
+    for name, value in (("query_tokens", query_tokens), ("document_tokens", document_tokens)):
+        if not (isinstance(value, int) and value > 0):
+            problems.append(f"--{name} must be a positive integer, got {value!r}")
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
+        problems.append(f"--batch_size must be a positive integer, got {batch_size!r}")
+    laws_path = Path(laws) if laws is not None else DEFAULT_LAWS_FILE
+    if not laws_path.is_file():
+        problems.append(
+            f"no laws file at {str(laws_path)!r}; fit one from your runs with `lightning-embed laws fit "
+            "runs.jsonl -o laws.yaml` (or plan runs with `lightning-embed sweep plan`), then pass --laws")
+    if write_config is not None and Path(write_config).is_dir():
+        problems.append(f"--write_config {str(write_config)!r} is a directory; give a file name")
+    if problems:
+        raise UserError("recipe: " + "; ".join(problems) + ".")
+    law_file = load_laws(laws_path)
+    candidates = resolve_models(models, default_family(law_file))
+    with warnings.catch_warnings(record=True):  # shown once below, not also as a Python warning
+        warnings.simplefilter("always")
+        result = solve(budget, law_file, candidates, accounting=accounting, query_tokens=query_tokens,
+                       document_tokens=document_tokens, batch_size=batch_size, rule=rule)
+    if json:
+        print(jsonlib.dumps(result.to_dict(), indent=2))
+    else:
+        render(result)
+    for msg in result.warnings:
+        print(f"warning: {msg}", file=sys.stderr)
+    if write_config is not None:
+        cfg = fit_config(result.winner, budget, batch_size=result.batch_size, accounting=accounting, train=train)
+        save_config(cfg, Path(write_config), header=summary(result).splitlines()[0]
+                    + "\nWritten by `lightning-embed recipe`; run with `lightning-embed fit --config "
+                    f"{Path(write_config).name}`.\nThe FLOP callback measures the step cost on the data and "
+                    "sets the steps the budget buys.")
+        if not json:
+            print(f"wrote {write_config}")
+    return result
