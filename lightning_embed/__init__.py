@@ -1,17 +1,52 @@
 """lightning-embed: contrastive fine-tuning of language models into text-embedding models."""
 
-from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
-from lightning_embed.errors import UserError
-from lightning_embed.loss import InfoNCELoss
-from lightning_embed.models import load_backbone, load_tokenizer
-from lightning_embed.module import EmbeddingModule
-from lightning_embed.pooling import pool
-from lightning_embed.strategy import TuningStrategy, available_strategies, build_strategy
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+# Public names -> defining module. Imported on first use, so that light commands (recipe, laws) start
+# without importing torch, transformers and lightning.
+_EXPORTS = {
+    "EmbeddingModule": "lightning_embed.module",
+    "Encoder": "lightning_embed.encoder",
+    "InfoNCELoss": "lightning_embed.loss",
+    "PairBatch": "lightning_embed.data",
+    "PairCollator": "lightning_embed.data",
+    "PairDataModule": "lightning_embed.data",
+    "PairExample": "lightning_embed.data",
+    "TuningStrategy": "lightning_embed.strategy",
+    "UserError": "lightning_embed.errors",
+    "available_strategies": "lightning_embed.strategy",
+    "build_strategy": "lightning_embed.strategy",
+    "load": "lightning_embed.encoder",
+    "load_backbone": "lightning_embed.models",
+    "load_tokenizer": "lightning_embed.models",
+    "pool": "lightning_embed.pooling",
+}
+
+if TYPE_CHECKING:
+    from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
+    from lightning_embed.encoder import Encoder, load
+    from lightning_embed.errors import UserError
+    from lightning_embed.loss import InfoNCELoss
+    from lightning_embed.models import load_backbone, load_tokenizer
+    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.pooling import pool
+    from lightning_embed.strategy import TuningStrategy, available_strategies, build_strategy
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_embed' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EmbeddingModule",
+    "Encoder",
     "InfoNCELoss",
     "PairBatch",
     "PairCollator",
@@ -21,6 +56,7 @@ __all__ = [
     "UserError",
     "available_strategies",
     "build_strategy",
+    "load",
     "load_backbone",
     "load_tokenizer",
     "pool",

@@ -86,38 +86,7 @@ def _validate_metrics(trainer, model, datamodule) -> dict[str, float]:
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
 
-def _strategies() -> None:
-    """List every installed tuning strategy, the package it comes from, and its options with defaults."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from lightning_embed.strategy import available_strategies, strategy_arguments
-
-    table = Table(title="tuning strategies (entry-point group lightning_embed.strategies)", title_justify="left")
-    for col in ("name", "package", "class", "options (default)"):
-        table.add_column(col)
-    for name, entry in sorted(available_strategies().items()):
-        if entry.cls is None:
-            table.add_row(name, entry.package, entry.value, f"[red]failed to import: {entry.error}[/red]")
-            continue
-        options = ", ".join(f"{n}: {t} = {d!r}" for n, t, d in strategy_arguments(entry.cls)) or "-"
-        table.add_row(name, entry.package, entry.value, options)
-    Console().print(table)
-
-
-def _function_commands() -> dict[str, Any]:
-    """Subcommands that are plain typed functions (their docstrings are the --help text)."""
-    commands: dict[str, Any] = {"strategies": _strategies}
-    return commands
-
-
-def _run_function_cli(args: list[str], commands: dict[str, Any]) -> None:
-    from jsonargparse import auto_cli
-
-    auto_cli(commands, args=args, as_positional=True)
-
-
-def _usage(commands: dict[str, Any]) -> str:
+def _usage(commands) -> str:
     names = ", ".join([*TRAINER_COMMANDS, *commands])
     return f"usage: lightning-embed {{{names}}} ... (lightning-embed COMMAND --help for each)"
 
@@ -127,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     from lightning_embed.errors import UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
-    _quiet_third_party()
-    commands = _function_commands()
+    from lightning_embed.commands import COMMANDS, run_command
+
+    commands = COMMANDS
     if not args or args[0] in ("-h", "--help"):
         print(_usage(commands))
         print("\nTraining: fit, validate, test, predict (LightningCLI; see `lightning-embed fit --help`).")
@@ -136,9 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if args else 2)
     try:
         if args[0] in TRAINER_COMMANDS:
+            _quiet_third_party()
             _trainer_cli(args)
         elif args[0] in commands:
-            _run_function_cli(args, commands)
+            run_command(args)
         else:
             raise UserError(f"unknown command {args[0]!r}. {_usage(commands)}")
     except UserError as err:

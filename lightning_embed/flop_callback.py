@@ -42,7 +42,6 @@ class FlopCounter:
     """Running totals (over all ranks) kept by the callback and saved in checkpoints."""
 
     def __init__(self) -> None:
-        self.batches = 0
         self.examples = 0
         self.tokens = 0
         self.padded_tokens = 0
@@ -63,10 +62,12 @@ class FlopCounter:
 class FlopCallback(Callback):
     """Counts training FLOP exactly, optionally spends a FLOP budget, and records every fit.
 
-    Per optimizer step it logs model and hardware FLOP (step and running total), real and padded tokens,
-    examples, throughput (tokens/s, examples/s) and, where Lightning knows the device's peak, MFU. Counts
-    cover every rank: the per-batch token statistics are all-reduced, so ranks with different padding are
-    counted exactly.
+    Every ``log_every_n_steps`` optimizer steps it logs model and hardware FLOP (per step, averaged over
+    the interval, and running totals), real and padded tokens, examples, throughput (tokens/s, examples/s)
+    and, where Lightning knows the device's peak (``get_available_flops``), MFU. Counts cover every rank:
+    per-batch token statistics are all-reduced, so ranks with different padding are counted exactly. They
+    stay on the device between log steps (the count is linear in them), so counting adds no host sync
+    per step; with a budget the total is read every step, to stop in time.
 
     With ``max_flops``, before training the callback measures the cost of a step on a sample of training
     batches and sets ``max_steps`` to the steps the budget buys (``max_epochs`` becomes unlimited: the
@@ -84,7 +85,7 @@ class FlopCallback(Callback):
         runs_file: JSON-lines file the run record is appended to; None: no record.
         log_every_n_steps: log every this many optimizer steps; None: the trainer's ``log_every_n_steps``.
         estimate_batches: training batches collated to estimate the cost of a step for ``max_flops``.
-        window_size: optimizer steps the throughput and MFU are averaged over.
+        window_size: log points the throughput and MFU are computed over (2: the last logging interval).
         config: the run's configuration to store in the record (the CLI passes its parsed config);
             None: the model's and data module's hyper-parameters and the trainer's limits.
 
@@ -100,7 +101,7 @@ class FlopCallback(Callback):
         runs_file: str | None = "runs.jsonl",
         log_every_n_steps: int | None = None,
         estimate_batches: int = DEFAULT_ESTIMATE_BATCHES,
-        window_size: int = 20,
+        window_size: int = 2,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -135,7 +136,10 @@ class FlopCallback(Callback):
         self._train_t0: float | None = None
         self._val_t0: float | None = None
         self._throughput: Throughput | None = None
-        self._step_flops = [0.0, 0.0]  # model, hardware of the optimizer step in progress
+        self._pending: torch.Tensor | None = None  # device counters not yet on the host
+        self._host_pending = [0, 0, 0, 0]  # rows, padded tokens, padded squares, examples (one process)
+        self._interval = [0.0, 0.0]  # model, hardware FLOP since the last log
+        self._interval_steps = 0
 
     # -- setup: FLOP model, runs file, budget ---------------------------------------------------------
 
@@ -150,7 +154,8 @@ class FlopCallback(Callback):
         self._val_metrics, self._metrics_step = {}, None
         self._setup_time, self._duration_before = time.monotonic(), 0.0
         self._fit_started = self._written = False
-        self._step_flops = [0.0, 0.0]
+        self._pending, self._host_pending = None, [0, 0, 0, 0]
+        self._interval, self._interval_steps = [0.0, 0.0], 0
         self.flop_model = flop_model_for(pl_module, self.accounting)
         self._flags = training_flags(pl_module)
         problem = None
@@ -226,71 +231,95 @@ class FlopCallback(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         masks, examples = batch_masks(batch)
-        counts = self._reduce(trainer, masks, examples)
-        stats = TokenStats(*counts[:5])
-        step = self.flop_model.count(stats, **self._flags)
-        c = self.counter
-        c.batches += 1
-        c.examples += int(counts[5])
-        c.tokens += int(stats.real_tokens)
-        c.padded_tokens += int(stats.padded_tokens)
-        c.flops_model += step.model
-        c.flops_hardware += step.hardware
-        self._step_flops[0] += step.model
-        self._step_flops[1] += step.hardware
+        self._accumulate(trainer, masks, examples)
         if trainer.global_step == self._last_step:
             return  # gradient accumulation: the optimizer step is not done yet
+        self._interval_steps += trainer.global_step - self._last_step
         self._last_step = trainer.global_step
-        c.train_time_s = time.perf_counter() - self._train_t0
-        step_model, step_hardware = self._step_flops
-        self._step_flops = [0.0, 0.0]
-        self._throughput.update(time=c.train_time_s, batches=trainer.global_step,
-                                samples=c.examples / trainer.world_size, lengths=c.tokens / trainer.world_size,
-                                flops=step_hardware / trainer.world_size)
-        if self.max_flops is not None and (
-            c.flops_model >= self.max_flops or (self.planned_steps and trainer.global_step >= self.planned_steps)
-        ):
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        log_now = trainer.global_step % every == 0
+        if self.max_flops is None and not log_now:
+            return  # the counts stay on the device: no host sync between log steps
+        self._flush()
+        if self.max_flops is not None and (self.counter.flops_model >= self.max_flops
+                                           or (self.planned_steps and trainer.global_step >= self.planned_steps)):
             # Stopping through should_stop (not only max_steps) makes Lightning validate the final model.
             trainer.should_stop = True
-        every = self.log_every_n_steps or trainer.log_every_n_steps
-        if trainer.global_step % every == 0 or trainer.should_stop:
-            self._log(trainer, step_model, step_hardware)
+        if log_now or trainer.should_stop:
+            self._log(trainer)
 
-    def _reduce(self, trainer: L.Trainer, masks: list[torch.Tensor], examples: int) -> list[float]:
-        """This batch's token stats summed over ranks: one small all-reduce and one host copy."""
-        device = masks[0].device
-        rows = sum(m.shape[0] for m in masks)
-        padded = sum(m.shape[0] * m.shape[1] for m in masks)
-        padded_sq = sum(m.shape[0] * m.shape[1] ** 2 for m in masks)
-        real = [m.sum(-1, dtype=torch.int64) for m in masks]
-        lengths = torch.cat(real)
-        local = torch.stack([lengths.sum(), (lengths * lengths).sum()])
-        fixed = torch.tensor([rows, padded, padded_sq, examples], dtype=torch.int64, device=device)
-        vector = torch.cat([local, fixed])
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush()
+
+    def _accumulate(self, trainer: L.Trainer, masks: list[torch.Tensor], examples: int) -> None:
+        """Adds a batch's token stats (all ranks) to the pending device counters, without a host sync.
+
+        The FLOP count is linear in (rows, sum of L, sum of L^2), so summing stats and costing them at the
+        next flush is exact.
+        """
+        lengths = torch.cat([m.sum(-1, dtype=torch.int64) for m in masks])
+        vector = torch.stack([lengths.sum(), (lengths * lengths).sum()])
+        fixed = [sum(m.shape[0] for m in masks), sum(m.numel() for m in masks),
+                 sum(m.shape[0] * m.shape[1] ** 2 for m in masks), examples]
         if trainer.world_size > 1:
+            # Ranks pad to different widths: every counter goes through the all-reduce.
+            host = torch.tensor(fixed, dtype=torch.int64)
+            if vector.device.type == "cuda":
+                host = host.pin_memory()
+            vector = torch.cat([vector, host.to(vector.device, non_blocking=True)])
             vector = trainer.strategy.reduce(vector, reduce_op="sum")
-        real_tokens, real_squares, rows, padded, padded_sq, examples = vector.tolist()
-        return [rows, real_tokens, real_squares, padded, padded_sq, examples]
+        else:
+            self._host_pending = [a + b for a, b in zip(self._host_pending, fixed)]
+        self._pending = vector if self._pending is None else self._pending + vector
 
-    def _log(self, trainer: L.Trainer, step_model: float, step_hardware: float) -> None:
+    def _flush(self) -> None:
+        """Moves the pending counts to the host (one small copy) and costs them."""
+        if self._pending is None:
+            return
+        values = self._pending.tolist()
+        self._pending = None
+        if len(values) == 2:
+            (real, squares), (rows, padded, padded_sq, examples) = values, self._host_pending
+        else:
+            real, squares, rows, padded, padded_sq, examples = values
+        self._host_pending = [0, 0, 0, 0]
+        flops = self.flop_model.count(TokenStats(rows, real, squares, padded, padded_sq), **self._flags)
         c = self.counter
+        c.examples += int(examples)
+        c.tokens += int(real)
+        c.padded_tokens += int(padded)
+        c.flops_model += flops.model
+        c.flops_hardware += flops.hardware
+        self._interval[0] += flops.model
+        self._interval[1] += flops.hardware
+        if self._train_t0 is not None:
+            c.train_time_s = time.perf_counter() - self._train_t0
+
+    def _log(self, trainer: L.Trainer) -> None:
+        c = self.counter
+        steps = max(1, self._interval_steps)
+        (model, hardware), self._interval, self._interval_steps = self._interval, [0.0, 0.0], 0
+        world = trainer.world_size
+        self._throughput.update(time=c.train_time_s, batches=trainer.global_step, samples=c.examples / world,
+                                lengths=c.tokens / world, flops=hardware / world)
         metrics = {
-            "flops/step_model": step_model, "flops/step_hardware": step_hardware,
+            "flops/step_model": model / steps, "flops/step_hardware": hardware / steps,
             "flops/total_model": c.flops_model, "flops/total_hardware": c.flops_hardware,
             "tokens/real": float(c.tokens), "tokens/padded": float(c.padded_tokens), "examples": float(c.examples),
         }
         if self.max_flops is not None:
             metrics["flops/budget_used"] = c.flops_model / self.max_flops
         rates = self._throughput.compute()
-        world = "" if trainer.world_size > 1 else "device/"
-        if f"{world}samples_per_sec" in rates:
-            metrics["throughput/examples_per_sec"] = rates[f"{world}samples_per_sec"]
-        if f"{world}items_per_sec" in rates:
-            metrics["throughput/tokens_per_sec"] = rates[f"{world}items_per_sec"]
+        prefix = "" if world > 1 else "device/"  # Throughput reports global rates only when distributed
+        if f"{prefix}samples_per_sec" in rates:
+            metrics["throughput/examples_per_sec"] = rates[f"{prefix}samples_per_sec"]
+        if f"{prefix}items_per_sec" in rates:
+            tokens_per_sec = rates[f"{prefix}items_per_sec"]
+            metrics["throughput/tokens_per_sec"] = tokens_per_sec
             if c.tokens:
-                metrics["throughput/padded_tokens_per_sec"] = rates[f"{world}items_per_sec"] * c.padded_tokens / c.tokens
+                metrics["throughput/padded_tokens_per_sec"] = tokens_per_sec * c.padded_tokens / c.tokens
         if "device/flops_per_sec" in rates:
-            metrics["throughput/hardware_flops_per_sec"] = rates["device/flops_per_sec"] * trainer.world_size
+            metrics["throughput/hardware_flops_per_sec"] = rates["device/flops_per_sec"] * world
         if "device/mfu" in rates:
             metrics["throughput/mfu"] = rates["device/mfu"]
         self.last_metrics = metrics
@@ -301,6 +330,7 @@ class FlopCallback(Callback):
     # -- checkpoints ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        self._flush()
         duration = self._duration_before + (time.monotonic() - self._setup_time if self._setup_time else 0.0)
         return {"version": _STATE_VERSION, "counter": {**self.counter.state_dict(), "duration_s": duration},
                 "accounting": self.accounting, "max_flops": self.max_flops, "planned_steps": self.planned_steps,
@@ -344,6 +374,7 @@ class FlopCallback(Callback):
     def make_record(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str,
                     error: str | None = None) -> RunRecord:
         """The run record of the fit so far."""
+        self._flush()
         c = self.counter
         hparams = jsonable(dict(getattr(pl_module, "hparams", {}) or {}))
         tuning = getattr(pl_module, "tuning", None)

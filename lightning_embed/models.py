@@ -157,6 +157,10 @@ def load_backbone(
             model = AutoModel.from_pretrained(path, config=config, **kwargs)
     except OSError as err:
         raise BackboneError(f"cannot load backbone {name!r}: {_first_line(err)}") from None
+    if isinstance(getattr(model, "pooler", None), nn.Module):
+        # Encoders' own pooler (BERT's tanh dense on [CLS]) never feeds last_hidden_state, which is what
+        # we pool: as parameters it would only get no gradient (DDP errors) and inflate trainable counts.
+        model.pooler = None
     return model
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_embed.errors import UserError
+from lightning_embed.gradcache import cached_encode
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.metrics import retrieval_metrics
 from lightning_embed.models import describe, load_backbone, load_tokenizer
@@ -46,7 +47,24 @@ class EmbeddingModule(L.LightningModule):
         attn_implementation: ``sdpa`` (fast) or ``eager`` (needed to verify attention FLOP); default: the
             backbone's own default.
         gradient_checkpointing: recompute activations in the backward pass (less memory, one more forward).
+            Applies inside every transformer block; works under DDP, FSDP and FSDP2 and nests with
+            ``gradcache_chunk_size``.
         trust_remote_code: run code shipped with a hub model; only if you trust it.
+        gradcache_chunk_size: gradient caching (GradCache, Gao et al. 2021): encode each batch in
+            mini-batches of this many texts (queries and documents separately) and back-propagate the
+            loss of the whole batch one mini-batch at a time. Loss and gradients equal those of the
+            uncached batch (every in-batch, hard and cross-device negative included) while activation
+            memory is that of one mini-batch, for one extra forward pass. Dropout masks and mixed
+            precision match between the two passes; gradient accumulation, gradient clipping and every
+            Lightning strategy (DDP: one all-reduce per step) work unchanged. None: no caching. See
+            :mod:`lightning_embed.gradcache`.
+
+    Distributed training uses Lightning's strategies unchanged: ``ddp``, ``fsdp`` (GPUs; each transformer
+    block and the tuning strategy's :meth:`~lightning_embed.strategy.TuningStrategy.fsdp_wrap_modules`
+    become FSDP units unless the strategy sets its own ``auto_wrap_policy``) and FSDP2 through
+    ``ModelParallelStrategy`` (:meth:`configure_model` shards each block and the backbone with
+    ``fully_shard`` over the data-parallel mesh). ``configs/ddp.yaml``, ``configs/fsdp.yaml`` and
+    ``configs/fsdp2.yaml`` set them up.
     """
 
     def __init__(
@@ -71,11 +89,12 @@ class EmbeddingModule(L.LightningModule):
         attn_implementation: Literal["sdpa", "eager"] | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        gradcache_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         strategy = build_strategy(tuning)
         _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
-                       document_max_length)
+                       document_max_length, gradcache_chunk_size)
         self.save_hyperparameters(ignore=["tuning"])
         # A serialisable form of the strategy, so checkpoints load with weights_only=True.
         self.hparams["tuning"] = _strategy_spec(strategy)
@@ -96,8 +115,8 @@ class EmbeddingModule(L.LightningModule):
             self._enable_gradient_checkpointing()
         self.loss_fn = InfoNCELoss(temperature, symmetric=symmetric, gather_across_devices=gather_across_devices)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        #: Optional gradient-cache mini-batch size (read by the FLOP model; set by the GradCache feature).
-        self.gradcache_chunk_size: int | None = None
+        #: GradCache mini-batch size, or None (read by the FLOP model to count the extra forward).
+        self.gradcache_chunk_size: int | None = gradcache_chunk_size
         self.gradient_checkpointing = gradient_checkpointing
 
     # ---- encoding -------------------------------------------------------------------------------------
@@ -121,10 +140,16 @@ class EmbeddingModule(L.LightningModule):
             document_prompt=self.hparams.document_prompt,
         )
 
+    def encode_cached(self, encoding: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`encode_batch`, in GradCache mini-batches when ``gradcache_chunk_size`` is set."""
+        if self.gradcache_chunk_size is None:
+            return self.encode_batch(encoding)
+        return cached_encode(self.encode_batch, encoding, self.gradcache_chunk_size)
+
     def forward(self, batch) -> torch.Tensor:
         """Contrastive loss of a :class:`~lightning_embed.data.PairBatch`."""
-        queries = self.encode_batch(batch.queries)
-        documents = self.encode_batch(batch.documents)
+        queries = self.encode_cached(batch.queries)
+        documents = self.encode_cached(batch.documents)
         return self.loss_fn(queries, documents, batch.num_negatives)
 
     # ---- steps ----------------------------------------------------------------------------------------
@@ -141,8 +166,8 @@ class EmbeddingModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch, stage: str) -> None:
-        queries = self.encode_batch(batch.queries)
-        documents = self.encode_batch(batch.documents)
+        queries = self.encode_cached(batch.queries)
+        documents = self.encode_cached(batch.documents)
         # The held-out loss is computed without cross-device gathering: it must not depend on world size.
         gather = self.loss_fn.gather_across_devices
         self.loss_fn.gather_across_devices = False
@@ -201,7 +226,9 @@ class EmbeddingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         state = checkpoint["state_dict"]
-        if len(trainable) < len(state):
+        # FSDP and FSDP2 load the weights inside the strategy, strictly and before on_load_checkpoint could
+        # fill the frozen ones in: their (sharded) checkpoints keep the full state.
+        if len(trainable) < len(state) and not _strategy_loads_weights(self._trainer):
             # Frozen weights are reloaded from the backbone, so adapter checkpoints stay small.
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
             checkpoint["lightning_embed_partial_state"] = True
@@ -212,6 +239,74 @@ class EmbeddingModule(L.LightningModule):
             state = checkpoint["state_dict"]
             for key, value in self.state_dict().items():
                 state.setdefault(key, value)
+
+    # ---- distributed: FSDP units and FSDP2 sharding ---------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Shards the backbone for Lightning's FSDP strategies (nothing to do for the others).
+
+        - ``ModelParallelStrategy`` (FSDP2): ``fully_shard`` each module of the tuning strategy's
+          :meth:`~lightning_embed.strategy.TuningStrategy.fsdp_wrap_modules`, each transformer block and
+          then the backbone, over the ``data_parallel`` dimension of ``self.device_mesh``. Frozen and
+          trainable parameters (LoRA) may share a unit. Tensor parallelism is not supported: set the
+          strategy's ``tensor_parallel_size`` to 1 and ``data_parallel_size`` to the number of processes.
+        - ``FSDPStrategy`` (FSDP1, GPUs): the same modules become FSDP units through ``wrap`` (Lightning's
+          manual wrapping; the strategy wraps the root), unless the strategy was given an
+          ``auto_wrap_policy``, which then decides. Use ``use_orig_params: true`` (Lightning's default),
+          which frozen and LoRA parameters need.
+
+        Lightning calls this hook at every ``fit``/``validate``/``test``; it shards only once.
+        """
+        mesh = self.device_mesh
+        if mesh is not None:
+            self._fully_shard(mesh)
+            return
+        trainer = self._trainer
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if trainer is not None and isinstance(trainer.strategy, FSDPStrategy):
+            if "auto_wrap_policy" not in trainer.strategy.kwargs:
+                self._wrap_fsdp_units()
+
+    def _shard_units(self) -> list[nn.Module]:
+        """Modules to shard on their own, innermost first: the tuning strategy's extras, then the blocks."""
+        from lightning_embed.models import find_blocks
+
+        _, blocks = find_blocks(self.backbone)
+        units: list[nn.Module] = []
+        for module in [*self.tuning.fsdp_wrap_modules(self.backbone), *blocks]:
+            if all(module is not u for u in units):
+                units.append(module)
+        return units
+
+    def _fully_shard(self, mesh) -> None:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(self.backbone, FSDPModule):
+            return
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise UserError(
+                f"ModelParallelStrategy runs with tensor_parallel_size={mesh['tensor_parallel'].size()}, but "
+                "lightning-embed shards with FSDP2 only (no tensor parallelism): set the strategy's "
+                "tensor_parallel_size: 1 and data_parallel_size to the number of processes (nodes x devices), "
+                "as configs/fsdp2.yaml does.")
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        for module in self._shard_units():
+            fully_shard(module, mesh=dp_mesh)
+        fully_shard(self.backbone, mesh=dp_mesh)
+
+    def _wrap_fsdp_units(self) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import wrap
+
+        if any(isinstance(m, FullyShardedDataParallel) for m in self.backbone.modules()):
+            return
+        parents = {id(child): (parent, name) for parent in self.backbone.modules()
+                   for name, child in parent.named_children()}
+        for module in self._shard_units():
+            parent, name = parents[id(module)]
+            setattr(parent, name, wrap(module))  # wrap() uses the strategy's FSDP settings (enable_wrap)
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
@@ -227,6 +322,15 @@ class EmbeddingModule(L.LightningModule):
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise UserError(f"{type(model).__name__} does not support gradient checkpointing.")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _strategy_loads_weights(trainer) -> bool:
+    """Whether the trainer's strategy restores model weights itself (FSDP, FSDP2) instead of the module."""
+    if trainer is None:
+        return False
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
 def warmup_then_decay(total_steps: int, warmup_ratio: float, schedule: str):
@@ -265,8 +369,13 @@ def _strategy_spec(strategy: TuningStrategy) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": strategy.hparams()}
 
 
-def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, qlen, dlen) -> None:
+def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, qlen, dlen,
+                   gradcache_chunk_size=None) -> None:
     problems = []
+    if gradcache_chunk_size is not None and (isinstance(gradcache_chunk_size, bool)
+                                             or not isinstance(gradcache_chunk_size, int) or gradcache_chunk_size < 1):
+        problems.append(f"gradcache_chunk_size={gradcache_chunk_size!r} must be a positive integer (texts per "
+                        "mini-batch) or None for no gradient caching")
     if pooling not in POOLING_MODES:
         problems.append(f"pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
     if not temperature > 0:

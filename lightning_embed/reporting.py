@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-_console = Console()
+# Wide enough for tables when output is not a terminal (CI logs, pipes), where rich assumes 80 columns.
+_console = Console(width=None if Console().is_terminal else 120)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -57,3 +59,54 @@ def _metric_order(key: str) -> tuple[int, str]:
     order = ["loss", "ndcg@10", "mrr@10", "recall@1", "recall@10"]
     short = key.split("/", 1)[-1]
     return (order.index(short) if short in order else len(order), key)
+
+
+def strategies() -> None:
+    """List every installed tuning strategy, the package it comes from, and its options with defaults."""
+    from lightning_embed.strategy import available_strategies, strategy_arguments
+
+    table = Table(title="tuning strategies (entry-point group lightning_embed.strategies)", title_justify="left")
+    for col in ("name", "package", "options (default)"):
+        table.add_column(col, overflow="fold")
+    for name, entry in sorted(available_strategies().items()):
+        if entry.cls is None:
+            table.add_row(name, entry.package, f"[red]failed to import {entry.value}: {entry.error}[/red]")
+            continue
+        options = "\n".join(f"{n}: {t} = {d!r}" for n, t, d in strategy_arguments(entry.cls)) or "-"
+        table.add_row(name, entry.package, options, end_section=True)
+    _console.print(table)
+
+
+def data(source: str | None = None, split: Literal["train", "val"] = "train", num_negatives: int = 0) -> None:
+    """Describe a pair source (examples, distinct positives, text lengths), or list the builtin sources.
+
+    Args:
+        source: a .jsonl/.csv/.tsv/.parquet file, a saved Hugging Face dataset folder, or builtin:NAME;
+            omitted: list the builtin sources.
+        split: for a builtin source, which split to describe.
+        num_negatives: hard negatives to read per example (checks that every example has that many).
+    """
+    from lightning_embed.data import describe_builtin_sources, read_examples
+
+    if source is None:
+        table = Table(title="builtin sources (no download)", title_justify="left")
+        table.add_column("source")
+        table.add_column("what it is")
+        for name, text in describe_builtin_sources().items():
+            table.add_row(name, text)
+        _console.print(table)
+        return
+    examples = read_examples(source, split=split, num_negatives=num_negatives)
+    table = Table(title=f"{source} ({split})", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("examples", f"{len(examples):,}")
+    table.add_row("distinct positives", f"{len({e.positive for e in examples}):,}")
+    table.add_row("hard negatives per example", str(num_negatives))
+    for what, texts in (("query", [e.query for e in examples]), ("positive", [e.positive for e in examples])):
+        words = sorted(len(t.split()) for t in texts)
+        table.add_row(f"{what} words (median / 95th pct)", f"{words[len(words) // 2]} / {words[int(0.95 * (len(words) - 1))]}")
+    _console.print(table)
+
+
+data.positional = ("source",)

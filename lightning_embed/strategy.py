@@ -12,6 +12,11 @@ in its ``pyproject.toml``::
 
 The FLOP model derives the backward cost from which parameters require gradients, so a strategy never
 reports its own cost.
+
+Helpers for strategy authors (the built-ins use them too): :func:`raise_if_problems` (value checks in
+``__init__``, all reported at once), :func:`apply_strategy` (validate, then apply), :func:`backbone_parts`
+(embeddings / blocks / final norm / head of any architecture, from the module tree), :func:`is_norm`,
+:func:`is_linear`, :func:`set_trainable`, :func:`parameter_summary` and :func:`trainable_state_dict`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,12 @@ class FreezeTuning(TuningStrategy):
 
     name = "freeze"
 
-    def __init__(self, blocks: int | float = 0.5, train_final_norm: bool = True, train_embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        blocks: int | float = 0.5,
+        train_final_norm: bool = True,
+        train_embeddings: bool = False,
+    ) -> None:
         """Configures block freezing.
 
         Args:

@@ -14,8 +14,6 @@ from lightning_embed.strategy import (
     raise_if_problems,
 )
 
-EmbeddingMode = Literal["frozen", "lora", "train"]
-
 
 class LoRATuning(TuningStrategy):
     """LoRA (Hu et al., 2021): trains low-rank updates ``B @ A`` of frozen linear weights.
@@ -39,7 +37,7 @@ class LoRATuning(TuningStrategy):
         alpha: float = 16.0,
         dropout: float = 0.0,
         target_modules: list[str] | None = None,
-        embeddings: EmbeddingMode = "frozen",
+        embeddings: Literal["frozen", "lora", "train"] = "frozen",
         rslora: bool = False,
     ) -> None:
         """Configures LoRA.
@@ -112,7 +110,9 @@ class LoRATuning(TuningStrategy):
                 )
             targets = [n for n in linears if n in matched]  # module order, not option order: deterministic
         if self.embeddings != "frozen" and not parts.input_embedding:
-            problems.append(f"embeddings={self.embeddings!r} but this {backbone_kind(backbone)} backbone has no input embedding")
+            problems.append(
+                f"embeddings={self.embeddings!r} but this {backbone_kind(backbone)} backbone has no input embedding"
+            )
         return targets, problems
 
     def validate(self, backbone: nn.Module) -> list[str]:

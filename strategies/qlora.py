@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Literal
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from lightning_embed.strategy import backbone_parts, raise_if_problems
 
-from strategies.lora import EmbeddingMode, LoRATuning
+from strategies.lora import LoRATuning
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,7 +42,7 @@ class QLoRATuning(LoRATuning):
         alpha: float = 16.0,
         dropout: float = 0.0,
         target_modules: list[str] | None = None,
-        embeddings: EmbeddingMode = "frozen",
+        embeddings: Literal["frozen", "lora", "train"] = "frozen",
         rslora: bool = False,
         quant_type: Literal["nf4", "fp4"] = "nf4",
         double_quant: bool = True,
@@ -109,7 +110,7 @@ class QLoRATuning(LoRATuning):
         if type(layer).__name__ == "Conv1D":  # GPT-2 stores (in, out); Linear4bit wants (out, in)
             weight = weight.t()
         out_features, in_features = weight.shape
-        q = bnb.nn.Linear4bit(
+        q = _linear4bit_class()(
             in_features,
             out_features,
             bias=layer.bias is not None,
@@ -159,6 +160,33 @@ class QLoRATuning(LoRATuning):
                 _replace(base, name, _dequantised(module))
         # What is left of peft (adapters on the embeddings, if any) merges the ordinary way.
         return model.merge_and_unload() if isinstance(model, PeftModel) else base
+
+
+@functools.cache
+def _linear4bit_class() -> type[nn.Module]:
+    """bitsandbytes' ``Linear4bit`` whose ``state_dict`` loads back with ``load_state_dict``.
+
+    Built on first use so that listing strategies does not import bitsandbytes.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import QuantState
+
+    class QuantLinear4bit(bnb.nn.Linear4bit):
+        # Linear4bit saves its quantisation statistics as extra ``weight.*`` entries (absmax, quant_map,
+        # ...) but does not read them back, so ``load_state_dict(model.state_dict())`` fails with
+        # "unexpected keys" (and Lightning loads checkpoints strictly). Read them back, so a state dict
+        # restores exactly the 4-bit codes and statistics it was saved with.
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                                  unexpected_keys, error_msgs):
+            stats_prefix = prefix + "weight."
+            stats = {k[len(stats_prefix):]: v for k, v in state_dict.items() if k.startswith(stats_prefix)}
+            rest = {k: v for k, v in state_dict.items() if not k.startswith(stats_prefix)}
+            super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+            if stats:
+                self.weight.quant_state = QuantState.from_dict(stats, device=self.weight.device)
+
+    return QuantLinear4bit
 
 
 def _dequantised(layer: nn.Module) -> nn.Linear:

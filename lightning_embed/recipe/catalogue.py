@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -159,9 +160,12 @@ def count_model(model) -> ModelCounts:
     )
 
 
-def _cache_file() -> Path:
-    from lightning_embed.models import cache_dir
+def cache_dir() -> Path:
+    """``lightning_embed.models.cache_dir()`` without importing models.py (which pulls torch, seconds)."""
+    return Path(os.environ.get("LIGHTNING_EMBED_CACHE", Path.home() / ".cache" / "lightning-embed"))
 
+
+def _cache_file() -> Path:
     return cache_dir() / "catalogue-counts.json"
 
 

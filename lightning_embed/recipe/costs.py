@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_embed.errors import UserError
-from lightning_embed.recipe.catalogue import ModelCounts, ModelEntry, config_key
+from lightning_embed.recipe.catalogue import ModelCounts, ModelEntry, cache_dir, config_key
 
 Accounting = Literal["exact", "paper"]
 #: Methods the paper formulas cover (qlora costs as lora: its base weights are frozen the same way).
@@ -91,8 +91,6 @@ def _flops_source_hash() -> str:
 
 
 def _cache_path() -> Path:
-    from lightning_embed.models import cache_dir
-
     return cache_dir() / "recipe-flops.json"
 
 
@@ -147,8 +145,10 @@ def exact_flops_per_example(
                     warnings.simplefilter("ignore")
                     tuned = apply_strategy(build_strategy(tuning_spec(method, setting)), meta_model(entry.config))
                     flops = FlopModel.from_module(tuned).per_example(query_tokens, document_tokens).model
-            except StrategyError:
-                flops = -1.0  # cached too: "cannot tune this model"
+            except (StrategyError, UserError, NotImplementedError, RuntimeError):
+                # The strategy rejects the model, or its module cannot be probed on meta (e.g. 4-bit
+                # weights): cached too, and shown as "cannot tune".
+                flops = -1.0
             fresh[keys[i]] = float(flops)
         _write_cache(fresh)
     values = [fresh.get(k, cache.get(k)) for k in keys]

@@ -8,7 +8,9 @@ predicted and observed *log* loss, with the law written in log space so every te
 and L-BFGS-B (scipy) started from many points of a grid, keeping the best optimum. Two departures, both
 for speed and conditioning: log N and log D are centred on their means before fitting (a and b then live
 on the scale of the loss itself, so one grid fits every data set), and the whole grid is scored in one
-vectorised pass and only its best ``starts`` points are refined.
+vectorised pass and only its best ``starts`` points are refined. The grid: a and b at 6 points from
+log(min L) - 4 to log(max L) + 0.5, alpha and beta in {0.1, 0.3, 0.6, 1, 1.5, 2}, e at 6 points from
+log(min L) - 4 to log(min L): 7,776 starting points.
 
 One law is fitted per method and method setting (LoRA rank, share of trained blocks). A group the data
 cannot support (fewer than ``min_runs`` completed runs, a single model size or data quantity, non-finite
@@ -177,9 +179,9 @@ def _fit_arrays(n, d, loss, form: str, delta: float, starts: int, leave_one_out:
         loo = np.empty(len(t))
         for i in range(len(t)):
             keep = np.arange(len(t)) != i
-            # Restart from the full fit's optimum and a few grid points: LOO fits sit close to it.
+            # Restart from the full fit's optimum (LOO fits sit close to it) and the best grid point.
             sub_order = np.argsort(_score_grid(grid, x[keep], y[keep], t[keep], with_e, delta))
-            inits = np.vstack([p[None, :], grid[sub_order[:3]]])
+            inits = np.vstack([p[None, :], grid[sub_order[:1]]])
             q = _minimise(x[keep], y[keep], t[keep], with_e, delta, inits)
             loo[i] = t[i] - _predict_log(q[None, :], x[i:i + 1], y[i:i + 1], with_e)[0][0, 0]
         quality["loo_rmse_log"] = float(np.sqrt(np.mean(loo**2)))

@@ -21,7 +21,7 @@ The laws file (YAML, ``schema_version: 1``)::
     provenance:                    # which runs, how they were fitted
       runs_files: [{path: runs.jsonl, sha256: ..., records: 40, completed: 38}]
       backbones: [smollm2-135m]
-      fit: {objective: huber(log L), delta: 0.001, optimizer: L-BFGS-B, grid_points: 5400, starts: 32}
+      fit: {objective: huber(log L), delta: 0.001, optimizer: L-BFGS-B, grid_points: 7776, starts: 32}
     laws:
     - method: lora                 # tuning strategy name
       setting: {rank: 16}          # method setting ({} for full and bias; {share: 0.25} for freeze)

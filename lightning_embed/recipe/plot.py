@@ -92,12 +92,12 @@ def _frontier(ax, laws: LawsFile, obs: list[Observation], colors: dict[str, str]
 
 
 def _plain_log_axes(ax) -> None:
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    # Losses span less than a decade: plain numbers read better than 6x10^-1.
-    ax.yaxis.set_major_formatter(ScalarFormatter())
+    # Losses span about a decade: label 0.6, 0.7, ..., 2, 3 rather than only 10^0.
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 3, 4, 5, 6, 7, 8, 9)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.get_major_formatter().set_scientific(False)
 
 
 def _isoflop_budgets(laws: LawsFile, obs: list[Observation], count: int = 4) -> list[float]:

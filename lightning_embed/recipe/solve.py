@@ -21,7 +21,7 @@ import yaml
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe.catalogue import ModelEntry, load_shipped_family, resolve_models, shipped_families
-from lightning_embed.recipe.costs import Accounting, flops_per_example, trainable_params, tuning_spec
+from lightning_embed.recipe.costs import PAPER_METHODS, Accounting, flops_per_example, trainable_params, tuning_spec
 from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws
 
 #: The study's crossover: full fine-tuning is compute-optimal up to here, LoRA above (Ziarko et al. 2024).
@@ -133,7 +133,9 @@ def solve(
     candidates = []
     for (law, model), cost in zip(pairs, costs):
         c = Candidate(law, model, trainable_params(model.counts, law.method, law.setting), cost)
-        if cost is None:
+        if cost is None and accounting == "paper" and law.method not in PAPER_METHODS:
+            c.note = f"no paper FLOP formula for {law.method}; use --accounting exact"
+        elif cost is None:
             c.note = f"{law.method} cannot tune {model.name}" + (" (no biases)" if law.method == "bias" else "")
         else:
             c.examples = int(budget // cost)
@@ -206,6 +208,9 @@ def build_fit_config(
                  # A file-based train source needs its validation set for the run record's val_loss.
                  **({"val": hp["val"]} if hp.get("val") and not train else {})},
         "trainer": {
+            # The callback sets the steps the budget buys; -1 here only spares Lightning's "max_epochs was
+            # not set" warning (a small data set repeats rather than ending the run early).
+            "max_epochs": -1,
             "precision": "bf16-mixed",
             "callbacks": [{"class_path": FLOP_CALLBACK, "init_args": {
                 "max_flops": float(budget), "accounting": accounting, "runs_file": runs_file}}],

@@ -10,13 +10,16 @@ settings run one after the other in it, each with its own peak. A step is forwar
 mean-pooled embeddings (batch 8 = 4 query/document pairs, sequence 64) + backward + AdamW; each setting
 starts with an untimed warm-up step (the first one allocates AdamW's state, so every peak includes it).
 
-Memory method (CPU): resident set size (RSS) from ``/proc/self/status``. ``model`` is the RSS growth from
-loading and applying the strategy (the weights as they stay resident: QLoRA's 4-bit blocks, not the fp32
-original it was quantised from). ``peak`` is the high-water mark ``VmHWM`` during the training steps, reset
-just before each setting's steps by writing 5 to ``/proc/self/clear_refs`` (Linux >= 4.0), minus the RSS before the model
-was loaded: weights + gradients + AdamW state + activations. glibc is told to return large freed blocks
-to the OS (``MALLOC_MMAP_THRESHOLD_``, ``malloc_trim``) so RSS tracks live memory. On CUDA the same
-numbers come from ``torch.cuda.max_memory_allocated``.
+Memory method (CPU): resident set size (RSS) from ``/proc/self/status``, in MiB above the RSS of the
+process just before loading the model (torch, transformers, peft and bitsandbytes already imported).
+The weights are first copied out of the safetensors memory map, as moving to a device would. ``model`` is
+the RSS after applying the strategy (QLoRA's 4-bit blocks, not the fp32 originals it quantised). ``peak``
+is the high-water mark ``VmHWM`` over a setting's steps, reset just before them by writing 5 to
+``/proc/self/clear_refs`` (Linux >= 4.0): weights + gradients + AdamW state + activations. glibc is told
+to return large freed blocks (``MALLOC_MMAP_THRESHOLD_``, ``malloc_trim``) so RSS tracks live memory.
+On CUDA (``--device cuda``) the numbers come from ``torch.cuda.max_memory_allocated`` instead.
+
+Timing on a shared CPU is noisy: ``--threads 1`` is steadier when other processes compete for cores.
 """
 
 from __future__ import annotations
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES,
                         help="names or JSON specs, e.g. '{\"name\": \"lora\", \"rank\": 32}'")
     parser.add_argument("--autocast", nargs="+", choices=["off", "on"], default=["off", "on"], help="bf16 autocast")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--device", default="cpu")
@@ -209,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
 
             torch.set_num_threads(args.threads)
         model, spec, autocast = args.child
-        print(json.dumps(child(model, spec, [a == "on" for a in autocast.split(",")], args.steps, args.batch, args.seq, args.device)))
+        settings = [a == "on" for a in autocast.split(",")]
+        print(json.dumps(child(model, spec, settings, args.steps, args.batch, args.seq, args.device)))
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,324 @@
+"""``lightning-embed export``: a checkpoint becomes a Hugging Face + sentence-transformers folder.
+
+The folder holds the backbone with adapters merged (the tuning strategy's ``export``), in
+``model.safetensors`` with its ``config.json`` and tokenizer, so ``transformers.AutoModel`` loads it; the
+sentence-transformers files (``modules.json``, ``sentence_bert_config.json``, ``1_Pooling``, ``2_Normalize``,
+``config_sentence_transformers.json`` with the query/document prompts), so ``SentenceTransformer(folder)``
+embeds exactly as the trained module did; ``lightning_embed.json`` for :func:`lightning_embed.load`; and a
+model card (``README.md``).
+
+The sentence-transformers files use the long-standing ``sentence_transformers.models.*`` module names and
+one-flag-per-mode pooling config, which every sentence-transformers release from 2.x to 6.x reads.
+
+The folder is written beside its destination under a temporary name and renamed into place at the end, so
+a failure never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightning_embed.encoder import (
+    EXPORT_CONFIG,
+    ST_POOLING,
+    checkpoint_info,
+    load_module,
+    module_hparams,
+    read_checkpoint,
+)
+from lightning_embed.errors import UserError
+
+EXPORT_FORMAT_VERSION = 1
+
+
+def export(checkpoint: str, output: str | None = None, overwrite: bool = False) -> None:
+    """Export a checkpoint as a Hugging Face and sentence-transformers model folder.
+
+    The folder loads with ``transformers.AutoModel.from_pretrained(DIR)`` (adapters merged),
+    ``sentence_transformers.SentenceTransformer(DIR)`` (same embeddings as the trained model, prompts
+    ``query`` and ``document``) and ``lightning_embed.load(DIR)``; it carries a model card.
+
+    Args:
+        checkpoint: a ``.ckpt`` file written by ``lightning-embed fit``.
+        output: the folder to create.
+        overwrite: replace ``output`` if it exists and is not empty.
+    """
+    if not output:
+        raise UserError("say where to write the model: lightning-embed export CHECKPOINT --output DIR")
+    folder = export_checkpoint(checkpoint, output, overwrite=overwrite)
+    from rich.console import Console
+
+    Console().print(f"exported [bold]{checkpoint}[/bold] to [bold]{folder}[/bold] "
+                    "(transformers, sentence-transformers and lightning_embed.load)")
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False,
+                      runs_file: str | os.PathLike | None = None) -> Path:
+    """Exports a checkpoint (see :func:`export`); returns the folder.
+
+    Args:
+        checkpoint: a checkpoint of ``lightning-embed fit``.
+        output: the folder to create.
+        overwrite: replace an existing non-empty ``output``.
+        runs_file: the runs file holding this run's record (for the model card); None: look for
+            ``runs.jsonl`` beside the checkpoint, in its parents and in the working directory.
+
+    Raises:
+        UserError: a checkpoint that is not ours, an existing non-empty ``output`` without ``overwrite``.
+    """
+    target = _check_target(Path(output).expanduser(), overwrite)
+    ckpt = read_checkpoint(checkpoint)
+    hparams = module_hparams(ckpt, checkpoint)
+    module = load_module(checkpoint, ckpt)
+    info = checkpoint_info(ckpt)
+    info["run"] = _find_run(Path(checkpoint), info.get("run_id"), runs_file)
+    info["config"] = _find_config(Path(checkpoint))
+    info["source_checkpoint"] = str(Path(checkpoint).expanduser().resolve())
+    return export_module(module, target, overwrite=overwrite, hparams=hparams, info=info)
+
+
+def export_module(module, output: str | os.PathLike, *, overwrite: bool = False,
+                  hparams: dict[str, Any] | None = None, info: dict[str, Any] | None = None) -> Path:
+    """Exports a live :class:`~lightning_embed.module.EmbeddingModule` (e.g. right after training).
+
+    The module is not changed (LoRA merges into a copy).
+    """
+    target = _check_target(Path(output).expanduser(), overwrite)
+    hparams = dict(hparams if hparams is not None else {k: v for k, v in module.hparams.items() if not k.startswith("_")})
+    info = dict(info or {})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write(module, tmp, hparams, info)
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_target(target: Path, overwrite: bool) -> Path:
+    if target.exists():
+        if not target.is_dir():
+            raise UserError(f"{target} exists and is a file, not a folder; choose another --output.")
+        if any(target.iterdir()) and not overwrite:
+            raise UserError(f"{target} exists and is not empty; choose another --output or pass --overwrite=true "
+                            "to replace it.")
+    return target
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    # Replace: move the old folder aside first, so there is never a moment with neither in place.
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / "model")
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old / "model", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) -> None:
+    model = module.tuning.export(module.backbone)
+    model.save_pretrained(folder, safe_serialization=True)
+    module.tokenizer.save_pretrained(folder)
+    max_len = max(int(hparams.get("query_max_length", 64)), int(hparams.get("document_max_length", 256)))
+    _patch_json(folder / "tokenizer_config.json", {"model_max_length": max_len})
+    pooling = hparams.get("pooling", "mean")
+    normalize = bool(hparams.get("normalize", True))
+    hidden = int(getattr(model.config, "hidden_size", 0) or 0)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir()
+        _write_json(folder / "2_Normalize" / "config.json", {})
+    _write_json(folder / "modules.json", modules)
+    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False})
+    (folder / "1_Pooling").mkdir()
+    _write_json(folder / "1_Pooling" / "config.json", _st_pooling_config(pooling, hidden))
+    query_prompt, document_prompt = hparams.get("query_prompt", ""), hparams.get("document_prompt", "")
+    _write_json(folder / "config_sentence_transformers.json", {
+        "__version__": _versions(("sentence-transformers", "transformers", "torch")),
+        "model_type": "SentenceTransformer",
+        "prompts": {"query": query_prompt, "document": document_prompt},
+        # Symmetric tasks (STS, clustering) embed with the query prompt, as lightning-embed's own evaluation
+        # does, so a plain encode() agrees with it; encode_document() still uses the document prompt.
+        "default_prompt_name": "query" if query_prompt else None,
+        "similarity_fn_name": "cosine" if normalize else "dot",
+    })
+    meta = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": hparams.get("backbone"),
+        "tuning": hparams.get("tuning"),
+        "max_seq_length": max_len,
+        "hparams": hparams,
+        "training": {k: v for k, v in info.items() if k not in ("run", "config")},
+        "versions": _versions(("lightning-embed", "torch", "transformers", "peft")),
+    }
+    _write_json(folder / EXPORT_CONFIG, meta)
+    (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len), encoding="utf-8")
+
+
+def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
+    mode = ST_POOLING[pooling]
+    return {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": mode == "cls",
+        "pooling_mode_mean_tokens": mode == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": mode == "weightedmean",
+        "pooling_mode_lasttoken": mode == "lasttoken",
+        "include_prompt": True,
+    }
+
+
+def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, max_length: int) -> str:
+    """The README.md of an export: usage, the model, how it was trained, what it scored."""
+    backbone = str(hparams.get("backbone", "?"))
+    tuning = hparams.get("tuning") or {"name": "full"}
+    if isinstance(tuning, str):
+        tuning = {"name": tuning}
+    name = tuning.get("name") or str(tuning.get("class_path", "?")).rsplit(".", 1)[-1]
+    args = {k: v for k, v in (tuning.get("init_args") or tuning).items() if k not in ("name", "class_path")}
+    strategy = f"{name} ({', '.join(f'{k}={v}' for k, v in args.items())})" if args else name
+    normalize = bool(hparams.get("normalize", True))
+    run = info.get("run") or {}
+    flops = info.get("flops") or {}
+    data = ((info.get("config") or {}).get("data") or (run.get("config") or {}).get("data") or {})
+    metrics = {k.removeprefix("val/"): v for k, v in (info.get("metrics") or run.get("metrics") or {}).items()}
+    # A hub id is owner/name; local folders and bundled aliases are not linked as a base model.
+    hub_id = "/" in backbone and not backbone.startswith((".", "/", "~")) and not Path(backbone).exists()
+    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
+             "tags: [sentence-transformers, feature-extraction, sentence-similarity, lightning-embed]"]
+    if hub_id:
+        lines.append(f"base_model: {backbone}")
+    lines += ["---", "", f"# Text-embedding model fine-tuned from `{backbone}`", "",
+              "Trained with lightning-embed by contrastive fine-tuning (InfoNCE with in-batch "
+              "negatives), following Ziarko et al., *Repurposing Language Models into Embedding Models: Finding "
+              "the Compute-Optimal Recipe* (NeurIPS 2024).", "", "## Usage", "", "```python",
+              "from sentence_transformers import SentenceTransformer", "",
+              'model = SentenceTransformer("PATH/TO/THIS/FOLDER")',
+              'queries = model.encode_query(["how do I sort a list?"])',
+              'documents = model.encode_document(["sorted(items) returns a new sorted list"])',
+              "print(model.similarity(queries, documents))", "```", "", "```python", "import lightning_embed", "",
+              'encoder = lightning_embed.load("PATH/TO/THIS/FOLDER")',
+              'vectors = encoder.encode(["how do I sort a list?"], prompt="query")', "```", "",
+              "`transformers.AutoModel.from_pretrained` loads it too (adapters are merged into the weights); "
+              "then pool its last hidden states and normalise as the table below says.", "", "## Model", "", "| | |", "|---|---|",
+              f"| backbone | `{backbone}` |"]
+    if hparams.get("num_layers"):
+        lines.append(f"| blocks kept | first {hparams['num_layers']} |")
+    lines += [f"| pooling | {hparams.get('pooling', 'mean')} (over the attention mask) |",
+              f"| normalised | {'yes (L2)' if normalize else 'no'} |",
+              f"| similarity | {'cosine' if normalize else 'dot product'} |",
+              f"| query prompt | {_prompt(hparams.get('query_prompt'))} |",
+              f"| document prompt | {_prompt(hparams.get('document_prompt'))} |",
+              f"| max sequence length | {max_length} tokens (trained: queries {hparams.get('query_max_length')}, "
+              f"documents {hparams.get('document_max_length')}) |",
+              f"| embedding dimension | {dimension} |", "", "## Training", "", "| | |", "|---|---|",
+              f"| tuning strategy | {strategy} |",
+              f"| temperature | {hparams.get('temperature')} (symmetric: {hparams.get('symmetric')}) |",
+              f"| learning rate | {hparams.get('learning_rate')} ({hparams.get('lr_schedule')}, warm-up "
+              f"{hparams.get('warmup_ratio')}, weight decay {hparams.get('weight_decay')}) |"]
+    if data.get("train"):
+        keys = ("train", "max_train_examples", "num_negatives", "batch_size", "val")
+        described = ", ".join(f"{k}={data[k]}" for k in keys if data.get(k) not in (None, "", [], {}))
+        lines.append(f"| data | {described} |")
+    if info.get("global_step") is not None:
+        lines.append(f"| optimizer steps | {info['global_step']} |")
+    if flops:
+        lines += [f"| examples seen | {flops.get('examples')} |", f"| tokens seen | {flops.get('tokens')} |",
+                  f"| training FLOP | {_sci(flops.get('flops_model'))} ({flops.get('accounting')} accounting; "
+                  f"hardware {_sci(flops.get('flops_hardware'))}) |"]
+        if flops.get("budget"):
+            lines.append(f"| FLOP budget | {_sci(flops['budget'])} |")
+    if metrics:
+        lines += ["", "## Evaluation", "", "Held-out metrics at the end of training:", "", "| metric | value |",
+                  "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+    lines += ["", f"Exported by lightning-embed {_versions(('lightning-embed',)).get('lightning-embed', '?')}.", ""]
+    return "\n".join(lines)
+
+
+def _prompt(text) -> str:
+    return f"`{text!r}`" if text else "none"
+
+
+def _sci(value) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "?"
+
+
+def _find_run(checkpoint: Path, run_id: str | None, runs_file) -> dict[str, Any] | None:
+    """The run record with ``run_id`` from a runs file, if one can be found (for the model card only)."""
+    if not run_id:
+        return None
+    if runs_file is not None:
+        candidates = [Path(runs_file)]
+    else:
+        parents = list(checkpoint.expanduser().resolve().parents)[:4]
+        candidates = [p / "runs.jsonl" for p in parents] + [Path.cwd() / "runs.jsonl"]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    if run_id in line:
+                        record = json.loads(line)
+                        if record.get("run_id") == run_id:
+                            return record
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged runs file only costs the model card some detail
+    return None
+
+
+def _find_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The ``config.yaml`` LightningCLI saved for the run (the data section names the training data)."""
+    import yaml
+
+    for parent in list(checkpoint.expanduser().resolve().parents)[:3]:
+        path = parent / "config.yaml"
+        if path.is_file():
+            try:
+                config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return None
+            return config if isinstance(config, dict) else None
+    return None
+
+
+def _versions(dists) -> dict[str, str]:
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _patch_json(path: Path, updates: dict[str, Any]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.update(updates)
+    _write_json(path, data)
+
+
+__all__ = ["export", "export_checkpoint", "export_module"]

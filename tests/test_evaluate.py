@@ -1,0 +1,192 @@
+"""MTEB evaluation offline: local STS, retrieval, classification and clustering tasks through mteb 2.x,
+the evaluate command's table and JSON, bad input, MTEBCallback during training, and one real model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_embed.cli import main
+from lightning_embed.encoder import load
+from lightning_embed.errors import UserError
+from lightning_embed.evaluate import resolve_tasks, run_mteb
+from lightning_embed.mteb_callback import MTEBCallback
+from lightning_embed.mteb_tasks import parse_local_task
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def task_files(tmp_path) -> dict[str, Path]:
+    """One small file (or folder) per local task kind."""
+    files = {}
+    files["sts"] = jsonl(tmp_path / "sts.jsonl", [
+        {"text1": f"{w} story", "text2": f"{w} story" if i % 2 == 0 else f"{WORDS[(i + 5) % 12]} tale {i}",
+         "score": 5.0 if i % 2 == 0 else float(i % 3)} for i, w in enumerate(WORDS)])
+    # Each query's positive is the identical text, so any encoder ranks it first: nDCG@10 must be 1.
+    files["retrieval"] = jsonl(tmp_path / "pairs.jsonl", [
+        {"query": f"{w} bravo {i}", "positive": f"{w} bravo {i}", "negatives": [f"{w} other {i}"]}
+        for i, w in enumerate(WORDS)])
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": f"{w} question"} for i, w in enumerate(WORDS[:5])])
+    jsonl(beir / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": f"{w} question"} for i, w in enumerate(WORDS)])
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(5)))
+    files["beir"] = beir
+    table = "text\tlabel\n" + "".join(f"{WORDS[i % 4]} {WORDS[(i + 1) % 4]} thing {i}\t{'ab'[i % 2]}\n" for i in range(16))
+    (tmp_path / "cls.tsv").write_text(table)
+    files["classification"] = tmp_path / "cls.tsv"
+    files["clustering"] = jsonl(tmp_path / "clu.jsonl",
+                                [{"text": f"{WORDS[i % 3]} story {i}", "label": WORDS[i % 3]} for i in range(15)])
+    return files
+
+
+def test_local_tasks_evaluate_through_mteb_offline(tiny_backbones, task_files):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    specs = [f"sts:{task_files['sts']}", f"retrieval:{task_files['retrieval']}", f"beir=retrieval:{task_files['beir']}",
+             f"classification:{task_files['classification']}", f"clustering:{task_files['clustering']}"]
+    tasks = resolve_tasks(specs)
+    assert [t.name for t in tasks] == ["sts", "pairs", "beir", "cls", "clu"]
+    retrieval = tasks[1].data
+    assert len(retrieval["queries"]) == 12 and len(retrieval["corpus"]) == 24  # negatives join the corpus
+    scores = run_mteb(load(tiny_backbones["bert"], device="cpu"), tasks, batch_size=8)
+    assert set(scores) == {"sts", "pairs", "beir", "cls", "clu"}
+    assert scores["pairs"] == pytest.approx(1.0) and scores["beir"] == pytest.approx(1.0)
+    assert scores["sts"] > 0.5  # identical pairs (score 5) have cosine 1, the top of the ranking
+    assert 0.0 <= scores["cls"] <= 1.0 and 0.0 <= scores["clu"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_backbones, tmp_path_factory) -> Path:
+    from test_export import train_checkpoint
+
+    return train_checkpoint(tiny_backbones["gpt_neox"], tmp_path_factory.mktemp("trained"))[0]
+
+
+def test_cli_evaluate_writes_main_scores_with_baseline(trained, task_files, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    main(["evaluate", str(trained), "--tasks", f"sts:{task_files['sts']},retrieval:{task_files['retrieval']}",
+          "--baseline=true", "--output", str(out), "--batch_size=4"])
+    printed = capsys.readouterr().out
+    assert "MTEB main scores" in printed and "baseline" in printed
+    results = json.loads(out.read_text())
+    assert set(results["main_scores"]) == {"sts", "pairs"}
+    assert set(results["baseline_main_scores"]) == {"sts", "pairs"}
+    assert all(isinstance(v, float) for v in [*results["main_scores"].values(), *results["baseline_main_scores"].values()])
+    assert results["tasks"]["pairs"]["metric"] == "ndcg_at_10"
+    assert results["baseline"].endswith("gpt_neox")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _fails(capsys, args: list[str], *fragments: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lightning-embed: error:"), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    return err[0]
+
+
+def test_bad_inputs(tiny_backbones, task_files, tmp_path, capsys):
+    model = tiny_backbones["bert"]
+    out = tmp_path / "results.json"
+    base = ["evaluate", model, "--output", str(out), "--tasks"]
+    bad_sts = jsonl(tmp_path / "bad_sts.jsonl", [{"text1": "a", "text2": "b", "score": 1},
+                                                 {"text1": "a", "text2": "c", "score": 2}, {"text1": "a", "text2": "d"}])
+    _fails(capsys, base + [f"sts:{bad_sts}"], "bad_sts.jsonl", "line 3", "'score'")
+    (tmp_path / "bad_cls.tsv").write_text("text\tcategory\nhello\tx\n")
+    _fails(capsys, base + [f"classification:{tmp_path / 'bad_cls.tsv'}"], "line 2", "'label'")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"query": "a", "positive": "b"}\n{"query": \n')
+    _fails(capsys, base + [f"retrieval:{broken}"], "line 2", "not valid JSON")
+    (task_files["beir"] / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\tnope\t1\n")
+    _fails(capsys, base + [f"retrieval:{task_files['beir']}"], "line 3", "'nope'")
+    _fails(capsys, base + [f"sts:{tmp_path / 'missing.jsonl'}"], "missing.jsonl", "does not exist")
+    _fails(capsys, base + [f"stss:{task_files['sts']}"], "unknown kind 'stss'")
+    _fails(capsys, base + ["BIOSES"], "unknown task 'BIOSES'", "BIOSSES")
+    _fails(capsys, base + ["BIOSSES"], "HF_HUB_OFFLINE", "local")
+    _fails(capsys, ["evaluate", str(tmp_path / "nope.ckpt"), "--tasks", f"sts:{task_files['sts']}"], "nope.ckpt")
+    _fails(capsys, ["evaluate", model], "--tasks")
+    assert not out.exists()
+
+
+def test_mteb_callback_logs_scores_for_checkpoint_selection(tiny_backbones, task_files, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from test_export import write_pairs
+
+    from lightning_embed.data import PairDataModule
+    from lightning_embed.module import EmbeddingModule
+
+    L.seed_everything(0)
+    pairs = write_pairs(tmp_path / "train.jsonl", n=16)
+    callback = MTEBCallback([f"code=retrieval:{task_files['retrieval']}", f"sts:{task_files['sts']}"])
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="mteb/code", mode="max", filename="{epoch}-{mteb/code:.3f}")
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], learning_rate=1e-3, query_max_length=16,
+                             document_max_length=24, tuning={"name": "lora", "rank": 4})
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", callbacks=[callback, keep])
+    trainer.fit(module, datamodule=PairDataModule(train=str(pairs), val=str(pairs), batch_size=8))
+    assert trainer.callback_metrics["mteb/code"] == pytest.approx(1.0)
+    assert "mteb/sts" in trainer.callback_metrics
+    assert keep.best_model_score == pytest.approx(1.0)
+    # mteb seeds the global generators; the callback must hand them back untouched.
+    before = torch.get_rng_state()
+    callback.score(module)
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_mteb_callback_rejects_bad_tasks(tmp_path):
+    with pytest.raises(UserError, match="local tasks only"):
+        MTEBCallback(["BIOSSES"])
+    bad = jsonl(tmp_path / "c.jsonl", [{"text": "a", "label": "x"}, {"label": "y"}])
+    with pytest.raises(UserError, match="line 2 has no field 'text'"):
+        MTEBCallback([f"clustering:{bad}"])
+
+
+def test_example_task_files_parse():
+    retrieval = parse_local_task(f"retrieval:{REPO / 'examples/tasks/stdlib-code-retrieval.jsonl'}")
+    assert len(retrieval.data["queries"]) > 200
+    assert parse_local_task(f"sts:{REPO / 'examples/tasks/code-sts.jsonl'}").kind == "sts"
+
+
+@pytest.mark.slow
+def test_real_model_export_and_evaluate(tmp_path):
+    """all-MiniLM-L6-v2, briefly tuned on stdlib-code: export round trip and a local retrieval task."""
+    from sentence_transformers import SentenceTransformer
+
+    from lightning_embed.data import PairDataModule
+    from lightning_embed.export import export_checkpoint
+    from lightning_embed.module import EmbeddingModule
+
+    L.seed_everything(0)
+    module = EmbeddingModule(backbone="all-minilm-l6-v2", learning_rate=2e-5, query_max_length=32,
+                             document_max_length=64)
+    data = PairDataModule(train="builtin:stdlib-code", batch_size=16, max_train_examples=64)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    out = export_checkpoint(tmp_path / "model.ckpt", tmp_path / "export")
+    texts = ["Return the number of items.", "def f(x):\n    return len(x)"]
+    st = torch.as_tensor(SentenceTransformer(str(out), device="cpu").encode(texts))
+    ours = load(tmp_path / "model.ckpt", device="cpu").encode(texts)
+    assert torch.nn.functional.cosine_similarity(st, ours).min() > 0.9999
+    task = tmp_path / "code.jsonl"
+    rows = [json.loads(line) for line in (REPO / "examples/tasks/stdlib-code-retrieval.jsonl").read_text().splitlines()]
+    jsonl(task, rows[:48])
+    main(["evaluate", str(out), "--tasks", f"retrieval:{task}", "--baseline=true", "--output", str(tmp_path / "r.json")])
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert 0.3 < results["main_scores"]["code"] <= 1.0 and results["baseline_main_scores"]["code"] > 0.3
