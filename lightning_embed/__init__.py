@@ -21,12 +21,23 @@ _EXPORTS = {
     "load_backbone": "lightning_embed.models",
     "load_tokenizer": "lightning_embed.models",
     "pool": "lightning_embed.pooling",
+    "FlopCallback": "lightning_embed.flop_callback",
+    "FlopCount": "lightning_embed.flops",
+    "FlopModel": "lightning_embed.flops",
+    "paper_flops_per_token": "lightning_embed.flops",
+    "RunRecord": "lightning_embed.runs",
+    "read_runs": "lightning_embed.runs",
+    "dry_run": "lightning_embed.flop_budget",
 }
 
 if TYPE_CHECKING:
     from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
     from lightning_embed.encoder import Encoder, load
     from lightning_embed.errors import UserError
+    from lightning_embed.flop_budget import dry_run
+    from lightning_embed.flop_callback import FlopCallback
+    from lightning_embed.flops import FlopCount, FlopModel, paper_flops_per_token
+    from lightning_embed.runs import RunRecord, read_runs
     from lightning_embed.loss import InfoNCELoss
     from lightning_embed.models import load_backbone, load_tokenizer
     from lightning_embed.module import EmbeddingModule
@@ -47,17 +58,24 @@ __version__ = "0.1.0"
 __all__ = [
     "EmbeddingModule",
     "Encoder",
+    "FlopCallback",
+    "FlopCount",
+    "FlopModel",
     "InfoNCELoss",
     "PairBatch",
     "PairCollator",
     "PairDataModule",
     "PairExample",
+    "RunRecord",
     "TuningStrategy",
     "UserError",
     "available_strategies",
     "build_strategy",
+    "dry_run",
     "load",
     "load_backbone",
     "load_tokenizer",
+    "paper_flops_per_token",
     "pool",
+    "read_runs",
 ]

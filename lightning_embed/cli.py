@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import Literal
+
+from lightning_embed.errors import UserError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -20,8 +23,10 @@ def _quiet_third_party() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*`isinstance\\(treespec, LeafSpec\\)`.*",
                     ".*Found .* module\\(s\\) in eval mode.*", ".*GPU available but not used.*",
-                    ".*tensorboardX.*", ".*is smaller than the logging interval.*", ".*num_workers.*"):
+                    ".*tensorboardX.*", ".*is smaller than the logging interval.*", ".*num_workers.*",
+                    ".*LightningCLI's args parameter.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers.*")
     import logging
 
     from transformers.utils import logging as hf_logging
@@ -32,31 +37,46 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _trainer_cli(args: list[str]) -> None:
+_CLI_CLASS = None
+
+
+def embedding_cli_class():
+    """The LightningCLI subclass of ``lightning-embed`` (built on first use: it imports lightning)."""
+    global _CLI_CLASS
+    if _CLI_CLASS is not None:
+        return _CLI_CLASS
     from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.flop_callback import FlopCallback
 
     class EmbeddingCLI(LightningCLI):
+        """LightningCLI with a FLOP callback on every run (``--flops.*``) and a before/after report."""
+
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument(
                 "--compare_before_after", type=bool, default=False,
                 help="Validate the untrained backbone before fit and print its metrics beside the trained ones.",
             )
+            # Every fit is counted and recorded: the FLOP callback is a group of its own (--flops.max_flops).
+            parser.add_lightning_class_args(FlopCallback, "flops")
 
         def _instantiate_trainer(self, config, callbacks):
-            # A rich progress bar unless the user turned bars off or chose their own.
-            from lightning.pytorch.callbacks.progress import ProgressBar
-
+            user = list(config.get("callbacks") or [])
+            if any(isinstance(c, FlopCallback) for c in user):
+                # A FlopCallback in trainer.callbacks replaces the `flops` group's (never count twice).
+                callbacks = [c for c in callbacks if not isinstance(c, FlopCallback)]
             if config.get("enable_progress_bar", True) is not False and not any(
-                isinstance(c, ProgressBar) for c in [*callbacks, *(config.get("callbacks") or [])]
+                isinstance(c, ProgressBar) for c in [*callbacks, *user]
             ):
                 callbacks = [*callbacks, RichProgressBar()]
             return super()._instantiate_trainer(config, callbacks)
 
         def before_fit(self) -> None:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, FlopCallback) and callback.config is None:
+                    callback.config = _plain(self.config[self.subcommand])
             self._before = None
             if self.config[self.subcommand].get("compare_before_after"):
                 self._before = _validate_metrics(self.trainer, self.model, self.datamodule)
@@ -70,7 +90,24 @@ def _trainer_cli(args: list[str]) -> None:
             if self.trainer.is_global_zero:
                 print_metric_comparison(self._before, after, "held-out metrics: backbone before and after training")
 
-    EmbeddingCLI(
+    _CLI_CLASS = EmbeddingCLI
+    return EmbeddingCLI
+
+
+def _plain(namespace) -> dict:
+    """A parsed config as plain JSON-able data (for the run record)."""
+    import json
+
+    data = namespace.clone().as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
+    data.pop("config", None)
+    return json.loads(json.dumps(data, default=str))
+
+
+def _trainer_cli(args: list[str] | None, **kwargs):
+    from lightning_embed.data import PairDataModule
+    from lightning_embed.module import EmbeddingModule
+
+    return embedding_cli_class()(
         EmbeddingModule,
         PairDataModule,
         args=args,
@@ -78,7 +115,51 @@ def _trainer_cli(args: list[str]) -> None:
         trainer_defaults={"enable_model_summary": False},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "Contrastive fine-tuning of language models into embedding models."},
+        **kwargs,
     )
+
+
+def flops(
+    config: list[Path] | None = None,
+    budget: str | None = None,
+    accounting: Literal["exact", "paper"] | None = None,
+    query_tokens: float | None = None,
+    document_tokens: float | None = None,
+    batch_size: int | None = None,
+) -> None:
+    """Dry run: the FLOP per example and per step of a fit config, and the steps and examples a budget buys.
+
+    Builds the model and data of the config exactly as ``fit`` would, measures sequence lengths on a
+    sample of training batches (or takes the lengths given), and prints the cost; nothing trains.
+
+    Args:
+        config: one or more fit configs (composed in order, as ``fit --config A --config B``).
+        budget: FLOP budget, e.g. 1.5e15; default: the config's ``flops.max_flops``.
+        accounting: ``exact`` (derived from the module that trains) or ``paper`` (the study's formulas);
+            default: the config's ``flops.accounting``.
+        query_tokens: mean query length in tokens instead of measuring the data (the study: 14).
+        document_tokens: mean document length in tokens instead of measuring the data (the study: 64).
+        batch_size: examples per step instead of the config's ``data.batch_size``.
+    """
+    from lightning_embed.flop_budget import dry_run, print_report
+
+    _quiet_third_party()
+    if not config:
+        raise UserError("flops needs a fit config: lightning-embed flops --config configs/lora.yaml [--budget 1e15].")
+    for path in config:
+        if not Path(path).is_file():
+            raise UserError(f"config file {str(path)!r} does not exist.")
+    args = [a for path in config for a in ("--config", str(path))]
+    cli = _trainer_cli(args, run=False)
+    settings = cli.config.get("flops") or {}
+    trainer = cli.trainer
+    report = dry_run(
+        cli.model, cli.datamodule, budget if budget is not None else settings.get("max_flops"),
+        accounting=accounting or settings.get("accounting") or "exact",
+        query_tokens=query_tokens, document_tokens=document_tokens, batch_size=batch_size,
+        world_size=trainer.world_size, accumulate_grad_batches=trainer.accumulate_grad_batches,
+    )
+    print_report(report)
 
 
 def _validate_metrics(trainer, model, datamodule) -> dict[str, float]:
@@ -93,8 +174,6 @@ def _usage(commands) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-embed``: user mistakes print one line and exit with status 2."""
-    from lightning_embed.errors import UserError
-
     args = list(sys.argv[1:] if argv is None else argv)
     from lightning_embed.commands import COMMANDS, run_command
 
@@ -107,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args[0] in TRAINER_COMMANDS:
             _quiet_third_party()
-            _trainer_cli(args)
+            # LightningCLI reads sys.argv itself when given None (it warns when given both).
+            _trainer_cli(None if argv is None else args)
         elif args[0] in commands:
             run_command(args)
         else:

@@ -24,7 +24,7 @@ from typing import Any, Literal, Union
 COMMANDS: dict[str, str | dict[str, str]] = {
     "strategies": "lightning_embed.reporting:strategies",
     "data": "lightning_embed.reporting:data",
-    "flops": "lightning_embed.flop_budget:flops",
+    "flops": "lightning_embed.cli:flops",
     "recipe": "lightning_embed.recipe:recipe",
     "laws": {"fit": "lightning_embed.recipe:laws_fit", "plot": "lightning_embed.recipe:laws_plot"},
     "sweep": {"plan": "lightning_embed.recipe:sweep_plan", "run": "lightning_embed.recipe:sweep_run"},

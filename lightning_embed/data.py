@@ -656,8 +656,15 @@ class PairDataModule(lightning.LightningDataModule):
         self._train_sampler = self._make_train_sampler(self.train_examples)  # for the current process layout
         self._train_sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         if self._resume_position is not None:
-            self._train_sampler.skip_once(*self._resume_position)
+            epoch, done = self._resume_position
             self._resume_position = None
+            if done >= len(self._train_sampler):
+                # Saved at the end of an epoch: Lightning goes on with the next one, and may iterate the
+                # loader before it calls set_epoch for it.
+                self._train_sampler.set_epoch(epoch + 1)
+            else:
+                self._train_sampler.set_epoch(epoch)
+                self._train_sampler.skip_once(epoch, done)
         return self._loader(self.train_examples, self._train_sampler)
 
     # Lightning restores the loop counters of a mid-epoch checkpoint but restarts a plain DataLoader at the

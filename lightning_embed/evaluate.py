@@ -62,6 +62,10 @@ def evaluate(model: str, tasks: str | list[str] | None = None, suite: Literal["p
     resolved = resolve_tasks(specs, english_only=set(SUITES[suite]) if suite else set())
     encoder = load(model, device=device)
     base = baseline_encoder(encoder) if baseline else None
+    if baseline and base is None:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"note: {model} is an untrained model already; no baseline column.")
     scores = run_mteb(encoder, resolved, batch_size=batch_size)
     base_scores = run_mteb(base, resolved, batch_size=batch_size) if base is not None else None
     results = _results(model, encoder, base, resolved, scores, base_scores)

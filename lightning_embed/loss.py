@@ -7,6 +7,8 @@ DDP's gradient averaging then reproduces exactly the single-process gradient of 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -19,7 +21,12 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0), dist.get_rank()
+    # The autograd-aware gather Lightning's own all_gather(sync_grads=True) uses; its backward sums every
+    # rank's gradient for this rank's rows. torch marks it deprecated in favour of a private module.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*", category=FutureWarning)
+        gathered = all_gather(x.contiguous())
+    return torch.cat(gathered, dim=0), dist.get_rank()
 
 
 class InfoNCELoss(nn.Module):

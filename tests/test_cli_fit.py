@@ -36,7 +36,8 @@ def fit_args(backbone: str, train: Path, root: Path, *extra: str) -> list[str]:
         "fit", f"--model.backbone={backbone}", "--model.learning_rate=1e-3", "--model.query_max_length=16",
         "--model.document_max_length=24", f"--data.train={train}", f"--data.val={train}", "--data.batch_size=8",
         f"--trainer.default_root_dir={root}", "--trainer.max_epochs=1", "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", *extra,
+        "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--flops.runs_file={root}/runs.jsonl",
+        *extra,
     ]
 
 
@@ -109,6 +110,31 @@ def test_resume_is_exact(tiny_backbones, tmp_path):
     assert straight.keys() == resumed.keys()
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_resume_from_end_of_epoch_is_exact(tiny_backbones, tmp_path):
+    """Resuming from the end-of-epoch-1 checkpoint of a 2-epoch run gives the straight run's weights."""
+    train = write_pairs(tmp_path / "pairs.jsonl", n=24)
+    common = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+              "--trainer.callbacks.save_top_k=-1", "--trainer.max_epochs=2", "--data.batch_size=8"]
+    main(fit_args(tiny_backbones["gpt_neox"], train, tmp_path / "straight", *common))
+    first = next((tmp_path / "straight").rglob("epoch=0-*.ckpt"))
+    main(fit_args(tiny_backbones["gpt_neox"], train, tmp_path / "resumed", f"--ckpt_path={first}", *common))
+    straight = _final_weights(next((tmp_path / "straight").rglob("epoch=1-*.ckpt")))
+    resumed = _final_weights(next((tmp_path / "resumed").rglob("epoch=1-*.ckpt")))
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_every_fit_appends_a_run_record(tiny_backbones, tmp_path):
+    from lightning_embed.runs import read_runs
+
+    train = write_pairs(tmp_path / "pairs.jsonl", n=16)
+    for _ in range(2):
+        main(fit_args(tiny_backbones["llama"], train, tmp_path / "run", "--trainer.enable_checkpointing=false"))
+    records = read_runs(tmp_path / "run" / "runs.jsonl")
+    assert [r.status for r in records] == ["completed", "completed"]
+    assert records[0].config["data"]["train"] == str(train) and records[0].flops_model > 0
 
 
 def _assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

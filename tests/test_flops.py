@@ -430,6 +430,62 @@ def test_resumed_run_counts_like_an_uninterrupted_one(tiny_backbones, tmp_path):
     assert first.run_id == second.run_id and (first.flops_model, first.steps) == (second.flops_model, second.steps)
 
 
+_DDP_SCRIPT = """
+import json, os, sys
+import torch, lightning as L
+from lightning_embed.data import PairBatch
+from lightning_embed.flop_callback import FlopCallback
+from lightning_embed.flops import FlopModel
+from lightning_embed.models import load_backbone
+from lightning_embed.module import EmbeddingModule
+from lightning_embed.runs import read_runs
+
+def make_batch(i):  # every batch has its own padded width: ranks pad differently
+    g = torch.Generator().manual_seed(i)
+    wq, wd = 6 + 2 * i, 10 + 3 * i
+    qm = torch.ones(4, wq, dtype=torch.long); qm[1, wq // 2:] = 0
+    dm = torch.ones(4, wd, dtype=torch.long); dm[2, 3:] = 0
+    return PairBatch({"input_ids": torch.randint(5, 300, (4, wq), generator=g), "attention_mask": qm},
+                     {"input_ids": torch.randint(5, 300, (4, wd), generator=g), "attention_mask": dm}, 0,
+                     torch.arange(4))
+
+class Data(L.LightningDataModule):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader([make_batch(i) for i in range(4)], batch_size=None)
+
+if __name__ == "__main__":
+    backbone, runs = sys.argv[1], sys.argv[2]
+    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[FlopCallback(runs_file=runs)])
+    trainer.fit(EmbeddingModule(backbone=backbone, attn_implementation="eager"), Data())
+    (record,) = read_runs(runs)
+    flops = FlopModel.from_module(load_backbone(backbone, attn_implementation="eager"))
+    batches = [make_batch(i) for i in range(4)]
+    expected = sum(flops.batch(b.queries["attention_mask"]) + flops.batch(b.documents["attention_mask"])
+                   for b in batches)
+    print("RESULT", json.dumps({"record": [record.world_size, record.steps, record.examples, record.tokens,
+                                           record.flops_model, record.flops_hardware],
+                                "expected": [2, 2, 16, sum(int(b.queries["attention_mask"].sum()
+                                                           + b.documents["attention_mask"].sum()) for b in batches),
+                                             expected.model, expected.hardware]}))
+"""
+
+
+def test_ddp_counts_every_rank_exactly(tiny_backbones, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(_DDP_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), tiny_backbones["gpt_neox"], str(tmp_path / "runs.jsonl")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["record"] == result["expected"]  # two processes, all-reduced: exact, padding included
+
+
 def test_failed_fit_is_recorded_as_failed(tiny_backbones, pairs_file, tmp_path):
     from lightning_embed.flop_callback import FlopCallback
     from lightning_embed.module import EmbeddingModule
@@ -443,9 +499,11 @@ def test_failed_fit_is_recorded_as_failed(tiny_backbones, pairs_file, tmp_path):
 
     runs = tmp_path / "runs.jsonl"
     with pytest.raises(RuntimeError, match="cheese"):
-        _fit(tiny_backbones, pairs_file, FlopCallback(runs_file=str(runs)), module_cls=Crashing)
+        _fit(tiny_backbones, pairs_file, FlopCallback(runs_file=str(runs), accounting="paper"), module_cls=Crashing)
     (record,) = read_runs(runs)
     assert record.status == "failed" and record.error == "RuntimeError: out of cheese" and record.steps == 2
+    # Paper accounting: full fine-tuning costs 6N per real token; hardware stays exact.
+    assert record.accounting == "paper" and record.flops_model == 6 * record.non_embedding_params * record.tokens
 
 
 def test_bad_setup_fails_before_training_without_a_record(tiny_backbones, pairs_file, tmp_path):

@@ -330,9 +330,8 @@ def test_write_config(fitted, tmp_path):
     model = config["model"]
     assert model["backbone"] == result.winner.model.backbone and model["tuning"] == {"name": "lora", "rank": 16}
     assert model["learning_rate"] == 1e-4 and model["temperature"] == 0.025  # the law's runs' settings
-    (callback,) = config["trainer"]["callbacks"]
-    assert callback["class_path"] == "lightning_embed.flop_callback.FlopCallback"
-    assert callback["init_args"] == {"max_flops": 5e17, "accounting": "paper", "runs_file": "runs.jsonl"}
+    assert "callbacks" not in config["trainer"]
+    assert config["flops"] == {"max_flops": 5e17, "accounting": "paper", "runs_file": "runs.jsonl"}
     assert config["data"] == {"train": "builtin:stdlib-code", "batch_size": 32}
     # Every key is an argument of what `fit` instantiates.
     import inspect
@@ -341,7 +340,7 @@ def test_write_config(fitted, tmp_path):
     from lightning_embed.flop_callback import FlopCallback
     from lightning_embed.module import EmbeddingModule
 
-    for cls, keys in ((EmbeddingModule, model), (PairDataModule, config["data"]), (FlopCallback, callback["init_args"])):
+    for cls, keys in ((EmbeddingModule, model), (PairDataModule, config["data"]), (FlopCallback, config["flops"])):
         assert set(keys) <= set(inspect.signature(cls.__init__).parameters), cls
 
 
@@ -440,8 +439,9 @@ def test_sweep_plan_writes_one_config_per_point(tmp_path):
     config = yaml.safe_load((tmp_path / p.config).read_text())
     assert config["model"]["tuning"] == {"name": "lora", "rank": 32}
     assert config["trainer"]["default_root_dir"] == f"runs/{p.name}"
-    flop, ckpt = config["trainer"]["callbacks"]
-    assert flop["init_args"]["max_flops"] == 1e15 and flop["init_args"]["runs_file"] == "runs.jsonl"
+    (ckpt,) = config["trainer"]["callbacks"]
+    flop = config["flops"]
+    assert flop["max_flops"] == 1e15 and flop["runs_file"] == "runs.jsonl"
     assert ckpt["init_args"]["save_last"] is True and ckpt["init_args"]["dirpath"] == f"runs/{p.name}/checkpoints"
     import inspect
 

@@ -83,11 +83,14 @@ def _flops_source_hash() -> str:
     # Hash the FLOP model's source rather than importing it: importing pulls torch (seconds).
     import importlib.util
 
-    spec = importlib.util.find_spec("lightning_embed.flops")
-    if spec is None or spec.origin is None:
-        raise UserError("--accounting exact needs lightning_embed.flops, which this installation lacks; "
-                        "use --accounting paper.")
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for module in ("lightning_embed.flops", "lightning_embed.flop_probe"):
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise UserError(f"--accounting exact needs {module}, which this installation lacks; "
+                            "use --accounting paper.")
+        digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _cache_path() -> Path:

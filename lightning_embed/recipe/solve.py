@@ -212,9 +212,9 @@ def build_fit_config(
             # not set" warning (a small data set repeats rather than ending the run early).
             "max_epochs": -1,
             "precision": "bf16-mixed",
-            "callbacks": [{"class_path": FLOP_CALLBACK, "init_args": {
-                "max_flops": float(budget), "accounting": accounting, "runs_file": runs_file}}],
         },
+        # The FLOP callback (`fit`'s `flops` group): sizes the run to the budget and records it.
+        "flops": {"max_flops": float(budget), "accounting": accounting, "runs_file": runs_file},
     }
 
 

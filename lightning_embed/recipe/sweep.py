@@ -178,7 +178,7 @@ def sweep_plan(
         base_callbacks = [c for c in (base.get("trainer") or {}).get("callbacks") or []
                           if not (isinstance(c, dict) and c.get("class_path") in (FLOP_CALLBACK, CHECKPOINT_CALLBACK))]
         config["trainer"]["default_root_dir"] = f"runs/{name}"
-        config["trainer"]["callbacks"] = base_callbacks + config["trainer"]["callbacks"] + [{
+        config["trainer"]["callbacks"] = base_callbacks + [{
             # last.ckpt only, about ten times per run and on an exception: what `sweep run` resumes from.
             "class_path": CHECKPOINT_CALLBACK,
             "init_args": {"dirpath": f"runs/{name}/checkpoints", "save_top_k": 0, "save_last": True,
