@@ -71,6 +71,10 @@ def _converter(tp: Any) -> tuple[Callable[[str], Any] | None, list[Any] | None]:
     return str, None
 
 
+_required: dict[int, list[str]] = {}
+_POSITIONAL = "positional:"
+
+
 def add_function_arguments(parser: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     """Adds one argument per parameter of ``fn`` to ``parser`` (help from its docstring)."""
     _, helps = _parse_docstring(fn)
@@ -91,9 +95,16 @@ def add_function_arguments(parser: argparse.ArgumentParser, fn: Callable[..., An
                                 default=param.default if not required else False, help=help_text)
             continue
         if required or name in optional_positional:
-            nargs = ("+" if required else "*") if is_list else (None if required else "?")
-            parser.add_argument(name, type=convert, choices=choices, nargs=nargs, default=param.default,
-                                metavar=name.upper(), help=help_text)
+            # Positional, and also accepted as --name (`recipe 1e17` and `recipe --budget 1e17` alike).
+            nargs = "*" if is_list else "?"
+            default = None if required else param.default
+            # argparse always assigns an empty nargs="?" positional, so it gets a dest of its own.
+            parser.add_argument(f"{_POSITIONAL}{name}", type=convert, choices=choices, nargs=nargs,
+                                default=default, metavar=name.upper(), help=help_text)
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert, choices=choices,
+                                nargs="+" if is_list else None, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            if required:
+                _required.setdefault(id(parser), []).append(name)
             continue
         flags = [f"--{name.replace('_', '-')}"]
         if "_" in name:
@@ -131,8 +142,25 @@ def build_parser(command: str, prog: str = "lightning-embed") -> tuple[argparse.
 
 def run_command(args: list[str]) -> Any:
     """Parses ``args`` (``[command, ...]``) and calls the command's function."""
-    parser, _ = build_parser(args[0])
+    parser, subs = build_parser(args[0])
     namespace = vars(parser.parse_args(args[1:]))
     target = namespace.pop("_target")
+    for key in [k for k in namespace if k.startswith(_POSITIONAL)]:
+        value = namespace.pop(key)
+        name = key[len(_POSITIONAL):]
+        if namespace.get(name) in (None, []) or name not in namespace:
+            namespace[name] = value
+    missing = [n for n in _required_of(parser, namespace.get("_sub")) if namespace.get(n) in (None, [])]
+    if missing:
+        parser.error("missing required argument(s): " + ", ".join(m.upper() for m in missing))
     namespace.pop("_sub", None)
     return _load(target)(**namespace)
+
+
+def _required_of(parser: argparse.ArgumentParser, sub: str | None) -> list[str]:
+    if sub is None:
+        return _required.get(id(parser), [])
+    for action in parser._actions:  # the sub-parser of a command group
+        if isinstance(action, argparse._SubParsersAction):
+            return _required.get(id(action.choices[sub]), [])
+    return []
