@@ -6,8 +6,9 @@ baseline) and returns an :class:`Encoder`. Every route embeds exactly as the tra
 tokenizer and padding side, prompts, pooling over the attention mask and L2 normalisation, so a checkpoint,
 its export and ``SentenceTransformer(export)`` give the same vectors.
 
-One truncation length applies to every text (``document_max_length`` of the run, as in the exported
-sentence-transformers folder, which has a single ``max_seq_length``), so the three routes agree.
+One truncation length applies to every text: the longer of the run's ``query_max_length`` and
+``document_max_length`` (the document one in practice), as in the exported sentence-transformers folder,
+which has a single ``max_seq_length``; so the three routes agree.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,6 @@ ST_POOLING = {"mean": "mean", "last": "lasttoken", "cls": "cls", "weighted_mean"
 _PROGRESS_THRESHOLD = 512
 # Baselines and foreign folders without a length of their own truncate here (capped by the model).
 _DEFAULT_MAX_LENGTH = 512
-
-PromptName = Literal["query", "document"]
 
 
 class Encoder:
@@ -306,7 +305,7 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
             a sentence-transformers or Hugging Face model folder, or a backbone alias / hub id (untrained:
             mean pooling, normalised, no prompts).
         device: ``cpu``, ``cuda``, ...; None: the GPU when there is one.
-        max_length: truncate texts to this many tokens; None: the run's ``document_max_length``.
+        max_length: truncate texts to this many tokens; None: the run's longer max length (documents').
 
     Raises:
         UserError: a missing path, a checkpoint that is not ours, an unusable folder.

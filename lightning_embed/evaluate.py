@@ -32,11 +32,11 @@ PAPER_SUITE: tuple[str, ...] = (
     "StackOverflowDupQuestions",
 )
 SUITES = {"paper": PAPER_SUITE}
-_LOCAL_HINT = ("evaluate local files instead, e.g. --tasks 'sts:pairs.jsonl retrieval:examples/tasks/"
-               "stdlib-code-retrieval.jsonl' (kinds: " + ", ".join(LOCAL_KINDS) + ")")
+_LOCAL_HINT = ("evaluate local files instead, e.g. --tasks sts:pairs.jsonl retrieval:examples/tasks/"
+               "stdlib-code-retrieval.jsonl (kinds: " + ", ".join(LOCAL_KINDS) + ")")
 
 
-def evaluate(model: str, tasks: str | list[str] | None = None, suite: Literal["paper"] | None = None,
+def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"] | None = None,
              baseline: bool = False, output: str | None = None, batch_size: int = 32,
              device: str | None = None) -> None:
     """Evaluate a model on MTEB tasks and print the main score of each.
@@ -44,7 +44,7 @@ def evaluate(model: str, tasks: str | list[str] | None = None, suite: Literal["p
     Args:
         model: a checkpoint (.ckpt) of `lightning-embed fit`, a folder of `lightning-embed export`, or a
             backbone name or folder (scores the untrained model).
-        tasks: space- or comma-separated tasks: MTEB task names (their data needs the Hugging Face hub) or
+        tasks: one or more tasks (also comma-separated): MTEB task names (their data needs the Hugging Face hub) or
             local files as KIND:PATH with KIND sts, retrieval, classification or clustering
             (NAME=KIND:PATH names one). File formats: see examples/tasks/README.md.
         suite: add a named set of MTEB tasks: paper (the study's 15 tasks).
@@ -53,9 +53,12 @@ def evaluate(model: str, tasks: str | list[str] | None = None, suite: Literal["p
         batch_size: texts per forward pass.
         device: cpu, cuda, ...; default: the GPU when there is one.
     """
+    from lightning_embed.cli import _quiet_third_party
+
+    _quiet_third_party()  # loading bars and library warnings say nothing to the user of a command
     specs = _split_specs(tasks) + list(SUITES[suite] if suite else ())
     if not specs:
-        raise UserError("name the tasks: --tasks 'sts:FILE retrieval:FILE_OR_FOLDER' and/or --suite paper.")
+        raise UserError("name the tasks: --tasks sts:FILE retrieval:FILE_OR_FOLDER ... and/or --suite paper.")
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1.")
     out_path = _check_output(output)
@@ -78,11 +81,8 @@ def _split_specs(tasks: str | list[str] | None) -> list[str]:
     if tasks is None:
         return []
     items = [tasks] if isinstance(tasks, str) else list(tasks)
-    out: list[str] = []
-    for item in items:
-        # A list element is one spec (paths with spaces go there); a string may hold several.
-        out += item.replace(",", " ").split() if isinstance(tasks, str) else [item]
-    return [s for s in out if s]
+    # "a,b" and "a b" in one argument are several tasks too (as written in a config or a quoted list).
+    return [spec for item in items for spec in item.replace(",", " ").split()]
 
 
 def _check_output(output: str | None) -> Path | None:
@@ -292,7 +292,8 @@ def print_results(results: dict[str, Any]) -> None:
     with_base = results.get("baseline_main_scores") is not None
     table = Table(title=f"MTEB main scores: {results['model']}", title_justify="left")
     for col in ("task", "type", "metric", "score", *(("baseline", "Δ") if with_base else ())):
-        table.add_column(col, justify="right" if col in ("score", "baseline", "Δ") else "left")
+        table.add_column(col, justify="right" if col in ("score", "baseline", "Δ") else "left",
+                         no_wrap=col == "task")  # a task's name is its key in the JSON: show it whole
     for name, d in results["tasks"].items():
         row = [name, str(d["type"]), d["metric"], _fmt(d["main_score"])]
         if with_base:

@@ -50,13 +50,14 @@ def export(checkpoint: str, output: str | None = None, overwrite: bool = False) 
         output: the folder to create.
         overwrite: replace ``output`` if it exists and is not empty.
     """
-    if not output:
-        raise UserError("say where to write the model: lightning-embed export CHECKPOINT --output DIR")
-    folder = export_checkpoint(checkpoint, output, overwrite=overwrite)
-    from rich.console import Console
+    from lightning_embed.cli import _quiet_third_party
 
-    Console().print(f"exported [bold]{checkpoint}[/bold] to [bold]{folder}[/bold] "
-                    "(transformers, sentence-transformers and lightning_embed.load)")
+    if not output:
+        raise UserError("say where to write the model: lightning-embed export CHECKPOINT -o DIR")
+    _quiet_third_party()  # loading bars and library warnings say nothing to the user of a command
+    folder = export_checkpoint(checkpoint, output, overwrite=overwrite)
+    print(f"exported {checkpoint} to {folder} (loads with transformers, sentence-transformers and "
+          "lightning_embed.load)")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False,
@@ -80,6 +81,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     info = checkpoint_info(ckpt)
     info["run"] = _find_run(Path(checkpoint), info.get("run_id"), runs_file)
     info["config"] = _find_config(Path(checkpoint))
+    if not info.get("metrics"):
+        info["metrics"] = _logged_metrics(Path(checkpoint))
     info["source_checkpoint"] = str(Path(checkpoint).expanduser().resolve())
     return export_module(module, target, overwrite=overwrite, hparams=hparams, info=info)
 
@@ -97,6 +100,7 @@ def export_module(module, output: str | os.PathLike, *, overwrite: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _write(module, tmp, hparams, info)
+        _apply_umask(tmp)
         _move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -109,9 +113,17 @@ def _check_target(target: Path, overwrite: bool) -> Path:
         if not target.is_dir():
             raise UserError(f"{target} exists and is a file, not a folder; choose another --output.")
         if any(target.iterdir()) and not overwrite:
-            raise UserError(f"{target} exists and is not empty; choose another --output or pass --overwrite=true "
+            raise UserError(f"{target} exists and is not empty; choose another --output or pass --overwrite "
                             "to replace it.")
     return target
+
+
+def _apply_umask(folder: Path) -> None:
+    # mkdtemp (and some writers) create private 0700/0600 entries; an export is shared like any folder.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:
@@ -284,6 +296,27 @@ def _find_run(checkpoint: Path, run_id: str | None, runs_file) -> dict[str, Any]
         except (OSError, json.JSONDecodeError):
             continue  # a damaged runs file only costs the model card some detail
     return None
+
+
+def _logged_metrics(checkpoint: Path) -> dict[str, float]:
+    """The last held-out metrics in the CSV log beside the checkpoint (``version_N/metrics.csv``), if any."""
+    import csv
+
+    latest: dict[str, float] = {}
+    for parent in list(checkpoint.expanduser().resolve().parents)[:2]:
+        path = parent / "metrics.csv"
+        if not path.is_file():
+            continue
+        try:
+            with path.open(encoding="utf-8", newline="") as handle:
+                for row in csv.DictReader(handle):
+                    for key, value in row.items():
+                        if key and key.startswith("val/") and value not in (None, ""):
+                            latest[key] = float(value)
+        except (OSError, ValueError, csv.Error):
+            return {}  # a damaged log only costs the model card its metrics
+        return latest
+    return latest
 
 
 def _find_config(checkpoint: Path) -> dict[str, Any] | None:

@@ -156,7 +156,8 @@ class EmbeddingModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        # Mean over ranks: under DDP with cross-device negatives, the loss of the whole global batch.
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -191,19 +192,39 @@ class EmbeddingModule(L.LightningModule):
         self._log_retrieval("test")
 
     def _log_retrieval(self, stage: str) -> None:
-        if not self._val_outputs:
+        distributed = self.trainer.world_size > 1
+        if not self._val_outputs and not distributed:
             return
-        queries = torch.cat([o[0] for o in self._val_outputs])
-        positives = torch.cat([o[1] for o in self._val_outputs])
-        ids = torch.cat([o[2] for o in self._val_outputs])
-        self._val_outputs.clear()
-        if self.trainer.world_size > 1:
-            queries, positives, ids = (self.all_gather(t.to(self.device)).flatten(0, 1).cpu() for t in (queries, positives, ids))
+        outputs, self._val_outputs = self._val_outputs, []
+        if outputs:
+            queries, positives, ids = (torch.cat([o[i] for o in outputs]) for i in range(3))
+        else:  # this rank had no batch; it still takes part in the gathers
+            queries = positives = torch.zeros(0, 0)
+            ids = torch.zeros(0, dtype=torch.long)
+        if distributed:
+            # The last global batch may leave ranks with different numbers of rows (or none).
+            queries, positives, ids = (self._gather_rows(t) for t in (queries, positives, ids))
+            if len(ids) == 0:
+                return
         # One row per distinct document: duplicates of a positive would split its relevance.
         doc_ids, first = _unique_first(ids)
         metrics = retrieval_metrics(queries, positives[first], ids, doc_ids)
         for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "ndcg@10", rank_zero_only=True)
+            # Every rank computed the same value from the gathered embeddings; sync_dist keeps it available to
+            # callbacks (ModelCheckpoint monitoring it) on every rank.
+            self.log(f"{stage}/{name}", value, prog_bar=name == "ndcg@10", sync_dist=True)
+
+    def _gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenates every rank's rows (rank order; row counts and widths may differ), on the CPU."""
+        shape = torch.tensor([tensor.shape[0], tensor.shape[1] if tensor.ndim > 1 else 0], device=self.device)
+        shapes = self.all_gather(shape).view(-1, 2).tolist()
+        rows = max(r for r, _ in shapes)
+        trailing = (max(w for _, w in shapes),) if tensor.ndim > 1 else ()
+        padded = tensor.new_zeros((rows, *trailing))
+        if tensor.numel():  # ranks with rows all have the full width; an empty rank sends zeros
+            padded[: tensor.shape[0]] = tensor
+        gathered = self.all_gather(padded.to(self.device))
+        return torch.cat([g[:r] for g, (r, _) in zip(gathered, shapes)]).cpu()
 
     # ---- optimisation ---------------------------------------------------------------------------------
 

@@ -25,11 +25,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lightning_embed.errors import UserError
 
-LocalKind = Literal["sts", "retrieval", "classification", "clustering"]
 LOCAL_KINDS: tuple[str, ...] = ("sts", "retrieval", "classification", "clustering")
 #: The mteb task type and main score of each kind.
 KIND_META: dict[str, tuple[str, str]] = {

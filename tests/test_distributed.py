@@ -9,6 +9,7 @@ created externally and does not re-launch anything).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -75,9 +76,18 @@ def _wrap(module, wrapper: str, world: int):
     """The module wrapped for data parallelism, and a function returning its full (unsharded) gradients."""
     cpu = torch.device("cpu")
     if wrapper == "ddp":
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(module), lambda: _grads(module)
+        ddp = DistributedDataParallel(module)
+        ddp.allreduce_calls = 0
+
+        def counting_hook(state, bucket):  # DDP's own all-reduce, counted
+            ddp.allreduce_calls += 1
+            return allreduce_hook(state, bucket)
+
+        ddp.register_comm_hook(None, counting_hook)
+        return ddp, lambda: _grads(module)
     if wrapper == "fsdp1":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import enable_wrap
@@ -92,9 +102,36 @@ def _wrap(module, wrapper: str, world: int):
 
         return root, full_grads
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
 
     module._fully_shard(init_device_mesh("cpu", (world, 1), mesh_dim_names=("data_parallel", "tensor_parallel")))
+    module.fsdp_units = sum(isinstance(m, FSDPModule) for m in module.modules())
     return module, lambda: {n: g.full_tensor() for n, g in _grads(module).items()}
+
+
+@contextlib.contextmanager
+def _counting_fsdp2_reductions():
+    """Counts FSDP2's gradient reductions (one per unit and backward) into ``counter[0]``; None where this
+    torch keeps them elsewhere (a private hook point)."""
+    counter: list[int | None] = [None]
+    try:
+        import torch.distributed.fsdp._fully_shard._fsdp_param_group as group_module
+
+        original = group_module.foreach_reduce
+    except (ImportError, AttributeError):
+        yield counter
+        return
+    counter[0] = 0
+
+    def counting(*args, **kwargs):
+        counter[0] += 1
+        return original(*args, **kwargs)
+
+    group_module.foreach_reduce = counting
+    try:
+        yield counter
+    finally:
+        group_module.foreach_reduce = original
 
 
 def _worker(rank: int, world: int, port: int, backbones: dict[str, str], out: str) -> None:
@@ -125,8 +162,9 @@ def _worker(rank: int, world: int, port: int, backbones: dict[str, str], out: st
         module.loss_fn.gather_across_devices = True
         module.gradcache_chunk_size = chunk
         wrapped, full_grads = _wrap(module, wrapper, world)
-        loss = wrapped(shard(full, rank, world))
-        loss.backward()
+        with _counting_fsdp2_reductions() as reductions:
+            loss = wrapped(shard(full, rank, world))
+            loss.backward()
         got = full_grads()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
@@ -140,7 +178,9 @@ def _worker(rank: int, world: int, port: int, backbones: dict[str, str], out: st
             if not torch.allclose(got[key], reference[key], **TOL):
                 errors.append(f"{key}: max |diff| {(got[key] - reference[key]).abs().max().item():.3g}")
         results[name] = {"errors": errors, "parameters": len(reference),
-                         "nonzero": sum(bool(g.abs().sum() > 0) for g in reference.values())}
+                         "nonzero": sum(bool(g.abs().sum() > 0) for g in reference.values()),
+                         "allreduce_calls": getattr(wrapped, "allreduce_calls", None),
+                         "reduce_calls": reductions[0], "fsdp_units": getattr(wrapped, "fsdp_units", None)}
         del wrapped
     if rank == 0:
         Path(out).write_text(json.dumps(results))
@@ -162,6 +202,12 @@ def test_distributed_equals_single_process_on_the_concatenated_batch(distributed
     result = distributed_results[case]
     assert result["parameters"] > 0 and result["nonzero"] == result["parameters"]
     assert result["errors"] == []
+    if case.startswith("ddp"):
+        # Tiny models fill one DDP bucket: one all-reduce per backward, however many GradCache mini-batches.
+        assert result["allreduce_calls"] == 1
+    if case == "fsdp2-gradcache" and result["reduce_calls"] is not None:
+        # One gradient reduce-scatter per FSDP unit (blocks and backbone), however many mini-batches.
+        assert result["fsdp_units"] >= 3 and result["reduce_calls"] == result["fsdp_units"]
 
 
 # ---------------------------------------------------------------------------------------------- Lightning
@@ -227,6 +273,12 @@ _DDP_SCRIPT = _COMMON + textwrap.dedent('''
     pairs = write_pairs(out / "pairs.jsonl", 32, 1)
     module = EmbeddingModule(backbone=backbone, query_max_length=16, document_max_length=24,
                              gradcache_chunk_size=3, warmup_ratio=0.0, lr_schedule="constant")
+    # Held-out metrics of the untrained model on 26 pairs: global batches of 8 leave rank 0 two more rows.
+    val = PairDataModule(train=str(pairs), val=str(write_pairs(out / "val.jsonl", 26, 1)), num_negatives=1,
+                         batch_size=4)
+    metrics = trainer("ddp", out, enable_checkpointing=False).validate(module, val, verbose=False)[0]
+    if torch.distributed.get_rank() == 0:
+        (out / "ddp_val.json").write_text(json.dumps(metrics))
     data = PairDataModule(train=str(pairs), num_negatives=1, batch_size=4)
     trainer("ddp", out, max_steps=2, enable_checkpointing=False, gradient_clip_val=1.0,
             callbacks=[GradRecorder(out / "ddp_grads.pt"),
@@ -236,7 +288,8 @@ _DDP_SCRIPT = _COMMON + textwrap.dedent('''
 
 def test_lightning_ddp_with_gradcache_equals_one_process(tiny_backbones, tmp_path):
     """Lightning's ``ddp`` on 2 processes with GradCache and clipping: the first step's gradients equal one
-    process on both ranks' batches; one run record, written once, counting the FLOP of both ranks."""
+    process on both ranks' batches; one run record, written once, counting the FLOP of both ranks; held-out
+    retrieval metrics over a set that splits unevenly across ranks equal one process's."""
     import lightning as L
 
     from lightning_embed.flop_callback import FlopCallback
@@ -259,6 +312,16 @@ def test_lightning_ddp_with_gradcache_equals_one_process(tiny_backbones, tmp_pat
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             if trainer.global_step == 0:
                 recorded.update({n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None})
+
+    val = PairDataModule(train=str(tmp_path / "pairs.jsonl"), val=str(tmp_path / "val.jsonl"), num_negatives=1,
+                         batch_size=4)
+    single_val = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                           enable_model_summary=False).validate(module, val, verbose=False)[0]
+    ddp_val = json.loads((tmp_path / "ddp_val.json").read_text())
+    retrieval = [k for k in single_val if k != "val/loss"]
+    assert len(retrieval) >= 3  # ndcg@10, mrr@10, recall@k over all 26 pairs, gathered from both ranks
+    for key in retrieval:
+        assert ddp_val[key] == pytest.approx(single_val[key], abs=1e-6), key
 
     single_runs = tmp_path / "single.jsonl"
     L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_progress_bar=False,

@@ -76,8 +76,8 @@ def trained(tiny_backbones, tmp_path_factory) -> Path:
 
 def test_cli_evaluate_writes_main_scores_with_baseline(trained, task_files, tmp_path, capsys):
     out = tmp_path / "results.json"
-    main(["evaluate", str(trained), "--tasks", f"sts:{task_files['sts']},retrieval:{task_files['retrieval']}",
-          "--baseline=true", "--output", str(out), "--batch_size=4"])
+    main(["evaluate", str(trained), "--tasks", f"sts:{task_files['sts']}", f"retrieval:{task_files['retrieval']}",
+          "--baseline", "-o", str(out), "--batch-size", "4"])
     printed = capsys.readouterr().out
     assert "MTEB main scores" in printed and "baseline" in printed
     results = json.loads(out.read_text())
@@ -90,6 +90,7 @@ def test_cli_evaluate_writes_main_scores_with_baseline(trained, task_files, tmp_
 
 
 def _fails(capsys, args: list[str], *fragments: str) -> str:
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
@@ -187,6 +188,6 @@ def test_real_model_export_and_evaluate(tmp_path):
     task = tmp_path / "code.jsonl"
     rows = [json.loads(line) for line in (REPO / "examples/tasks/stdlib-code-retrieval.jsonl").read_text().splitlines()]
     jsonl(task, rows[:48])
-    main(["evaluate", str(out), "--tasks", f"retrieval:{task}", "--baseline=true", "--output", str(tmp_path / "r.json")])
+    main(["evaluate", str(out), "--tasks", f"retrieval:{task}", "--baseline", "--output", str(tmp_path / "r.json")])
     results = json.loads((tmp_path / "r.json").read_text())
     assert 0.3 < results["main_scores"]["code"] <= 1.0 and results["baseline_main_scores"]["code"] > 0.3

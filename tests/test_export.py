@@ -183,6 +183,7 @@ def test_cli_export_and_bad_inputs(lora_run, tmp_path, capsys):
     assert (out / "modules.json").is_file()
 
     def fails(args: list[str], *fragments: str) -> None:
+        capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
             main(args)
         assert exit_info.value.code == 2
@@ -199,7 +200,8 @@ def test_cli_export_and_bad_inputs(lora_run, tmp_path, capsys):
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
     fails(["export", str(junk), "--output", str(tmp_path / "c")], "junk.ckpt")
-    fails(["export", str(lora_run)], "--output")
+    fails(["export", str(lora_run)], "-o DIR")
+    main(["export", str(lora_run), "-o", str(out), "--overwrite"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli_model", "foreign.ckpt", "junk.ckpt"]
 
 

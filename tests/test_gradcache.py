@@ -34,13 +34,17 @@ def make_module(backbone: str, tuning="full", **kw) -> EmbeddingModule:
     return module
 
 
+def grads_of(module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
 def loss_and_grads(module: EmbeddingModule, batch, chunk: int | None, seed: int = 0):
     module.zero_grad(set_to_none=True)
     module.gradcache_chunk_size = chunk
     torch.manual_seed(seed)
     loss = module(batch)
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return loss.detach(), grads_of(module)
 
 
 def assert_same(got, want, **tol) -> None:
@@ -57,6 +61,8 @@ def assert_same(got, want, **tol) -> None:
     ("llama", LORA, 1, 3),
     ("bert", "full", 1, 4),
     ("gpt_neox", {"name": "freeze", "blocks": 1}, 1, 1),
+    ("gpt_neox", "bias", 1, 3),
+    ("llama", {"name": "qlora", "rank": 4}, 1, 3),
 ])
 def test_gradcache_equals_uncached(tiny_backbones, arch, tuning, k, chunk):
     """Loss and every parameter gradient equal the uncached batch's within 1e-5 (fp32), for chunk sizes that
@@ -91,7 +97,7 @@ def test_gradcache_replays_dropout_masks(tiny_backbones):
     torch.manual_seed(1)
     reference_loss = module.loss_fn(chunked_with_grad(batch.queries), chunked_with_grad(batch.documents), 1)
     reference_loss.backward()
-    reference = (reference_loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    reference = (reference_loss.detach(), grads_of(module))
     assert_same(loss_and_grads(module, batch, chunk, seed=1), reference, **TOL)
     # The masks matter: another seed gives other gradients.
     other = loss_and_grads(module, batch, chunk, seed=2)
@@ -125,7 +131,7 @@ def test_gradcache_reforward_runs_under_the_same_autocast(tiny_backbones):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reference_loss = module.loss_fn(chunked_with_grad(batch.queries), chunked_with_grad(batch.documents), 1)
     reference_loss.backward()
-    reference = (reference_loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    reference = (reference_loss.detach(), grads_of(module))
 
     probe = AutocastProbe(module)
     module.zero_grad(set_to_none=True)
@@ -133,7 +139,7 @@ def test_gradcache_reforward_runs_under_the_same_autocast(tiny_backbones):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = module(batch)
     loss.backward()
-    got = (loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    got = (loss.detach(), grads_of(module))
     chunks = len(split_encoding(batch.queries, chunk)) + len(split_encoding(batch.documents, chunk))
     assert len(probe.states) == 2 * chunks * probe.blocks and all(probe.states)
     assert_same(got, reference, rtol=1e-5, atol=1e-5)
@@ -243,4 +249,4 @@ def test_gradcache_keeps_no_activations_after_the_forward(tiny_backbones):
 
     embeddings = (16 + 32) * module.backbone.config.hidden_size * 4
     cached, plain = saved_bytes(2), saved_bytes(None)
-    assert cached < 20 * embeddings < plain
+    assert cached < 4 * embeddings and plain > 100 * cached, (cached, embeddings, plain)
