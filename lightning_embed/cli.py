@@ -24,7 +24,7 @@ def _quiet_third_party() -> None:
     for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*`isinstance\\(treespec, LeafSpec\\)`.*",
                     ".*Found .* module\\(s\\) in eval mode.*", ".*GPU available but not used.*",
                     ".*tensorboardX.*", ".*is smaller than the logging interval.*", ".*num_workers.*",
-                    ".*LightningCLI's args parameter.*"):
+                    ".*LightningCLI's args parameter.*", ".*all_gather is deprecated.*"):
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers.*")
     import logging

@@ -28,6 +28,19 @@ first). What GradCache's reference implementation does by hand comes for free:
 - **cost**: one extra forward per example (the FLOP model counts it as hardware FLOP when
   ``gradcache_chunk_size`` is set). Activation checkpointing inside the blocks
   (``gradient_checkpointing``) nests and adds its own recomputation, as without caching.
+
+Limitations:
+
+- A chunk size at or above the batch size saves nothing but still pays the extra forward.
+- Memory still grows with B through the (B, H) embeddings, the (B, B(1+k)) similarity matrix and
+  autograd's bookkeeping of the mini-batches (no activations): negligible next to activations.
+- With dropout active the masks are drawn per mini-batch, so they differ from an uncached run's (which
+  are random too); equality with the uncached gradients holds exactly without dropout (``eval()`` or a
+  dropout-free model) and, with dropout, for the same mini-batches run once with activations kept.
+- Under FSDP the re-forward all-gathers each unit's parameters once more (the extra forward's traffic).
+- On CPU, glibc may keep freed mini-batch activations in its heap, so peak RSS can exceed the live
+  tensors (see ``benchmarks/scale.py``); GPU memory is governed by the caching allocator and is not
+  affected.
 """
 
 from __future__ import annotations

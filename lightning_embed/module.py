@@ -57,7 +57,8 @@ class EmbeddingModule(L.LightningModule):
             memory is that of one mini-batch, for one extra forward pass. Dropout masks and mixed
             precision match between the two passes; gradient accumulation, gradient clipping and every
             Lightning strategy (DDP: one all-reduce per step) work unchanged. None: no caching. See
-            :mod:`lightning_embed.gradcache`.
+            :mod:`lightning_embed.gradcache` for how and its limitations (a chunk at or above the batch
+            size only costs the extra forward; with dropout the masks are drawn per mini-batch).
 
     Distributed training uses Lightning's strategies unchanged: ``ddp``, ``fsdp`` (GPUs; each transformer
     block and the tuning strategy's :meth:`~lightning_embed.strategy.TuningStrategy.fsdp_wrap_modules`
