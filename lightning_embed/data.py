@@ -33,6 +33,8 @@ _FORMATS = ".jsonl, .csv, .tsv, .parquet, a saved Hugging Face dataset folder, o
 # group_by_length sorts by length inside windows of this many batches: enough to find similar lengths,
 # few enough that the epoch stays well mixed.
 _LENGTH_WINDOW_BATCHES = 50
+# With token lengths, documents are grouped in buckets of this many tokens, queries sorted within a bucket.
+_LENGTH_BUCKET_TOKENS = 8
 
 
 def builtin_sources() -> list[str]:
@@ -142,6 +144,21 @@ class PairCollator:
                                  return_tensors="pt")
         # Only these two: token_type_ids exist for some tokenizers only and the backbones default them.
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def token_lengths(self, examples: Sequence[PairExample]) -> list[tuple[int, int]]:
+        """Each example's (query, documents) token counts after prompts and truncation (without padding).
+
+        The documents' count adds up the positive and the hard negatives. ``group_by_length`` sorts by these.
+        """
+        def counts(texts: list[str], prompt: str, max_length: int) -> list[int]:
+            ids = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
+            return [len(i) for i in ids]
+
+        queries = counts([e.query for e in examples], self.query_prompt, self.query_max_length)
+        k = len(examples[0].negatives) if examples else 0
+        docs = counts([d for e in examples for d in (e.positive, *e.negatives)], self.document_prompt,
+                      self.document_max_length)
+        return [(q, sum(docs[i * (1 + k):(i + 1) * (1 + k)])) for i, q in enumerate(queries)]
 
     def __call__(self, examples: Sequence[PairExample]) -> PairBatch:
         """Tokenizes one batch; every example must carry the same number of negatives."""
@@ -413,8 +430,12 @@ class PairBatchSampler(DistributedSampler):
         shuffle: a new seeded order each epoch (training); otherwise the examples' order.
         drop_last: drop the final incomplete batch (training: keeps the contrastive batch constant).
         unique: keep conflicting examples apart; when False, batches are plain slices of the order.
-        group_by_length: draw batches of similar total text length (less padding); the order of the
-            batches is still shuffled. Only with ``shuffle``.
+        group_by_length: draw batches of similar length (less padding); the order of the batches is still
+            shuffled. Only with ``shuffle``. Examples are sorted by length inside windows of 50 batches of a
+            seeded random order, so batches stay random across the length buckets and reproducible by seed.
+        lengths: each example's (query, documents) token counts (:meth:`PairCollator.token_lengths`), used
+            by ``group_by_length`` to sort by the padded widths queries and documents will actually have
+            (documents in buckets of 8 tokens, then queries); None: by character length of the texts.
         seed: seed of the shuffle.
         num_replicas: number of data-parallel processes.
         rank: this process's rank among them.
@@ -422,7 +443,7 @@ class PairBatchSampler(DistributedSampler):
 
     def __init__(self, examples: Sequence[PairExample], batch_size: int, *, shuffle: bool = False,
                  drop_last: bool = False, unique: bool = True, group_by_length: bool = False, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, lengths: Sequence[tuple[int, int]] | None = None):
         # DistributedSampler.__init__ is not called: it needs an initialised process group and a dataset
         # to shard by index, and this class shards batches instead. The public attributes are the same.
         if batch_size < 1:
@@ -432,8 +453,14 @@ class PairBatchSampler(DistributedSampler):
         self.group_by_length = group_by_length and shuffle
         self._size = len(examples)
         self._keys = _conflict_keys(examples) if unique else None
-        self._lengths = ([len(e.query) + len(e.positive) + sum(map(len, e.negatives)) for e in examples]
-                         if self.group_by_length else [])
+        if lengths is not None and len(lengths) != len(examples):
+            raise ValueError(f"{len(lengths)} lengths for {len(examples)} examples")
+        self._lengths: list = []
+        if self.group_by_length and lengths is not None:
+            # Documents dominate the padded cost; within a document bucket, queries of similar length.
+            self._lengths = [(d // _LENGTH_BUCKET_TOKENS, q) for q, d in lengths]
+        elif self.group_by_length:
+            self._lengths = [len(e.query) + len(e.positive) + sum(map(len, e.negatives)) for e in examples]
         self._packed: tuple[int, list[list[int]]] | None = None
         self._skip: tuple[int, int] | None = None
 
@@ -536,8 +563,16 @@ class PairDataModule(lightning.LightningDataModule):
             Validation batches always do this.
         num_workers: DataLoader worker processes for tokenization (0: in the training process).
         seed: seed of the training order; each epoch gets its own reproducible order.
-        group_by_length: build training batches from pairs of similar length (less padding, faster);
-            batches are still visited in a random order.
+        group_by_length: build training batches from pairs of similar token length (less padding, faster:
+            on ``builtin:stdlib-code`` at batch 16 and max lengths 64, real tokens are 88% of the computed
+            positions instead of 58%); batches are still visited in a random, seeded order. It changes which
+            pairs share a batch (and so the in-batch negatives), hence it is an option. Sequence packing
+            (several texts per row, block-diagonal attention) is deliberately not offered: measured with the
+            FLOP model on this data (SmolLM2-135M, batch 16, max lengths 64), grouped batches cost 757M
+            hardware FLOP per real token, packing into rows of 64/128/256 tokens 708M/749M/847M where the
+            attention runs over the whole packed row (CPU, SDPA with a mask), i.e. at most 6.5% less before
+            the cost of the masks and per-text position ids; only a varlen kernel (flash-attention 2 on GPU,
+            649M) would pay, 14% below grouped batches.
     """
 
     def __init__(self, train: str = "builtin:stdlib-code", val: str | None = None, test: str | None = None,
@@ -577,6 +612,7 @@ class PairDataModule(lightning.LightningDataModule):
         self.test_examples: list[PairExample] | None = None
         self._train_sampler: PairBatchSampler | None = None
         self._resume_position: tuple[int, int] | None = None
+        self._token_lengths: tuple[object, list, list[tuple[int, int]]] | None = None
 
     @property
     def val_source(self) -> str | None:
@@ -622,9 +658,16 @@ class PairDataModule(lightning.LightningDataModule):
         if len(examples) < self.batch_size * world:
             raise UserError(f"{self.train} has {len(examples)} training examples, fewer than one batch "
                             f"(batch_size={self.batch_size} x {world} process(es)); lower batch_size or add data.")
+        lengths = None
+        if self.group_by_length and self.collator is not None and hasattr(self.collator, "token_lengths"):
+            # Token counts as this model's collator will cut them; computed once per collator.
+            cached = self._token_lengths
+            if cached is None or cached[0] is not self.collator or cached[1] is not examples:
+                self._token_lengths = cached = (self.collator, examples, self.collator.token_lengths(examples))
+            lengths = cached[2]
         sampler = PairBatchSampler(examples, self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
                                    unique=self.unique_positives_per_batch, group_by_length=self.group_by_length,
-                                   num_replicas=world, rank=rank)
+                                   num_replicas=world, rank=rank, lengths=lengths)
         if len(sampler) == 0:
             distinct = len({e.positive for e in examples})
             raise UserError(f"{self.train} has only {distinct} distinct positives, too few for one batch of "

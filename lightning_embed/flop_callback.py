@@ -307,6 +307,9 @@ class FlopCallback(Callback):
             "flops/total_model": c.flops_model, "flops/total_hardware": c.flops_hardware,
             "tokens/real": float(c.tokens), "tokens/padded": float(c.padded_tokens), "examples": float(c.examples),
         }
+        if c.padded_tokens:
+            # How much of the computed positions are real tokens (padding is wasted work).
+            metrics["tokens/real_share"] = c.tokens / c.padded_tokens
         if self.max_flops is not None:
             metrics["flops/budget_used"] = c.flops_model / self.max_flops
         rates = self._throughput.compute()

@@ -129,7 +129,7 @@ def test_gradcache_reforward_runs_under_the_same_autocast(tiny_backbones):
         return torch.cat([module.encode_batch(c) for c in split_encoding(encoding, chunk)])
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        reference_loss = module.loss_fn(chunked_with_grad(batch.queries), chunked_with_grad(batch.documents), 1)
+        reference_loss = module._contrastive_loss(chunked_with_grad(batch.queries), chunked_with_grad(batch.documents), 1)
     reference_loss.backward()
     reference = (reference_loss.detach(), grads_of(module))
 
