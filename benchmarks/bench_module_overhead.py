@@ -42,7 +42,8 @@ def bare_loop(backbone_name: str, state: dict, batches, lr: float, precision: st
     loss_fn = InfoNCELoss(0.025)
     decay = [p for p in backbone.parameters() if p.ndim >= 2]
     no_decay = [p for p in backbone.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+                            fused=True)  # as EmbeddingModule (fused AdamW by default)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_then_decay(len(batches), 0.1, "cosine"))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
