@@ -202,7 +202,8 @@ def _check_columns(where: str, found: Sequence[str], columns: _Columns) -> None:
                             f"set {option} to the right one{hint}.")
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """``("line N", object)`` for every non-blank line of a JSON-lines file; a bad line is a UserError."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -251,7 +252,7 @@ def _source_rows(spec: str, columns: _Columns, split: Literal["train", "val"]) -
         if path.is_dir():
             yield from _hf_rows(path, columns)
         elif suffix == ".jsonl":
-            for location, row in _jsonl_rows(path):
+            for location, row in jsonl_rows(path):
                 _check_columns(f"{path}: {location}", list(row), columns)
                 yield location, row
         elif suffix in (".csv", ".tsv"):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_embed.data import jsonl_rows
 from lightning_embed.errors import UserError
 
 LOCAL_KINDS: tuple[str, ...] = ("sts", "retrieval", "classification", "clustering")
@@ -111,18 +112,8 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise UserError(f"{path} is a folder; this task kind reads one .jsonl, .tsv or .csv file.")
     try:
         if suffix in (".jsonl", ".json"):
-            with path.open(encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise UserError(f"{path}: line {number} is not valid JSON ({err.msg} at column "
-                                        f"{err.colno}); a .jsonl file holds one JSON object per line.") from None
-                    if not isinstance(row, dict):
-                        raise UserError(f"{path}: line {number} is not a JSON object.")
-                    yield f"{path}: line {number}", row
+            for where, row in jsonl_rows(path):
+                yield f"{path}: {where}", row
         elif suffix in (".tsv", ".csv"):
             with path.open(encoding="utf-8", newline="") as handle:
                 reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
