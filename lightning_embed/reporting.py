@@ -7,26 +7,18 @@ from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 # Wide enough for tables when output is not a terminal (CI logs, pipes), where rich assumes 80 columns.
 _console = Console(width=None if Console().is_terminal else 120)
 
 
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """``(total, trainable)`` parameter counts of a module (shared tensors counted once)."""
-    seen: dict[int, bool] = {}
-    for p in model.parameters():
-        seen[id(p)] = p.requires_grad
-    sizes = {id(p): p.numel() for p in model.parameters()}
-    total = sum(sizes.values())
-    trainable = sum(n for i, n in sizes.items() if seen[i])
-    return total, trainable
-
-
 def print_parameter_table(module) -> None:
     """Total and trainable parameters of the module's backbone and the trainable share."""
-    total, trainable = parameter_counts(module.backbone)
+    from lightning_embed.strategy import parameter_summary
+
+    # Logical sizes: a 4-bit weight counts as the matrix it stands for, not its packed bytes.
+    summary = parameter_summary(module.backbone)
+    total, trainable = summary.total, summary.trainable
     info = module.backbone_info
     table = Table(title=f"{module.hparams.backbone} · tuning {module.hparams.tuning}", title_justify="left")
     for col in ("parameters", "count", "share"):
