@@ -26,4 +26,4 @@ def test_config_trains_one_step(config, tmp_path):
     main(["fit", "--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=1",
           "--data.max_val_examples=16", "--data.batch_size=4", "--model.document_max_length=32",
           "--trainer.enable_checkpointing=false", "--trainer.logger=false", "--compare_before_after=false",
-          f"--trainer.default_root_dir={tmp_path}"])
+          f"--trainer.default_root_dir={tmp_path}", f"--flops.runs_file={tmp_path}/runs.jsonl"])
