@@ -455,10 +455,13 @@ class Data(L.LightningDataModule):
 
 if __name__ == "__main__":
     backbone, runs = sys.argv[1], sys.argv[2]
-    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1, logger=False,
+    torch.set_num_threads(1)
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[FlopCallback(runs_file=runs)])
     trainer.fit(EmbeddingModule(backbone=backbone, attn_implementation="eager"), Data())
+    if not trainer.is_global_zero:
+        sys.exit(0)
     (record,) = read_runs(runs)
     flops = FlopModel.from_module(load_backbone(backbone, attn_implementation="eager"))
     batches = [make_batch(i) for i in range(4)]
@@ -478,8 +481,18 @@ def test_ddp_counts_every_rank_exactly(tiny_backbones, tmp_path):
 
     script = tmp_path / "ddp_fit.py"
     script.write_text(_DDP_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), tiny_backbones["gpt_neox"], str(tmp_path / "runs.jsonl")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    import os
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # torchrun, as a user launches DDP (ddp_spawn's children sometimes aborted at exit, after training).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script),
+                           tiny_backbones["gpt_neox"], str(tmp_path / "runs.jsonl")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))
