@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from lightning_embed import stdlib_source
 from lightning_embed.errors import UserError
 from lightning_embed.sampling import PairBatchSampler
+from lightning_embed.unpadding import right_padded
 
 BUILTIN_PREFIX = "builtin:"
 #: Builtin sources: name -> module with ``DESCRIPTION``, ``prepare()`` and ``load(split, num_negatives)``.
@@ -77,12 +78,18 @@ class PairBatch:
             hard negatives at rows B + i*k .. B + i*k + k - 1.
         num_negatives: k, the same for every query of a run.
         positive_ids: (B,) long, the examples' ``positive_id``.
+        query_lengths: each query's real token count, on the host (None: read from the mask when needed);
+            it lets the model cut the batch into length-sorted micro-batches without a device sync
+            (:mod:`lightning_embed.unpadding`).
+        document_lengths: the same for the documents' rows.
     """
 
     queries: dict[str, torch.Tensor]
     documents: dict[str, torch.Tensor]
     num_negatives: int
     positive_ids: torch.Tensor
+    query_lengths: list[int] | None = None
+    document_lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return int(self.positive_ids.shape[0])
@@ -91,7 +98,12 @@ class PairBatch:
         """A copy in pinned memory (called by ``DataLoader(pin_memory=True)``)."""
         return PairBatch({k: v.pin_memory() for k, v in self.queries.items()},
                          {k: v.pin_memory() for k, v in self.documents.items()},
-                         self.num_negatives, self.positive_ids.pin_memory())
+                         self.num_negatives, self.positive_ids.pin_memory(), self.query_lengths,
+                         self.document_lengths)
+
+
+def _host_lengths(attention_mask: torch.Tensor) -> list[int] | None:
+    return attention_mask.sum(1).tolist() if right_padded(attention_mask) else None
 
 
 class PairCollator:
@@ -164,11 +176,16 @@ class PairCollator:
             raise UserError("examples of one batch carry different numbers of hard negatives; truncate them all "
                             "to the same count (PairDataModule does this with num_negatives).")
         documents = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
+        queries = self._encode([e.query for e in examples], self.query_prompt, self.query_max_length)
+        docs = self._encode(documents, self.document_prompt, self.document_max_length)
         return PairBatch(
-            queries=self._encode([e.query for e in examples], self.query_prompt, self.query_max_length),
-            documents=self._encode(documents, self.document_prompt, self.document_max_length),
+            queries=queries,
+            documents=docs,
             num_negatives=k,
             positive_ids=torch.tensor([e.positive_id for e in examples], dtype=torch.long),
+            # Host-side lengths (the masks are still on the CPU here): only where cutting padding is safe.
+            query_lengths=_host_lengths(queries["attention_mask"]),
+            document_lengths=_host_lengths(docs["attention_mask"]),
         )
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
+from lightning_embed.unpadding import default_overhead, encode_micro_batches, plan_micro_batches, right_padded
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.metrics import retrieval_metrics
 from lightning_embed.models import describe, load_backbone, load_tokenizer
@@ -59,6 +60,11 @@ class EmbeddingModule(L.LightningModule):
             Lightning strategy (DDP: one all-reduce per step) work unchanged. None: no caching. See
             :mod:`lightning_embed.gradcache` for how and its limitations (a chunk at or above the batch
             size only costs the extra forward; with dropout the masks are drawn per mini-batch).
+        split_by_length: encode each batch's queries and documents in length-sorted micro-batches, each
+            cut to its own longest text (:mod:`lightning_embed.unpadding`): the same batch, embeddings, loss
+            and gradients with fewer padding positions computed. Needs right padding (the default of the
+            bundled tokenizers); with left padding nothing is split. Under GradCache the micro-batches
+            are its mini-batches (at most ``gradcache_chunk_size`` rows each).
         compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts. Same
             math; meant for GPUs, where the compilation (a minute or more) is amortised over a long run. Off
             by default: not shown to pay on CPU (measure with ``benchmarks/bench_throughput.py --compile``).
@@ -94,6 +100,7 @@ class EmbeddingModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         gradcache_chunk_size: int | None = None,
+        split_by_length: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -151,10 +158,36 @@ class EmbeddingModule(L.LightningModule):
             return self.encode_batch(encoding)
         return cached_encode(self.encode_batch, encoding, self.gradcache_chunk_size)
 
+    def micro_batch_plans(self, batch) -> list[list[tuple[list[int], int]] | None]:
+        """The length-sorted micro-batches (queries, documents) a batch is encoded in (None: as one).
+
+        Deterministic in the batch's lengths, so the FLOP callback costs exactly the positions computed.
+        """
+        if not self.hparams.get("split_by_length", False):
+            return [None, None]
+        overhead = default_overhead(self.device)
+        plans = []
+        for encoding, lengths in ((batch.queries, getattr(batch, "query_lengths", None)),
+                                  (batch.documents, getattr(batch, "document_lengths", None))):
+            mask = encoding["attention_mask"]
+            if lengths is None and right_padded(mask):
+                lengths = mask.sum(1).tolist()
+            plans.append(None if lengths is None
+                         else plan_micro_batches(lengths, overhead, self.gradcache_chunk_size))
+        return plans
+
+    def encode_planned(self, encoding: dict[str, torch.Tensor], plan) -> torch.Tensor:
+        """Embeds a batch in the micro-batches of ``plan`` (GradCache-checkpointed when it is on)."""
+        if plan is None:
+            return self.encode_cached(encoding)
+        return encode_micro_batches(self.encode_batch, encoding, plan,
+                                    checkpointed=self.gradcache_chunk_size is not None)
+
     def forward(self, batch) -> torch.Tensor:
         """Contrastive loss of a :class:`~lightning_embed.data.PairBatch`."""
-        queries = self.encode_cached(batch.queries)
-        documents = self.encode_cached(batch.documents)
+        query_plan, document_plan = self.micro_batch_plans(batch)
+        queries = self.encode_planned(batch.queries, query_plan)
+        documents = self.encode_planned(batch.documents, document_plan)
         return self._contrastive_loss(queries, documents, batch.num_negatives)
 
     def _contrastive_loss(self, queries: torch.Tensor, documents: torch.Tensor, num_negatives: int) -> torch.Tensor:
@@ -178,8 +211,9 @@ class EmbeddingModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch, stage: str) -> None:
-        queries = self.encode_cached(batch.queries)
-        documents = self.encode_cached(batch.documents)
+        query_plan, document_plan = self.micro_batch_plans(batch)
+        queries = self.encode_planned(batch.queries, query_plan)
+        documents = self.encode_planned(batch.documents, document_plan)
         # The held-out loss is computed without cross-device gathering: it must not depend on world size.
         gather = self.loss_fn.gather_across_devices
         self.loss_fn.gather_across_devices = False

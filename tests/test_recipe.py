@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from lightning_embed.errors import UserError
-from lightning_embed.recipe import ExtrapolationWarning, laws_fit, laws_plot, load_laws, recipe, solve
+from lightning_embed.recipe import ExtrapolationWarning, laws_check, laws_fit, laws_plot, load_laws, recipe, solve
 from lightning_embed.recipe.catalogue import load_shipped_family, resolve_models, shipped_families
 from lightning_embed.recipe.costs import paper_flops_per_token, trainable_params
 from lightning_embed.recipe.fit import fit_arrays
@@ -456,6 +456,28 @@ def test_sweep_plan_writes_one_config_per_point(tmp_path):
     assert "at least one budget" in str(err.value) and "rank 0" in str(err.value) and "1.5" in str(err.value)
 
 
+
+def test_sweep_plan_keeps_base_settings_and_sets_rates_per_method(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"model": {"learning_rate": 3e-5, "document_max_length": 64, "temperature": 0.05},
+                                    "trainer": {"num_sanity_val_steps": 0}}))
+    points = sweep_plan(tmp_path / "s", budgets=[1e14], methods=["full", "lora"], lora_ranks=[8],
+                        learning_rates=["lora=5e-4"], base_config=base, min_steps=1, max_examples=10_000)
+    # Points that would repeat the data beyond max_examples are left out, with the reason.
+    manifest = yaml.safe_load((tmp_path / "s" / "sweep.yaml").read_text())
+    assert all(p.examples <= 10_000 for p in points) and any("max_examples" in s for s in manifest["skipped"])
+    assert "smollm2-135m-l4" not in {p.model for p in points} and "smollm2-135m-l30" in {p.model for p in points}
+    models = {p.method: yaml.safe_load((tmp_path / "s" / p.config).read_text())["model"] for p in points}
+    # The base config's settings survive (the point only sets backbone, tuning, steps and budget) ...
+    assert models["full"]["learning_rate"] == 3e-5 and models["full"]["document_max_length"] == 64
+    assert models["full"]["temperature"] == 0.05 and models["lora"]["temperature"] == 0.05
+    # ... and a per-method rate overrides it for that method only.
+    assert models["lora"]["learning_rate"] == 5e-4
+    with pytest.raises(UserError) as err:
+        sweep_plan(tmp_path / "t", budgets=[1e14], methods=["full"], learning_rates=["lora=1e-4", "full=x"])
+    assert "'lora=1e-4'" in str(err.value) and "'full=x'" in str(err.value)
+
+
 FAKE_FIT = """
 import sys, pathlib, json
 args = sys.argv[1:]
@@ -516,3 +538,57 @@ def test_laws_objects_predict_and_flag_extrapolation(tmp_path):
     assert "N=1e+09 is outside the fitted N range" in law.extrapolation(1e9, 1e5)
     path = save_laws(LawsFile([law]), tmp_path / "l.yaml")
     assert load_laws(path).laws[0].coefficients == law.coefficients
+
+
+# ---- checking laws against runs ------------------------------------------------------------------------
+
+
+def test_laws_check_reports_prediction_error_of_held_out_runs(fitted, tmp_path, capsys):
+    _, laws = fitted
+    # Held-out runs at budgets the laws never saw, from the same truth: errors are noise-sized ...
+    held_out = write_synthetic_runs(tmp_path / "held.jsonl", [("full", ()), ("lora", (("rank", 16),))],
+                                    budgets=[2e16, 5e17], seed=7)
+    report = laws_check(laws.path, [held_out])
+    assert len(report.checks) > 5 and report.mean_abs_error < 0.02 and report.rmse_log < 0.02
+    assert "mean |error|" in capsys.readouterr().out
+    # ... while runs whose loss is 10% worse than the law says show it, run by run.
+    worse = tmp_path / "worse.jsonl"
+    worse.write_text("".join(
+        json.dumps({**json.loads(line), "val_loss": json.loads(line)["val_loss"] * 1.1}) + "\n"
+        for line in held_out.read_text().splitlines()))
+    report = laws_check(laws.path, [worse], json=True)
+    assert all(-0.12 < c.error < -0.07 for c in report.checks)
+    assert json.loads(capsys.readouterr().out)["mean_abs_error"] == pytest.approx(report.mean_abs_error)
+
+
+def test_laws_check_lists_runs_without_a_law_and_refuses_when_none_has_one(fitted, tmp_path):
+    _, laws = fitted
+    only_full = tmp_path / "full.yaml"
+    save_laws(LawsFile(laws=[law for law in laws.laws if law.method == "full"]), only_full)
+    runs = write_synthetic_runs(tmp_path / "r.jsonl", [("full", ()), ("lora", (("rank", 16),))], budgets=[1e16])
+    report = laws_check(only_full, [runs])
+    assert report.checks and all(c.law == "full" for c in report.checks)
+    assert report.unmatched and all("lora(rank=16) has no law" in u for u in report.unmatched)
+    lora_only = write_synthetic_runs(tmp_path / "l.jsonl", [("lora", (("rank", 16),))], budgets=[1e16])
+    with pytest.raises(UserError, match="no completed run .* has a law"):
+        laws_check(only_full, [lora_only])
+    with pytest.raises(UserError, match="does not exist"):
+        laws_check(tmp_path / "missing.yaml", [tmp_path / "missing.jsonl"])
+
+
+def test_fit_keeps_a_description_in_the_provenance(tmp_path):
+    runs = write_synthetic_runs(tmp_path / "runs.jsonl", [("full", ())])
+    laws_fit([runs], tmp_path / "laws.yaml", quiet=True, description="CPU sweep, stdlib-code")
+    assert load_laws(tmp_path / "laws.yaml").provenance["description"] == "CPU sweep, stdlib-code"
+
+
+def test_recipe_falls_back_to_the_shipped_laws(tmp_path, monkeypatch, capsys):
+    from lightning_embed.recipe.solve import SHIPPED_LAWS_FILE
+
+    monkeypatch.chdir(tmp_path)  # no ./laws.yaml here
+    result = recipe(1e14)
+    assert "using the laws shipped" in capsys.readouterr().err
+    shipped = load_laws(SHIPPED_LAWS_FILE)
+    assert result.winner.law.label in {law.label for law in shipped.laws}
+    assert shipped.provenance["description"] and shipped.provenance["runs_files"]
+    assert {law.method for law in shipped.laws} == {"full", "lora", "freeze"}

@@ -3,6 +3,7 @@
 Entry points (each backs a ``lightning-embed`` subcommand; their docstrings are its ``--help``):
 
 - :func:`laws_fit` (``laws fit``): fit a law per method setting to run records, write a laws file.
+- :func:`laws_check` (``laws check``): predicted against achieved loss of runs (held-out budgets).
 - :func:`laws_plot` (``laws plot``): loss against FLOP with the optimal frontier, and iso-FLOP curves.
 - :func:`recipe` (``recipe``): rank method settings x candidate models under a budget, write the config.
 - :func:`sweep_plan` / :func:`sweep_run` (``sweep plan`` / ``sweep run``): iso-FLOP sweeps of fits.
@@ -10,6 +11,7 @@ Entry points (each backs a ``lightning-embed`` subcommand; their docstrings are 
 Nothing imported here pulls torch, scipy or matplotlib: ``recipe`` must answer in well under 2 s.
 """
 
+from lightning_embed.recipe.check import laws_check
 from lightning_embed.recipe.fit import laws_fit
 from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws, save_laws
 from lightning_embed.recipe.plot import laws_plot
@@ -17,6 +19,6 @@ from lightning_embed.recipe.solve import Recipe, recipe, solve
 from lightning_embed.recipe.sweep import sweep_plan, sweep_run
 
 __all__ = [
-    "ExtrapolationWarning", "Law", "LawsFile", "Recipe", "laws_fit", "laws_plot", "load_laws", "recipe",
+    "ExtrapolationWarning", "Law", "LawsFile", "Recipe", "laws_check", "laws_fit", "laws_plot", "load_laws", "recipe",
     "save_laws", "solve", "sweep_plan", "sweep_run",
 ]

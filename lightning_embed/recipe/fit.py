@@ -307,6 +307,7 @@ def laws_fit(
     starts: int = 32,
     strict: bool = False,
     quiet: bool = False,
+    description: str | None = None,
 ) -> LawsFile:
     """Fits a scaling law per fine-tuning method and setting to run records and writes a laws file.
 
@@ -323,6 +324,7 @@ def laws_fit(
         starts: how many of the best grid points L-BFGS-B refines.
         strict: fail when any method setting cannot be fitted (default: fit the others, list the rest).
         quiet: do not print the report table.
+        description: where the runs came from (machine, data, sweep), kept in the file's provenance.
 
     Returns:
         The laws written.
@@ -366,6 +368,7 @@ def laws_fit(
         pkg_version = "unknown"
     tokens_per_example = [o.tokens / o.examples for o in observations if o.tokens and o.examples]
     provenance = {
+        **({"description": description} if description else {}),
         "runs_files": [{**f, "sha256": _sha256(Path(f["path"]))} for f in files],
         "backbones": sorted({o.backbone for o in observations if o.backbone}),
         "accounting": sorted({o.accounting for o in observations if o.accounting}),

@@ -27,6 +27,9 @@ from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, loa
 #: The study's crossover: full fine-tuning is compute-optimal up to here, LoRA above (Ziarko et al. 2024).
 PAPER_CROSSOVER_FLOPS = 9.06e16
 DEFAULT_LAWS_FILE = Path("laws.yaml")
+#: The laws shipped with the package (fitted on the sweep in ``sweeps/smollm2-truncated``): what ``recipe``
+#: uses when no ``--laws`` is given and there is no ./laws.yaml.
+SHIPPED_LAWS_FILE = Path(__file__).resolve().parent.parent / "resources" / "laws" / "smollm2-135m-truncated.yaml"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TRAIN = "builtin:stdlib-code"
 FLOP_CALLBACK = "lightning_embed.flop_callback.FlopCallback"
@@ -334,7 +337,8 @@ def recipe(
 
     Args:
         budget: training compute in FLOP (e.g. 1e17).
-        laws: laws file from ``lightning-embed laws fit`` (default: ./laws.yaml).
+        laws: laws file from ``lightning-embed laws fit`` (default: ./laws.yaml if it exists, else the
+            laws shipped with lightning-embed, fitted on truncated SmolLM2-135M and the stdlib-code data).
         models: candidate families or models, comma-separated: a shipped family (pythia, smollm2,
             qwen2.5, bert, smollm2-135m-truncated), a model of one (pythia-410m), ``all``, a family file
             (.yaml) or a local model folder. Default: the family the laws were fitted on, else pythia.
@@ -368,6 +372,11 @@ def recipe(
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
         problems.append(f"--batch_size must be a positive integer, got {batch_size!r}")
     laws_path = Path(laws) if laws is not None else DEFAULT_LAWS_FILE
+    if laws is None and not laws_path.is_file() and SHIPPED_LAWS_FILE.is_file():
+        laws_path = SHIPPED_LAWS_FILE
+        print(f"recipe: no --laws and no ./laws.yaml; using the laws shipped with lightning-embed ({laws_path.name}: "
+              "truncated SmolLM2-135M on stdlib-code, CPU sweep). Fit laws on your own runs for your setting.",
+              file=sys.stderr)
     if not laws_path.is_file():
         problems.append(
             f"no laws file at {str(laws_path)!r}; fit one from your runs with `lightning-embed laws fit "

@@ -88,6 +88,7 @@ def sweep_plan(
     methods: list[str] | None = None,
     lora_ranks: list[int] | None = None,
     freeze_shares: list[float] | None = None,
+    learning_rates: list[str] | None = None,
     accounting: Accounting = "paper",
     query_tokens: int = 14,
     document_tokens: int = 64,
@@ -95,6 +96,8 @@ def sweep_plan(
     train: str = DEFAULT_TRAIN,
     base_config: Path | None = None,
     min_steps: int = 10,
+    max_examples: int | None = None,
+    checkpoints_per_run: int = 10,
     overwrite: bool = False,
 ) -> list[SweepPoint]:
     """Plans an iso-FLOP sweep: one fit config per budget x model x method setting, into a directory.
@@ -110,6 +113,9 @@ def sweep_plan(
         methods: tuning methods (default: full, lora, freeze, bias).
         lora_ranks: LoRA ranks to try (default: 16).
         freeze_shares: shares of blocks that train with block freezing (default: 0.25).
+        learning_rates: a learning rate per method, as ``METHOD=LR`` (``full=5e-5 lora=5e-4``); methods
+            not named keep the base config's (or 1e-4). Adapters usually want about ten times full
+            fine-tuning's rate, and each law records the rate its runs used.
         accounting: FLOP per example for sizing the runs: ``paper`` or ``exact``.
         query_tokens: tokens of an average query, for sizing.
         document_tokens: tokens of an average document, for sizing.
@@ -118,6 +124,12 @@ def sweep_plan(
         base_config: a fit config whose settings every point starts from (points set the backbone,
             tuning, batch size, steps and budget).
         min_steps: points whose budget buys fewer steps are left out (and listed).
+        max_examples: points whose budget buys more examples are left out (and listed): set it to the
+            training set's size times the passes over it you accept (the laws assume fresh data; the
+            study trained one pass).
+        checkpoints_per_run: how often a run saves ``last.ckpt`` to resume from (evenly over its steps);
+            0 saves only when a run is interrupted (Ctrl+C, an error), which spares the disk writes of a
+            full fine-tuning checkpoint (weights and optimizer state) on a sweep of short runs.
         overwrite: replace an existing plan in the directory.
 
     Returns:
@@ -137,6 +149,18 @@ def sweep_plan(
     problems += [f"LoRA rank {r!r} is not a positive integer" for r in lora_ranks if not (isinstance(r, int) and r > 0)]
     problems += [f"freeze share {s!r} is not in (0, 1]" for s in freeze_shares
                  if not (isinstance(s, (int, float)) and 0 < s <= 1)]
+    rates: dict[str, float] = {}
+    for item in learning_rates or []:
+        method, _, value = str(item).partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = float("nan")
+        if method not in methods or not rate > 0:
+            problems.append(f"learning rate {item!r} is not METHOD=LR with one of the methods {methods} and a "
+                            "positive rate")
+        else:
+            rates[method] = rate
     if accounting == "paper":
         from lightning_embed.recipe.costs import PAPER_METHODS
 
@@ -144,6 +168,10 @@ def sweep_plan(
                      if m not in PAPER_METHODS]
     if batch_size < 1 or min_steps < 1:
         problems.append("batch_size and min_steps must be positive")
+    if max_examples is not None and max_examples < 1:
+        problems.append("max_examples must be positive")
+    if checkpoints_per_run < 0:
+        problems.append("checkpoints_per_run must be 0 or more")
     if base_config is not None and not Path(base_config).is_file():
         problems.append(f"base config {str(base_config)!r} does not exist")
     if (directory / MANIFEST).exists() and not overwrite:
@@ -171,18 +199,27 @@ def sweep_plan(
         if steps < min_steps:
             skipped.append(f"{label}: buys {steps} steps (< {min_steps})")
             continue
+        if max_examples is not None and examples > max_examples:
+            skipped.append(f"{label}: buys {examples:,} examples (> max_examples {max_examples:,})")
+            continue
         name = point_name(budget, model.name, method, setting)
+        # The base config's model settings (learning rate, temperature, lengths) are the points' own.
         config = build_fit_config(model, method, setting, budget, batch_size=batch_size, accounting=accounting,
-                                  train=train, runs_file="runs.jsonl")
+                                  hparams=base.get("model") or {}, train=train, runs_file="runs.jsonl")
         config = _merge(base, config)
+        if method in rates:
+            config["model"]["learning_rate"] = rates[method]
         base_callbacks = [c for c in (base.get("trainer") or {}).get("callbacks") or []
                           if not (isinstance(c, dict) and c.get("class_path") in (FLOP_CALLBACK, CHECKPOINT_CALLBACK))]
         config["trainer"]["default_root_dir"] = f"runs/{name}"
+        every = max(1, steps // checkpoints_per_run) if checkpoints_per_run else 0
         config["trainer"]["callbacks"] = base_callbacks + [{
-            # last.ckpt only, about ten times per run and on an exception: what `sweep run` resumes from.
+            # last.ckpt only, `checkpoints_per_run` times per run and on an exception: what `sweep run`
+            # resumes from (every_n_epochs 0: no extra save at epoch ends).
             "class_path": CHECKPOINT_CALLBACK,
             "init_args": {"dirpath": f"runs/{name}/checkpoints", "save_top_k": 0, "save_last": True,
-                          "every_n_train_steps": max(1, steps // 10), "save_on_exception": True},
+                          "every_n_train_steps": every, "every_n_epochs": 0 if not every else None,
+                          "save_on_exception": True},
         }]
         path = directory / "configs" / f"{name}.yaml"
         save_config(config, path, header=f"Sweep point {label}: {examples:,} examples, {steps:,} steps.\n"
