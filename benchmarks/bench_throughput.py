@@ -6,10 +6,15 @@ Systems, on the same backbone, data (``builtin:stdlib-code``), batch size, learn
 - ``st-fp32``: ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` (scale 40 = lightning-embed's
   temperature 0.025), its defaults (fp32, random batches);
 - ``st-bf16``: the same with ``bf16=True`` (its best on this hardware);
-- ``le-default``: ``EmbeddingModule`` + ``PairDataModule`` at their defaults (fp32, random batches);
-- ``le-fast``: ``precision="bf16-mixed"`` and ``group_by_length=True``;
-- ``le-bf16`` (``--systems``): ``precision="bf16-mixed"`` only, to separate the two effects;
-- ``le-fast-compile`` (``--compile``): ``le-fast`` plus ``EmbeddingModule(compile=True)``.
+- ``le-default``: ``lightning-embed fit`` as it comes: ``EmbeddingModule`` + ``PairDataModule`` at their
+  defaults and the precision ``fit`` picks (:func:`lightning_embed.precision.default_precision`: bf16-mixed
+  on a CPU with AMX/AVX512-BF16 or a bf16 GPU), which includes length-sorted micro-batches
+  (``split_by_length``: the same batches and math, fewer padding positions);
+- ``le-whole``: the same with ``split_by_length=False``, to show what the micro-batches bring;
+- ``le-fp32`` (``--systems``): fp32 and no micro-batches: the old defaults, the same work as ``st-fp32``;
+- ``le-grouped`` (``--systems``): ``le-default`` plus ``group_by_length=True`` (changes which examples share a
+  batch, so it is an option, not a default);
+- ``le-compile`` (``--compile``): ``le-default`` plus ``EmbeddingModule(compile=True)``.
 
 lightning-embed runs with ``symmetric=False`` so both optimise the same loss (MNRL is query->document only),
 and with gradient clipping at norm 1.0 (``gradient_clip_val``), the HF Trainer's default ``max_grad_norm``.
@@ -52,6 +57,8 @@ from lightning_embed.loss import InfoNCELoss  # noqa: E402
 from lightning_embed.models import load_tokenizer, resolve_backbone  # noqa: E402
 from lightning_embed.module import EmbeddingModule  # noqa: E402
 from lightning_embed.pooling import pool  # noqa: E402
+from lightning_embed.precision import default_precision  # noqa: E402
+from lightning_embed.unpadding import computed_positions  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,15 @@ WORKLOADS = {
     "smollm2-lora": Workload("smollm2-lora", "smollm2-135m", {"name": "lora", "rank": 16}, 16, learning_rate=2e-4),
     "minilm-full": Workload("minilm-full", "all-minilm-l6-v2", {"name": "full"}, 32, learning_rate=5e-5),
 }
-SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-fast")
+SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-whole")
+#: lightning-embed systems: precision (None: fit's default), split_by_length, group_by_length, compile.
+LE_SETTINGS = {
+    "le-default": (None, True, False, False),
+    "le-whole": (None, False, False, False),
+    "le-fp32": ("32-true", False, False, False),
+    "le-grouped": (None, True, True, False),
+    "le-compile": (None, True, False, True),
+}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -134,10 +149,13 @@ class Timing:
                 "hw_flops_s": hw / total, "steps_timed": len(times)}
 
 
-def _step_stats(masks) -> TokenStats:
+def _step_stats(masks, plans=None) -> TokenStats:
+    """Token stats of a step; where a mask was encoded in micro-batches (``plans``), their positions."""
     total = TokenStats()
-    for m in masks:
+    for m, plan in zip(masks, plans or [None] * len(masks)):
         s = TokenStats.from_mask(m)
+        if plan is not None:
+            s = TokenStats(s.rows, s.real_tokens, s.real_squares, *computed_positions(plan))
         total = TokenStats(*(getattr(total, f) + getattr(s, f) for f in
                              ("rows", "real_tokens", "real_squares", "padded_tokens", "padded_squares")))
     return total
@@ -153,23 +171,23 @@ class _LightningStamps(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         _sync(module.device.type)
         self.starts.append(time.perf_counter())
-        self.stats.append(_step_stats([batch.queries["attention_mask"], batch.documents["attention_mask"]]))
+        self.stats.append(_step_stats([batch.queries["attention_mask"], batch.documents["attention_mask"]],
+                                      module.micro_batch_plans(batch)))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         _sync(module.device.type)
         self.end = time.perf_counter()
 
 
-def run_lightning_embed(w: Workload, system: str, steps: int, seed: int, compile_backbone: bool = False):
-    fast = system.startswith("le-fast")
-    bf16 = fast or system == "le-bf16"
+def run_lightning_embed(w: Workload, system: str, steps: int, seed: int):
+    precision, split, group, compile_backbone = LE_SETTINGS[system]
     torch.manual_seed(seed)
     module = EmbeddingModule(backbone=w.backbone, tuning=w.tuning, symmetric=False, learning_rate=w.learning_rate,
                              query_max_length=w.max_length, document_max_length=w.max_length,
-                             compile=compile_backbone)
-    data = PairDataModule(train="builtin:stdlib-code", batch_size=w.batch_size, seed=seed, group_by_length=fast)
+                             split_by_length=split, compile=compile_backbone)
+    data = PairDataModule(train="builtin:stdlib-code", batch_size=w.batch_size, seed=seed, group_by_length=group)
     stamps = _LightningStamps()
-    trainer = L.Trainer(max_steps=steps, precision="bf16-mixed" if bf16 else "32-true", logger=False,
+    trainer = L.Trainer(max_steps=steps, precision=precision or default_precision(), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[stamps], devices=1,
                         gradient_clip_val=1.0)
@@ -242,6 +260,12 @@ def run_sentence_transformers(w: Workload, system: str, steps: int, seed: int):
 # ------------------------------------------------------------------------------------------------- main
 
 
+def _is_bf16(system: str) -> bool:
+    if system.startswith("st-"):
+        return system == "st-bf16"
+    return (LE_SETTINGS[system][0] or default_precision()) == "bf16-mixed"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}")
@@ -250,13 +274,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
     parser.add_argument("--val-examples", type=int, default=128, help="held-out pairs for the loss")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--compile", action="store_true", help="add le-fast-compile (torch.compile the backbone)")
+    parser.add_argument("--compile", action="store_true", help="add le-compile (torch.compile the backbone)")
     parser.add_argument("--quick", action="store_true", help="1 round, 3 timed steps, 64 held-out pairs")
     parser.add_argument("--json", help="write every run's numbers to this file")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.steps, args.warmup, args.val_examples = 1, 3, 1, 64
-    systems = args.systems.split(",") + (["le-fast-compile"] if args.compile else [])
+    systems = args.systems.split(",") + (["le-compile"] if args.compile else [])
+    unknown = [s for s in systems if s not in LE_SETTINGS and s not in ("st-fp32", "st-bf16")]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from st-fp32, st-bf16, {', '.join(LE_SETTINGS)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peak = {"fp32": 0.0, "bf16": 0.0}
 
@@ -280,11 +307,10 @@ def main() -> None:
                 if system.startswith("st-"):
                     backbone, timing = run_sentence_transformers(w, system, total, seed=r)
                 else:
-                    backbone, timing = run_lightning_embed(w, system, total, seed=r,
-                                                           compile_backbone=system == "le-fast-compile")
+                    backbone, timing = run_lightning_embed(w, system, total, seed=r)
                 flop_model = FlopModel.from_module(backbone)
                 s = timing.summary(args.warmup, flop_model)
-                bf16 = system in ("st-bf16", "le-bf16") or system.startswith("le-fast")
+                bf16 = _is_bf16(system)
                 s["mfu"] = s["hw_flops_s"] / peak["bf16" if bf16 else "fp32"]
                 s["mfu_vs_bf16_peak"] = s["hw_flops_s"] / peak["bf16"]
                 s["val_loss"] = held_out_loss(backbone, tokenizer, val, w.batch_size, w.max_length, device)
@@ -299,7 +325,7 @@ def main() -> None:
             print(f"matmul peak so far: fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s")
         for rec in records:  # MFU against the best peak seen in the whole run
             if rec["workload"] == wname:
-                bf16 = rec["system"] in ("st-bf16", "le-bf16") or rec["system"].startswith("le-fast")
+                bf16 = _is_bf16(rec["system"])
                 rec["mfu"] = rec["hw_flops_s"] / peak["bf16" if bf16 else "fp32"]
                 rec["mfu_vs_bf16_peak"] = rec["hw_flops_s"] / peak["bf16"]
         print_table(records, wname, systems, args)

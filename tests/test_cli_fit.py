@@ -71,6 +71,22 @@ def test_print_config_and_composed_configs(tiny_backbones, tmp_path, capsys):
     assert "pooling: cls" in printed and "temperature: 0.05" in printed and "batch_size: 6" in printed
 
 
+
+def test_fit_defaults_to_bf16_where_the_hardware_has_it(tiny_backbones, tmp_path, capsys, monkeypatch):
+    from lightning_embed import precision
+
+    base = tmp_path / "base.yaml"
+    base.write_text(f"model:\n  backbone: {tiny_backbones['llama']}\n")
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(precision, "native_bf16", lambda: native)
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(base), "--print_config"])
+        assert f"precision: {expected}" in capsys.readouterr().out
+    # A config's own precision wins.
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(base), "--trainer.precision=32-true", "--print_config"])
+    assert "precision: 32-true" in capsys.readouterr().out
+
 def test_loss_falls_on_a_toy_set(tiny_backbones, tmp_path):
     """Python API: a few epochs on a learnable toy task lower the held-out loss."""
     L.seed_everything(0)
