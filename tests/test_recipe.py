@@ -592,3 +592,11 @@ def test_recipe_falls_back_to_the_shipped_laws(tmp_path, monkeypatch, capsys):
     assert result.winner.law.label in {law.label for law in shipped.laws}
     assert shipped.provenance["description"] and shipped.provenance["runs_files"]
     assert {law.method for law in shipped.laws} == {"full", "lora", "freeze"}
+
+
+def test_recipe_restricted_to_methods(fitted):
+    _, laws = fitted
+    result = recipe(1e16, laws=laws.path, models="pythia", methods=["lora"])  # full would win here
+    assert {c.law.method for c in result.candidates} == {"lora"} and result.winner.law.method == "lora"
+    with pytest.raises(UserError, match="no law for method.*qlora"):
+        recipe(1e16, laws=laws.path, methods=["qlora"])

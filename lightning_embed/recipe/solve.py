@@ -329,6 +329,7 @@ def recipe(
     document_tokens: int = 64,
     batch_size: int | None = None,
     train: str | None = None,
+    methods: list[str] | None = None,
 ) -> Recipe:
     """Recommends the model, data quantity and fine-tuning method for a FLOP budget.
 
@@ -352,6 +353,8 @@ def recipe(
         batch_size: examples per step (default: the laws' runs' batch size, else 32).
         train: training data for the written config (default: the laws' runs' data, else
             builtin:stdlib-code).
+        methods: only these tuning methods (e.g. ``lora`` when full fine-tuning does not fit in memory);
+            default: every method the laws file has.
 
     Returns:
         The recipe.
@@ -386,6 +389,12 @@ def recipe(
     if problems:
         raise UserError("recipe: " + "; ".join(problems) + ".")
     law_file = load_laws(laws_path)
+    if methods:
+        unknown = sorted(set(methods) - set(law_file.methods()))
+        if unknown:
+            raise UserError(f"recipe: the laws file {laws_path} has no law for method(s) {', '.join(unknown)}; "
+                            f"it has {', '.join(law_file.methods())}.")
+        law_file.laws = [law for law in law_file.laws if law.method in methods]
     candidates = resolve_models(models, default_family(law_file))
     with warnings.catch_warnings(record=True):  # shown once below, not also as a Python warning
         warnings.simplefilter("always")
