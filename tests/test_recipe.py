@@ -600,3 +600,16 @@ def test_recipe_restricted_to_methods(fitted):
     assert {c.law.method for c in result.candidates} == {"lora"} and result.winner.law.method == "lora"
     with pytest.raises(UserError, match="no law for method.*qlora"):
         recipe(1e16, laws=laws.path, methods=["qlora"])
+
+
+def test_recipe_sizes_examples_with_the_laws_measured_tokens(fitted, tmp_path):
+    _, laws = fitted
+    short = load_laws(laws.path)
+    short.provenance["tokens_per_example"] = 39.0  # the runs' data had half the study's 78 tokens per example
+    save_laws(short, tmp_path / "short.yaml")
+    base = recipe(1e16, laws=laws.path, models="pythia-70m", methods=["full"])
+    halved = recipe(1e16, laws=tmp_path / "short.yaml", models="pythia-70m", methods=["full"])
+    assert halved.winner.examples == pytest.approx(2 * base.winner.examples, rel=0.02)
+    explicit = recipe(1e16, laws=tmp_path / "short.yaml", models="pythia-70m", methods=["full"],
+                      query_tokens=14, document_tokens=64)  # given lengths win
+    assert explicit.winner.examples == base.winner.examples

@@ -325,8 +325,8 @@ def recipe(
     rule: Literal["paper"] | None = None,
     json: bool = False,
     write_config: Path | None = None,
-    query_tokens: int = 14,
-    document_tokens: int = 64,
+    query_tokens: int | None = None,
+    document_tokens: int | None = None,
     batch_size: int | None = None,
     train: str | None = None,
     methods: list[str] | None = None,
@@ -348,8 +348,9 @@ def recipe(
         rule: ``paper`` also shows the study's Algorithm 1 (full up to 9.06e16 FLOP, LoRA above).
         json: print the recipe as JSON instead of a table.
         write_config: write the winner's fit config (runs with ``lightning-embed fit --config FILE``).
-        query_tokens: tokens of an average query (the study's data: 14).
-        document_tokens: tokens of an average document (the study's data: 64).
+        query_tokens: tokens of an average query. Default: the study's 14 and 64 for query and document,
+            scaled to the tokens per example the laws' runs measured (their data's), if recorded.
+        document_tokens: tokens of an average document (see ``query_tokens``).
         batch_size: examples per step (default: the laws' runs' batch size, else 32).
         train: training data for the written config (default: the laws' runs' data, else
             builtin:stdlib-code).
@@ -370,7 +371,7 @@ def recipe(
     if rule not in (None, "paper"):
         problems.append(f"--rule must be 'paper', not {rule!r}")
     for name, value in (("query_tokens", query_tokens), ("document_tokens", document_tokens)):
-        if not (isinstance(value, int) and value > 0):
+        if value is not None and not (isinstance(value, int) and value > 0):
             problems.append(f"--{name} must be a positive integer, got {value!r}")
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
         problems.append(f"--batch_size must be a positive integer, got {batch_size!r}")
@@ -396,6 +397,10 @@ def recipe(
                             f"it has {', '.join(law_file.methods())}.")
         law_file.laws = [law for law in law_file.laws if law.method in methods]
     candidates = resolve_models(models, default_family(law_file))
+    measured = law_file.provenance.get("tokens_per_example")
+    scale = measured / 78.0 if (measured and query_tokens is None and document_tokens is None) else 1.0
+    query_tokens = query_tokens or max(1, round(14 * scale))
+    document_tokens = document_tokens or max(1, round(64 * scale))
     with warnings.catch_warnings(record=True):  # shown once below, not also as a Python warning
         warnings.simplefilter("always")
         result = solve(budget, law_file, candidates, accounting=accounting, query_tokens=query_tokens,
