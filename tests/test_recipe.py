@@ -613,3 +613,14 @@ def test_recipe_sizes_examples_with_the_laws_measured_tokens(fitted, tmp_path):
     explicit = recipe(1e16, laws=tmp_path / "short.yaml", models="pythia-70m", methods=["full"],
                       query_tokens=14, document_tokens=64)  # given lengths win
     assert explicit.winner.examples == base.winner.examples
+
+
+def test_fit_leaves_out_short_runs(tmp_path, capsys):
+    runs = write_synthetic_runs(tmp_path / "runs.jsonl", [("full", ())])
+    steps = sorted(json.loads(line)["steps"] for line in runs.read_text().splitlines())
+    cut = steps[len(steps) // 4]
+    laws = laws_fit([runs], tmp_path / "laws.yaml", min_steps=cut)
+    short = sum(s < cut for s in steps)
+    assert short and f"left out {short} run(s) of fewer than {cut} steps" in capsys.readouterr().out
+    assert laws.laws[0].quality["runs"] == len(steps) - short
+    assert laws.provenance["min_steps"] == cut and laws.provenance["left_out_short_runs"] == short

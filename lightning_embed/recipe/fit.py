@@ -304,6 +304,7 @@ def laws_fit(
     form: FormName = "chinchilla",
     data_unit: DataUnit = "examples",
     min_runs: int = 5,
+    min_steps: int = 0,
     starts: int = 32,
     strict: bool = False,
     quiet: bool = False,
@@ -321,6 +322,8 @@ def laws_fit(
         form: ``chinchilla`` (E + A/N^alpha + B/D^beta) or ``power`` (without the floor E).
         data_unit: what D counts: ``examples`` (query-document pairs) or ``tokens``.
         min_runs: fewest completed runs a method setting needs to be fitted (at least 5 is sensible).
+        min_steps: leave out runs of fewer optimizer steps (listed): with a warm-up and a decay to zero, a
+            run of a dozen steps ends where its schedule dictates rather than where its data would lead.
         starts: how many of the best grid points L-BFGS-B refines.
         strict: fail when any method setting cannot be fitted (default: fit the others, list the rest).
         quiet: do not print the report table.
@@ -336,6 +339,8 @@ def laws_fit(
     if not runs:
         problems.append("give at least one run-record file")
     problems += [f"run-record file {str(p)!r} does not exist" for p in runs if not Path(p).is_file()]
+    if min_steps < 0:
+        problems.append(f"min_steps must be 0 or more, got {min_steps}")
     if min_runs < 2:
         problems.append(f"min_runs must be at least 2, got {min_runs}")
     if starts < 1:
@@ -355,6 +360,11 @@ def laws_fit(
             f"laws fit: none of the {total} record(s) in {', '.join(str(p) for p in runs)} is a completed run; "
             "nothing to fit."
         )
+    short = [o for o in observations if min_steps and o.steps is not None and o.steps < min_steps]
+    observations = [o for o in observations if o not in short]
+    if short and not quiet:
+        print(f"left out {len(short)} run(s) of fewer than {min_steps} steps: "
+              + ", ".join(f"{setting_label(o.method, o.setting)} N={o.n:.3g} ({o.steps} steps)" for o in short))
     laws, skipped, notes = fit_laws(observations, form=form, data_unit=data_unit, min_runs=min_runs, starts=starts)
     if not laws or (strict and skipped):
         reasons = "; ".join(f"{setting_label(s['method'], s['setting'])}: {s['reason']}" for s in skipped)
@@ -373,6 +383,7 @@ def laws_fit(
         "backbones": sorted({o.backbone for o in observations if o.backbone}),
         "accounting": sorted({o.accounting for o in observations if o.accounting}),
         "tokens_per_example": float(np.median(tokens_per_example)) if tokens_per_example else None,
+        **({"min_steps": min_steps, "left_out_short_runs": len(short)} if min_steps else {}),
         "fit": {"objective": "huber(log L)", "delta": HUBER_DELTA, "optimizer": "L-BFGS-B",
                 "grid_points": int(len(_grid(np.zeros(1), form == "chinchilla"))), "starts": starts,
                 "leave_one_out": True},

@@ -46,6 +46,7 @@ class Observation:
     num_layers: int | None = None
     source: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
 
     def data(self, unit: str) -> float | None:
         """The data quantity in ``unit`` (``examples`` or ``tokens``)."""
@@ -137,6 +138,7 @@ def observation(record: Any, source: str) -> Observation | None:
         num_layers=_get(record, "num_layers"),
         source=source,
         hparams=hparams,
+        steps=_get(record, "steps"),
     )
 
 
