@@ -8,13 +8,14 @@ Systems, on the same backbone, data (``builtin:stdlib-code``), batch size, learn
 - ``st-bf16``: the same with ``bf16=True`` (its best on this hardware);
 - ``le-default``: ``lightning-embed fit`` as it comes: ``EmbeddingModule`` + ``PairDataModule`` at their
   defaults and the precision ``fit`` picks (:func:`lightning_embed.precision.default_precision`: bf16-mixed
-  on a CPU with AMX/AVX512-BF16 or a bf16 GPU), which includes length-sorted micro-batches
-  (``split_by_length``: the same batches and math, fewer padding positions);
-- ``le-whole``: the same with ``split_by_length=False``, to show what the micro-batches bring;
-- ``le-fp32`` (``--systems``): fp32 and no micro-batches: the old defaults, the same work as ``st-fp32``;
-- ``le-grouped`` (``--systems``): ``le-default`` plus ``group_by_length=True`` (changes which examples share a
-  batch, so it is an option, not a default);
-- ``le-compile`` (``--compile``): ``le-default`` plus ``EmbeddingModule(compile=True)``.
+  on a CPU with AMX/AVX512-BF16 or a bf16 GPU);
+- ``le-split``: plus ``split_by_length=True`` (length-sorted micro-batches: the same batches and math, fewer
+  padding positions computed);
+- ``le-fp32`` (``--systems``): fp32: the old default, the same work as ``st-fp32``;
+- ``le-grouped`` (``--systems``): plus ``group_by_length=True`` (changes which examples share a batch, so it
+  is an option, not a default);
+- ``le-compile`` (``--compile``): plus ``EmbeddingModule(compile=True)``; its compilation falls in the
+  warm-up steps, so give it ``--warmup 3`` or more.
 
 lightning-embed runs with ``symmetric=False`` so both optimise the same loss (MNRL is query->document only),
 and with gradient clipping at norm 1.0 (``gradient_clip_val``), the HF Trainer's default ``max_grad_norm``.
@@ -76,14 +77,14 @@ WORKLOADS = {
     "smollm2-lora": Workload("smollm2-lora", "smollm2-135m", {"name": "lora", "rank": 16}, 16, learning_rate=2e-4),
     "minilm-full": Workload("minilm-full", "all-minilm-l6-v2", {"name": "full"}, 32, learning_rate=5e-5),
 }
-SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-whole")
+SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-split")
 #: lightning-embed systems: precision (None: fit's default), split_by_length, group_by_length, compile.
 LE_SETTINGS = {
-    "le-default": (None, True, False, False),
-    "le-whole": (None, False, False, False),
+    "le-default": (None, False, False, False),
+    "le-split": (None, True, False, False),
     "le-fp32": ("32-true", False, False, False),
-    "le-grouped": (None, True, True, False),
-    "le-compile": (None, True, False, True),
+    "le-grouped": (None, False, True, False),
+    "le-compile": (None, False, False, True),
 }
 
 

@@ -64,10 +64,14 @@ class EmbeddingModule(L.LightningModule):
             cut to its own longest text (:mod:`lightning_embed.unpadding`): the same batch, embeddings, loss
             and gradients with fewer padding positions computed. Needs right padding (the default of the
             bundled tokenizers); with left padding nothing is split. Under GradCache the micro-batches
-            are its mini-batches (at most ``gradcache_chunk_size`` rows each).
+            are its mini-batches (at most ``gradcache_chunk_size`` rows each). Off by default: on a 2-core
+            CPU in bf16 it computed 27% fewer positions yet ran 8% slower per step (SmolLM2-135M, batch 16;
+            the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
+            accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``).
         compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts. Same
-            math; meant for GPUs, where the compilation (a minute or more) is amortised over a long run. Off
-            by default: not shown to pay on CPU (measure with ``benchmarks/bench_throughput.py --compile``).
+            math and held-out loss; on the 2-core CPU it made a bf16 SmolLM2-135M step 1.27x faster (fused
+            elementwise kernels) after about 200 s of compilation, so it pays from a few hundred steps on.
+            Off by default for that start-up cost (``benchmarks/bench_throughput.py --compile``).
 
     Distributed training uses Lightning's strategies unchanged: ``ddp``, ``fsdp`` (GPUs; each transformer
     block and the tuning strategy's :meth:`~lightning_embed.strategy.TuningStrategy.fsdp_wrap_modules`
@@ -100,7 +104,7 @@ class EmbeddingModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         gradcache_chunk_size: int | None = None,
-        split_by_length: bool = True,
+        split_by_length: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()

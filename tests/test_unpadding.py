@@ -60,7 +60,8 @@ def test_split_batch_has_the_loss_and_gradients_of_the_padded_batch(tiny_backbon
 
 
 def test_left_padding_is_not_split(tiny_backbones):
-    module = EmbeddingModule(backbone=tiny_backbones["llama"], query_max_length=16, document_max_length=48)
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], query_max_length=16, document_max_length=48,
+                             split_by_length=True)
     module.tokenizer.padding_side = "left"
     batch = module.make_collator()(_examples())
     assert batch.query_lengths is None and module.micro_batch_plans(batch) == [None, None]

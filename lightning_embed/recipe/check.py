@@ -87,15 +87,17 @@ def _render(report: CheckReport, data_unit: str) -> None:
     console = wide_console()
     table = Table(title="Predicted against achieved held-out loss", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("run", "law", "N", data_unit, "FLOP", "predicted", "achieved", "error", "note"):
-        table.add_column(name, justify="left" if name in ("run", "law", "note") else "right",
-                         no_wrap=name != "note", overflow="fold")
+        table.add_column(name, justify="left" if name in ("run", "law", "note") else "right", no_wrap=True)
     for c in report.checks:
-        table.add_row(c.run, c.law, si(c.n), si(c.data), f"{c.flops:.3g}" if c.flops else "-",
+        table.add_row(c.run.replace(" (run ", " (").replace("record ", "#"), c.law, si(c.n), si(c.data), f"{c.flops:.3g}" if c.flops else "-",
                       f"{c.predicted:.4f}", f"{c.achieved:.4f}", f"{100 * c.error:+.1f}%",
                       "outside the fitted range" if c.extrapolation else "")
     console.print(table)
     console.print(f"{len(report.checks)} run(s): mean |error| {100 * report.mean_abs_error:.2f}%, "
                   f"RMSE of log L {report.rmse_log:.4f}.", highlight=False)
+    for c in report.checks:
+        if c.extrapolation:
+            console.print(f"{c.run}: {c.extrapolation}", highlight=False)
     for line in report.unmatched:
         console.print(f"[yellow]not checked[/]: {line}")
 

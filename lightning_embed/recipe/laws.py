@@ -126,7 +126,8 @@ class Law:
         out = []
         for key, value in (("N", n), ("D", d)):
             lo, hi = self.range.get(key, (0.0, math.inf))
-            if value < lo / factor or value > hi * factor:
+            # (1e-5: the file keeps 6 significant digits, so a fitted run sits on the rounded edge)
+            if value < lo / factor * (1 - 1e-5) or value > hi * factor * (1 + 1e-5):
                 out.append(f"{key}={value:.3g} is outside the fitted {key} range [{lo:.3g}, {hi:.3g}]")
         return "; ".join(out) or None
 
