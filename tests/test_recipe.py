@@ -592,6 +592,17 @@ def test_recipe_falls_back_to_the_shipped_laws(tmp_path, monkeypatch, capsys):
     assert result.winner.law.label in {law.label for law in shipped.laws}
     assert shipped.provenance["description"] and shipped.provenance["runs_files"]
     assert {law.method for law in shipped.laws} == {"full", "lora", "freeze"}
+    # The shipped run records are the ones the laws were fitted on (same bytes), and refit to the same laws.
+    import hashlib
+
+    (entry,) = shipped.provenance["runs_files"]
+    runs = SHIPPED_LAWS_FILE.parent / entry["path"]
+    assert hashlib.sha256(runs.read_bytes()).hexdigest() == entry["sha256"]
+    refit = laws_fit([runs], tmp_path / "refit.yaml", quiet=True)
+    for law in shipped.laws:
+        again = next(x for x in refit.laws if x.label == law.label)
+        assert again.quality["runs"] == law.quality["runs"]
+        assert again.quality["rmse_log"] == pytest.approx(law.quality["rmse_log"], rel=1e-3)
 
 
 def test_recipe_restricted_to_methods(fitted):
