@@ -12,12 +12,12 @@ from torch import nn
 
 from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
-from lightning_embed.unpadding import default_overhead, encode_micro_batches, plan_micro_batches, right_padded
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.metrics import retrieval_metrics
 from lightning_embed.models import describe, load_backbone, load_tokenizer
 from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
 from lightning_embed.strategy import TuningStrategy, build_strategy
+from lightning_embed.unpadding import default_overhead, encode_micro_batches, plan_micro_batches, right_padded
 
 TuningSpec = str | dict[str, Any] | None
 
@@ -65,12 +65,12 @@ class EmbeddingModule(L.LightningModule):
             and gradients with fewer padding positions computed. Needs right padding (the default of the
             bundled tokenizers); with left padding nothing is split. Under GradCache the micro-batches
             are its mini-batches (at most ``gradcache_chunk_size`` rows each). Off by default: on a 2-core
-            CPU in bf16 it computed 27% fewer positions yet ran 8% slower per step (SmolLM2-135M, batch 16;
-            the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
+            CPU in bf16 it computed about 30% fewer positions yet ran 4-6% slower per step (SmolLM2-135M full
+            and LoRA, MiniLM; the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
             accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``).
         compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts. Same
             math and held-out loss; on the 2-core CPU it made a bf16 SmolLM2-135M step 1.27x faster (fused
-            elementwise kernels) after about 200 s of compilation, so it pays from a few hundred steps on.
+            elementwise kernels; one round of 4 timed steps) after about 200 s of compilation, so it pays from a few hundred steps on.
             Off by default for that start-up cost (``benchmarks/bench_throughput.py --compile``).
 
     Distributed training uses Lightning's strategies unchanged: ``ddp``, ``fsdp`` (GPUs; each transformer
