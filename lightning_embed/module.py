@@ -69,8 +69,8 @@ class EmbeddingModule(L.LightningModule):
             and LoRA, MiniLM; the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
             accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``).
         compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts. Same
-            math and held-out loss; on the 2-core CPU it made a bf16 SmolLM2-135M step 1.27x faster (fused
-            elementwise kernels; one round of 4 timed steps) after about 200 s of compilation, so it pays from a few hundred steps on.
+            math and held-out loss; on the 2-core CPU it made a bf16 SmolLM2-135M step 1.27-1.36x faster (fused
+            elementwise kernels; single rounds) after 70-200 s of compilation, so it pays from a few hundred steps on.
             Off by default for that start-up cost (``benchmarks/bench_throughput.py --compile``).
 
     Distributed training uses Lightning's strategies unchanged: ``ddp``, ``fsdp`` (GPUs; each transformer

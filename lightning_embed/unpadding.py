@@ -36,7 +36,8 @@ def default_overhead(device: torch.device | str) -> int:
     return DEFAULT_OVERHEAD.get(torch.device(device).type, 2048)
 
 
-def plan_micro_batches(lengths: Sequence[int], overhead: int, max_rows: int | None = None) -> list[tuple[list[int], int]]:
+def plan_micro_batches(lengths: Sequence[int], overhead: int,
+                       max_rows: int | None = None) -> list[tuple[list[int], int]]:
     """Splits rows into length-sorted micro-batches that minimise computed positions plus overhead.
 
     Args:

@@ -89,7 +89,8 @@ def _render(report: CheckReport, data_unit: str) -> None:
     for name in ("run", "law", "N", data_unit, "FLOP", "predicted", "achieved", "error", "note"):
         table.add_column(name, justify="left" if name in ("run", "law", "note") else "right", no_wrap=True)
     for c in report.checks:
-        table.add_row(c.run.replace(" (run ", " (").replace("record ", "#"), c.law, si(c.n), si(c.data), f"{c.flops:.3g}" if c.flops else "-",
+        run = c.run.replace(" (run ", " (").replace("record ", "#")
+        table.add_row(run, c.law, si(c.n), si(c.data), f"{c.flops:.3g}" if c.flops else "-",
                       f"{c.predicted:.4f}", f"{c.achieved:.4f}", f"{100 * c.error:+.1f}%",
                       "outside the fitted range" if c.extrapolation else "")
     console.print(table)
