@@ -360,8 +360,9 @@ def laws_fit(
             f"laws fit: none of the {total} record(s) in {', '.join(str(p) for p in runs)} is a completed run; "
             "nothing to fit."
         )
-    short = [o for o in observations if min_steps and o.steps is not None and o.steps < min_steps]
-    observations = [o for o in observations if o not in short]
+    is_short = [bool(min_steps) and o.steps is not None and o.steps < min_steps for o in observations]
+    short = [o for o, cut in zip(observations, is_short) if cut]
+    observations = [o for o, cut in zip(observations, is_short) if not cut]
     if short and not quiet:
         print(f"left out {len(short)} run(s) of fewer than {min_steps} steps: "
               + ", ".join(f"{setting_label(o.method, o.setting)} N={o.n:.3g} ({o.steps} steps)" for o in short))

@@ -203,12 +203,12 @@ def sweep_plan(
             skipped.append(f"{label}: buys {examples:,} examples (> max_examples {max_examples:,})")
             continue
         name = point_name(budget, model.name, method, setting)
-        # The base config's model settings (learning rate, temperature, lengths) are the points' own.
+        # The base config's model settings (learning rate, temperature, lengths) are the points' own,
+        # a per-method learning rate over them.
+        hparams = {**(base.get("model") or {}), **({"learning_rate": rates[method]} if method in rates else {})}
         config = build_fit_config(model, method, setting, budget, batch_size=batch_size, accounting=accounting,
-                                  hparams=base.get("model") or {}, train=train, runs_file="runs.jsonl")
+                                  hparams=hparams, train=train, runs_file="runs.jsonl")
         config = _merge(base, config)
-        if method in rates:
-            config["model"]["learning_rate"] = rates[method]
         base_callbacks = [c for c in (base.get("trainer") or {}).get("callbacks") or []
                           if not (isinstance(c, dict) and c.get("class_path") in (FLOP_CALLBACK, CHECKPOINT_CALLBACK))]
         config["trainer"]["default_root_dir"] = f"runs/{name}"
