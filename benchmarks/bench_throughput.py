@@ -8,14 +8,17 @@ Systems, on the same backbone, data (``builtin:stdlib-code``), batch size, learn
 - ``st-bf16``: the same with ``bf16=True`` (its best on this hardware);
 - ``le-default``: ``lightning-embed fit`` as it comes: ``EmbeddingModule`` + ``PairDataModule`` at their
   defaults and the precision ``fit`` picks (:func:`lightning_embed.precision.default_precision`: bf16-mixed
-  on a CPU with AMX/AVX512-BF16 or a bf16 GPU);
-- ``le-split``: plus ``split_by_length=True`` (length-sorted micro-batches: the same batches and math, fewer
-  padding positions computed);
+  on a CPU with AMX/AVX512-BF16 or a bf16 GPU), which includes the training attention of
+  :mod:`lightning_embed.acceleration` (eager on CPU in bf16 for short texts) and ``compile: auto`` (off for
+  a run this short);
+- ``le-fast``: plus ``compile=True`` (its compilation falls in the warm-up steps: keep ``--warmup`` >= 3);
+- ``le-sdpa`` (``--systems``): ``le-default`` with the backbone's sdpa attention: the attention switch's share,
+  and a check that it leaves the held-out loss alone;
+- ``le-split`` (``--systems``): plus ``split_by_length=True`` (length-sorted micro-batches: the same batches and
+  math, fewer padding positions computed);
 - ``le-fp32`` (``--systems``): fp32: the old default, the same work as ``st-fp32``;
 - ``le-grouped`` (``--systems``): plus ``group_by_length=True`` (changes which examples share a batch, so it
-  is an option, not a default);
-- ``le-compile`` (``--compile``): plus ``EmbeddingModule(compile=True)``; its compilation falls in the
-  warm-up steps, so give it ``--warmup 3`` or more.
+  is an option, not a default).
 
 lightning-embed runs with ``symmetric=False`` so both optimise the same loss (MNRL is query->document only),
 and with gradient clipping at norm 1.0 (``gradient_clip_val``), the HF Trainer's default ``max_grad_norm``.
@@ -30,7 +33,8 @@ rounds and ratios to ST are printed.
 
     python benchmarks/bench_throughput.py --quick                  # a few minutes
     python benchmarks/bench_throughput.py --workloads smollm2-full
-    python benchmarks/bench_throughput.py                          # all three workloads (~15 min, 2 cores)
+    python benchmarks/bench_throughput.py --systems st-bf16,le-default,le-sdpa
+    python benchmarks/bench_throughput.py                          # all three workloads (~45 min, 2 cores)
 """
 
 from __future__ import annotations
@@ -77,14 +81,17 @@ WORKLOADS = {
     "smollm2-lora": Workload("smollm2-lora", "smollm2-135m", {"name": "lora", "rank": 16}, 16, learning_rate=2e-4),
     "minilm-full": Workload("minilm-full", "all-minilm-l6-v2", {"name": "full"}, 32, learning_rate=5e-5),
 }
-SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-split")
-#: lightning-embed systems: precision (None: fit's default), split_by_length, group_by_length, compile.
+SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-fast")
+#: lightning-embed systems: precision (None: fit's default), then EmbeddingModule and PairDataModule options
+#: beyond the defaults. Every system but le-default fixes ``compile``, so that le-default is what ``fit``
+#: does for a run this short (``compile: auto`` stays off below 500 steps).
 LE_SETTINGS = {
-    "le-default": (None, False, False, False),
-    "le-split": (None, True, False, False),
-    "le-fp32": ("32-true", False, False, False),
-    "le-grouped": (None, False, True, False),
-    "le-compile": (None, False, False, True),
+    "le-default": (None, {}, {}),
+    "le-fast": (None, {"compile": True}, {}),
+    "le-sdpa": (None, {"attn_implementation": "sdpa", "compile": False}, {}),
+    "le-split": (None, {"split_by_length": True, "compile": False}, {}),
+    "le-fp32": ("32-true", {"compile": False}, {}),
+    "le-grouped": (None, {"compile": False}, {"group_by_length": True}),
 }
 
 
@@ -181,12 +188,11 @@ class _LightningStamps(L.Callback):
 
 
 def run_lightning_embed(w: Workload, system: str, steps: int, seed: int):
-    precision, split, group, compile_backbone = LE_SETTINGS[system]
+    precision, module_options, data_options = LE_SETTINGS[system]
     torch.manual_seed(seed)
     module = EmbeddingModule(backbone=w.backbone, tuning=w.tuning, symmetric=False, learning_rate=w.learning_rate,
-                             query_max_length=w.max_length, document_max_length=w.max_length,
-                             split_by_length=split, compile=compile_backbone)
-    data = PairDataModule(train="builtin:stdlib-code", batch_size=w.batch_size, seed=seed, group_by_length=group)
+                             query_max_length=w.max_length, document_max_length=w.max_length, **module_options)
+    data = PairDataModule(train="builtin:stdlib-code", batch_size=w.batch_size, seed=seed, **data_options)
     stamps = _LightningStamps()
     trainer = L.Trainer(max_steps=steps, precision=precision or default_precision(), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
@@ -272,16 +278,15 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (data seed = round)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps per run")
     parser.add_argument("--val-examples", type=int, default=128, help="held-out pairs for the loss")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--compile", action="store_true", help="add le-compile (torch.compile the backbone)")
-    parser.add_argument("--quick", action="store_true", help="1 round, 3 timed steps, 64 held-out pairs")
+    parser.add_argument("--quick", action="store_true", help="1 round, 3 timed steps after 3 warm-up, 64 held-out pairs")
     parser.add_argument("--json", help="write every run's numbers to this file")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.steps, args.warmup, args.val_examples = 1, 3, 1, 64
-    systems = args.systems.split(",") + (["le-compile"] if args.compile else [])
+        args.repeats, args.steps, args.warmup, args.val_examples = 1, 3, 3, 64
+    systems = args.systems.split(",")
     unknown = [s for s in systems if s not in LE_SETTINGS and s not in ("st-fp32", "st-bf16")]
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from st-fp32, st-bf16, {', '.join(LE_SETTINGS)}")

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_embed.errors import UserError
@@ -45,8 +46,9 @@ class EmbeddingModule(L.LightningModule):
         query_prompt: text prepended to every query (an instruction prefix).
         document_prompt: text prepended to every document.
         num_layers: keep only the first ``num_layers`` blocks of the backbone (a smaller model of the family).
-        attn_implementation: ``sdpa`` (fast) or ``eager`` (needed to verify attention FLOP); default: the
-            backbone's own default.
+        attn_implementation: ``sdpa`` or ``eager``. None (default): the backbone's own (``sdpa``), except
+            that training on CPU in bf16 with texts of at most 256 tokens uses ``eager``, 2-4x faster there
+            than PyTorch's CPU flash kernel (:mod:`lightning_embed.acceleration`); restored after ``fit``.
         gradient_checkpointing: recompute activations in the backward pass (less memory, one more forward).
             Applies inside every transformer block; works under DDP, FSDP and FSDP2 and nests with
             ``gradcache_chunk_size``.
@@ -68,10 +70,12 @@ class EmbeddingModule(L.LightningModule):
             CPU in bf16 it computed about 30% fewer positions yet ran 4-6% slower per step (SmolLM2-135M full
             and LoRA, MiniLM; the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
             accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``).
-        compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts. Same
-            math and held-out loss; on the 2-core CPU it made a bf16 SmolLM2-135M step 1.27-1.36x faster (fused
-            elementwise kernels; single rounds) after 70-200 s of compilation, so it pays from a few hundred steps on.
-            Off by default for that start-up cost (``benchmarks/bench_throughput.py --compile``).
+        compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts: same
+            math and held-out loss, fused elementwise kernels (1.27-1.36x per bf16 SmolLM2-135M step on a
+            2-core CPU) for 70-200 s of compilation. ``auto`` (default): on for runs of at least 500 steps on a
+            single CPU process with a C++ compiler, off elsewhere (GPUs: not measured yet); the choice and
+            its reason are printed when training starts. ``true``/``false`` force it
+            (:mod:`lightning_embed.acceleration`, ``benchmarks/bench_throughput.py --compile``).
 
     Distributed training uses Lightning's strategies unchanged: ``ddp``, ``fsdp`` (GPUs; each transformer
     block and the tuning strategy's :meth:`~lightning_embed.strategy.TuningStrategy.fsdp_wrap_modules`
@@ -105,7 +109,7 @@ class EmbeddingModule(L.LightningModule):
         trust_remote_code: bool = False,
         gradcache_chunk_size: int | None = None,
         split_by_length: bool = False,
-        compile: bool = False,
+        compile: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         strategy = build_strategy(tuning)
@@ -133,6 +137,7 @@ class EmbeddingModule(L.LightningModule):
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         #: GradCache mini-batch size, or None (read by the FLOP model to count the extra forward).
         self.gradcache_chunk_size: int | None = gradcache_chunk_size
+        self._attention_before_fit: str | None = None
         self.gradient_checkpointing = gradient_checkpointing
 
     # ---- encoding -------------------------------------------------------------------------------------
@@ -391,12 +396,51 @@ class EmbeddingModule(L.LightningModule):
             setattr(parent, name, wrap(module))  # wrap() uses the strategy's FSDP settings (enable_wrap)
 
     def on_fit_start(self) -> None:
-        if self.hparams.get("compile") and not getattr(self.backbone, "_compiled_call_impl", None):
-            self.backbone.compile(dynamic=True)  # in place: parameter names and checkpoints unchanged
+        notes = [self._choose_training_attention()]
+        if not getattr(self.backbone, "_compiled_call_impl", None):
+            compile_, why = self._compile_choice()
+            notes.append(f"torch.compile {'on' if compile_ else 'off'} ({why})" if why else None)
+            if compile_:
+                self.backbone.compile(dynamic=True)  # in place: parameter names and checkpoints unchanged
         if self.trainer.is_global_zero:
             from lightning_embed.reporting import print_parameter_table
 
             print_parameter_table(self)
+            for note in filter(None, notes):
+                rank_zero_info(note)
+
+    def teardown(self, stage: str) -> None:
+        if self._attention_before_fit is not None:  # encode/evaluate after fit run as loaded
+            _hf_model(self.backbone).set_attn_implementation(self._attention_before_fit)
+            self._attention_before_fit = None
+
+    def _choose_training_attention(self) -> str | None:
+        """Switches to the faster attention for this device and precision when the user chose none."""
+        from lightning_embed.acceleration import training_attention
+
+        model = _hf_model(self.backbone)
+        if self.hparams.get("attn_implementation") is not None or model is None:
+            return None
+        current = getattr(model.config, "_attn_implementation", None)
+        longest = max(self.hparams.query_max_length, self.hparams.document_max_length)
+        wanted = training_attention(self.device, str(self.trainer.precision), longest)
+        if wanted is None or wanted == current:
+            return None
+        model.set_attn_implementation(wanted)
+        self._attention_before_fit = current
+        return f"attention: {wanted} for training (CPU, bf16, texts <= {longest} tokens; faster than {current})"
+
+    def _compile_choice(self) -> tuple[bool, str | None]:
+        """Whether to compile the backbone now, and why (None: the user said so)."""
+        from lightning_embed.acceleration import auto_compile
+
+        setting = self.hparams.get("compile", False)
+        if setting != "auto":
+            return bool(setting), None
+        steps = self.trainer.estimated_stepping_batches
+        steps = int(steps) if steps != float("inf") else 10**9
+        decision = auto_compile(self.device, steps, self.trainer.world_size, type(self.tuning).auto_compile)
+        return decision.compile, f"compile: auto, {decision.reason}"
 
     def _enable_gradient_checkpointing(self) -> None:
         model = self.backbone
@@ -406,6 +450,13 @@ class EmbeddingModule(L.LightningModule):
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise UserError(f"{type(model).__name__} does not support gradient checkpointing.")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _hf_model(backbone: nn.Module):
+    """The outermost Hugging Face model inside the (possibly adapted or wrapped) backbone, or None."""
+    from transformers import PreTrainedModel
+
+    return next((m for m in backbone.modules() if isinstance(m, PreTrainedModel)), None)
 
 
 def _strategy_loads_weights(trainer) -> bool:

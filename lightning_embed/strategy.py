@@ -57,6 +57,9 @@ class TuningStrategy:
 
     #: Short name used in configs (``model.tuning: NAME``); defaults to the entry-point name.
     name: ClassVar[str] = ""
+    #: Whether ``compile: auto`` may ``torch.compile`` a backbone this strategy tuned (False for custom
+    #: kernels inductor cannot trace, as bitsandbytes' 4-bit matmuls).
+    auto_compile: ClassVar[bool] = True
 
     def validate(self, backbone: nn.Module) -> list[str]:
         """Checks the options against the backbone before anything changes.

@@ -35,6 +35,7 @@ class QLoRATuning(LoRATuning):
     """
 
     name = "qlora"
+    auto_compile = False  # bitsandbytes 4-bit matmuls: inductor cannot trace them
 
     def __init__(
         self,

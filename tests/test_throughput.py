@@ -110,6 +110,6 @@ def test_bf16_mixed_training_matches_fp32_held_out_loss(tiny_backbones):
     assert abs(bf16 - fp32) < 0.02 * fp32, (fp32, bf16)
 
 
-def test_compile_option_is_recorded_and_off_by_default(tiny_backbones):
-    assert EmbeddingModule(backbone=tiny_backbones["bert"]).hparams.compile is False
+def test_compile_option_is_recorded_and_auto_by_default(tiny_backbones):
+    assert EmbeddingModule(backbone=tiny_backbones["bert"]).hparams.compile == "auto"
     assert EmbeddingModule(backbone=tiny_backbones["bert"], compile=True).hparams.compile is True

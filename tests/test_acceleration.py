@@ -1,0 +1,104 @@
+"""Training attention and ``compile: auto``: chosen at fit start, only when the user left them open."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_embed import acceleration
+from lightning_embed.acceleration import AUTO_COMPILE_MIN_STEPS, auto_compile, training_attention
+from lightning_embed.data import PairDataModule
+from lightning_embed.module import EmbeddingModule, _hf_model
+from lightning_embed.strategy import strategy_class
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_eager_attention_only_on_cpu_in_bf16_for_short_texts():
+    assert training_attention(CPU, "bf16-mixed", 64) == "eager"
+    assert training_attention(CPU, "bf16-true", 256) == "eager"
+    assert training_attention(CPU, "bf16-mixed", 512) is None  # flash wins on long texts
+    assert training_attention(CPU, "32-true", 64) is None  # fp32 flash is as fast
+    assert training_attention(CUDA, "bf16-mixed", 64) is None  # GPUs keep their fused kernels
+
+
+def test_auto_compile_only_for_long_single_process_cpu_runs(monkeypatch):
+    monkeypatch.setattr(acceleration, "_has_cxx_compiler", lambda: True)
+    assert auto_compile(CPU, AUTO_COMPILE_MIN_STEPS, 1, True).compile
+    assert not auto_compile(CPU, AUTO_COMPILE_MIN_STEPS - 1, 1, True).compile
+    assert not auto_compile(CUDA, 10**6, 1, True).compile
+    assert not auto_compile(CPU, 10**6, 2, True).compile
+    assert not auto_compile(CPU, 10**6, 1, False).compile
+    monkeypatch.setattr(acceleration, "_has_cxx_compiler", lambda: False)
+    decision = auto_compile(CPU, 10**6, 1, True)
+    assert not decision.compile and "C++ compiler" in decision.reason
+
+
+def test_qlora_opts_out_of_auto_compile():
+    assert strategy_class("qlora").auto_compile is False
+    assert strategy_class("lora").auto_compile is True
+
+
+class _SeenAttention(L.Callback):
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen.add(_hf_model(module.backbone).config._attn_implementation)
+
+
+def _fit(module: EmbeddingModule, precision: str, steps: int = 2) -> _SeenAttention:
+    seen = _SeenAttention()
+    data = PairDataModule(train="builtin:stdlib-code", batch_size=4, max_train_examples=16, seed=0)
+    trainer = L.Trainer(max_steps=steps, precision=precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[seen])
+    trainer.fit(module, datamodule=data)
+    return seen
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_bf16_cpu_training_uses_eager_attention_and_restores_it(tiny_backbones, arch):
+    module = EmbeddingModule(backbone=tiny_backbones[arch], query_max_length=16, document_max_length=32)
+    before = _hf_model(module.backbone).config._attn_implementation
+    assert before == "sdpa"
+    assert _fit(module, "bf16-mixed").seen == {"eager"}
+    assert _hf_model(module.backbone).config._attn_implementation == before  # encode/export as loaded
+
+
+def test_attention_is_left_alone_when_chosen_or_in_fp32(tiny_backbones):
+    chosen = EmbeddingModule(backbone=tiny_backbones["llama"], attn_implementation="sdpa", query_max_length=16,
+                             document_max_length=32)
+    assert _fit(chosen, "bf16-mixed").seen == {"sdpa"}
+    fp32 = EmbeddingModule(backbone=tiny_backbones["llama"], query_max_length=16, document_max_length=32)
+    assert _fit(fp32, "32-true").seen == {"sdpa"}
+
+
+def test_lora_backbone_switches_attention_inside_the_adapter_wrapper(tiny_backbones):
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], tuning={"name": "lora", "rank": 4},
+                             query_max_length=16, document_max_length=32)
+    assert _fit(module, "bf16-mixed").seen == {"eager"}
+
+
+def test_compile_auto_stays_off_for_short_runs(tiny_backbones):
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], query_max_length=16, document_max_length=32)
+    _fit(module, "32-true")
+    assert not getattr(module.backbone, "_compiled_call_impl", None)
+
+
+def test_compile_auto_compiles_long_runs(tiny_backbones, monkeypatch):
+    if not acceleration._has_cxx_compiler():
+        pytest.skip("no C++ compiler for inductor")
+    monkeypatch.setattr(acceleration, "AUTO_COMPILE_MIN_STEPS", 2)
+    torch.manual_seed(0)
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], query_max_length=16, document_max_length=32)
+    eager = EmbeddingModule(backbone=tiny_backbones["llama"], query_max_length=16, document_max_length=32,
+                            compile=False)
+    eager.load_state_dict(module.state_dict())
+    _fit(module, "32-true", steps=3)
+    _fit(eager, "32-true", steps=3)
+    assert getattr(module.backbone, "_compiled_call_impl", None) is not None
+    # Same math: the compiled run lands on the same weights.
+    for (name, a), (_, b) in zip(module.named_parameters(), eager.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
