@@ -8,14 +8,16 @@ Systems, on the same backbone, data (``builtin:stdlib-code``), batch size, learn
 - ``st-bf16``: the same with ``bf16=True`` (its best on this hardware);
 - ``le-default``: ``lightning-embed fit`` as it comes: ``EmbeddingModule`` + ``PairDataModule`` at their
   defaults and the precision ``fit`` picks (:func:`lightning_embed.precision.default_precision`: bf16-mixed
-  on a CPU with AMX/AVX512-BF16 or a bf16 GPU), which includes the training attention of
-  :mod:`lightning_embed.acceleration` (eager on CPU in bf16 for short texts) and ``compile: auto`` (off for
-  a run this short);
-- ``le-fast``: plus ``compile=True`` (its compilation falls in the warm-up steps: keep ``--warmup`` >= 3);
-- ``le-sdpa`` (``--systems``): ``le-default`` with the backbone's sdpa attention: the attention switch's share,
-  and a check that it leaves the held-out loss alone;
-- ``le-split`` (``--systems``): plus ``split_by_length=True`` (length-sorted micro-batches: the same batches and
-  math, fewer padding positions computed);
+  on a CPU with AMX/AVX512-BF16 or a bf16 GPU). That includes sequence packing (``pack_sequences: auto``,
+  :mod:`lightning_embed.packing`: queries and documents in packed rows, one forward per step), the training
+  attention of :mod:`lightning_embed.acceleration` (eager on CPU in bf16 for short texts) and
+  ``compile: auto`` (off for a run this short);
+- ``le-padded``: ``le-default`` without packing (padded batches, as sentence-transformers computes them):
+  packing's share, and a check that packing leaves the held-out loss alone;
+- ``le-fast`` (``--systems``): plus ``compile=True`` (its compilation falls in the warm-up steps: keep
+  ``--warmup`` >= 3);
+- ``le-sdpa`` (``--systems``): ``le-padded`` with the backbone's sdpa attention: the attention switch's share;
+- ``le-split`` (``--systems``): ``split_by_length=True`` (length-sorted micro-batches instead of packing);
 - ``le-fp32`` (``--systems``): fp32: the old default, the same work as ``st-fp32``;
 - ``le-grouped`` (``--systems``): plus ``group_by_length=True`` (changes which examples share a batch, so it
   is an option, not a default).
@@ -33,8 +35,8 @@ rounds and ratios to ST are printed.
 
     python benchmarks/bench_throughput.py --quick                  # a few minutes
     python benchmarks/bench_throughput.py --workloads smollm2-full
-    python benchmarks/bench_throughput.py --systems st-bf16,le-default,le-sdpa
-    python benchmarks/bench_throughput.py                          # all three workloads (~45 min, 2 cores)
+    python benchmarks/bench_throughput.py --systems st-bf16,le-default,le-padded,le-sdpa,le-fast
+    python benchmarks/bench_throughput.py                          # all three workloads (~25 min, 2 cores)
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ from lightning_embed.models import load_tokenizer, resolve_backbone  # noqa: E40
 from lightning_embed.module import EmbeddingModule  # noqa: E402
 from lightning_embed.pooling import pool  # noqa: E402
 from lightning_embed.precision import default_precision  # noqa: E402
-from lightning_embed.unpadding import computed_positions  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,15 @@ WORKLOADS = {
     "smollm2-lora": Workload("smollm2-lora", "smollm2-135m", {"name": "lora", "rank": 16}, 16, learning_rate=2e-4),
     "minilm-full": Workload("minilm-full", "all-minilm-l6-v2", {"name": "full"}, 32, learning_rate=5e-5),
 }
-SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-fast")
+SYSTEMS = ("st-fp32", "st-bf16", "le-default", "le-padded")
 #: lightning-embed systems: precision (None: fit's default), then EmbeddingModule and PairDataModule options
-#: beyond the defaults. Every system but le-default fixes ``compile``, so that le-default is what ``fit``
-#: does for a run this short (``compile: auto`` stays off below 500 steps).
+#: beyond the defaults. le-default is what ``fit`` does for a run this short (``compile: auto`` stays off
+#: below 500 steps); the others fix ``compile``.
 LE_SETTINGS = {
     "le-default": (None, {}, {}),
+    "le-padded": (None, {"pack_sequences": False, "compile": False}, {}),
     "le-fast": (None, {"compile": True}, {}),
-    "le-sdpa": (None, {"attn_implementation": "sdpa", "compile": False}, {}),
+    "le-sdpa": (None, {"attn_implementation": "sdpa", "pack_sequences": False, "compile": False}, {}),
     "le-split": (None, {"split_by_length": True, "compile": False}, {}),
     "le-fp32": ("32-true", {"compile": False}, {}),
     "le-grouped": (None, {"compile": False}, {"group_by_length": True}),
@@ -157,13 +159,14 @@ class Timing:
                 "hw_flops_s": hw / total, "steps_timed": len(times)}
 
 
-def _step_stats(masks, plans=None) -> TokenStats:
-    """Token stats of a step; where a mask was encoded in micro-batches (``plans``), their positions."""
+def _step_stats(masks, computed=None) -> TokenStats:
+    """Token stats of a step; where an encoding was computed in another shape (``computed``: the module's
+    (positions, squared widths) per mask, micro-batches or packed rows), those positions."""
     total = TokenStats()
-    for m, plan in zip(masks, plans or [None] * len(masks)):
+    for m, c in zip(masks, computed or [None] * len(masks)):
         s = TokenStats.from_mask(m)
-        if plan is not None:
-            s = TokenStats(s.rows, s.real_tokens, s.real_squares, *computed_positions(plan))
+        if c is not None:
+            s = TokenStats(s.rows, s.real_tokens, s.real_squares, *c)
         total = TokenStats(*(getattr(total, f) + getattr(s, f) for f in
                              ("rows", "real_tokens", "real_squares", "padded_tokens", "padded_squares")))
     return total
@@ -180,7 +183,7 @@ class _LightningStamps(L.Callback):
         _sync(module.device.type)
         self.starts.append(time.perf_counter())
         self.stats.append(_step_stats([batch.queries["attention_mask"], batch.documents["attention_mask"]],
-                                      module.micro_batch_plans(batch)))
+                                      module.computed_positions(batch)))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         _sync(module.device.type)

@@ -32,7 +32,6 @@ from lightning_embed.flop_budget import (
 )
 from lightning_embed.flops import ACCOUNTINGS, Accounting, FlopModel, TokenStats
 from lightning_embed.runs import RunRecord, append_run, check_runs_file, jsonable
-from lightning_embed.unpadding import computed_positions
 
 _STATE_VERSION = 1
 #: Order of the per-batch counters that are all-reduced across ranks.
@@ -232,8 +231,8 @@ class FlopCallback(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         masks, examples = batch_masks(batch)
-        plans = pl_module.micro_batch_plans(batch) if hasattr(pl_module, "micro_batch_plans") else None
-        self._accumulate(trainer, masks, examples, plans if plans and len(plans) == len(masks) else None)
+        computed = pl_module.computed_positions(batch) if hasattr(pl_module, "computed_positions") else None
+        self._accumulate(trainer, masks, examples, computed if computed and len(computed) == len(masks) else None)
         if trainer.global_step == self._last_step:
             return  # gradient accumulation: the optimizer step is not done yet
         self._interval_steps += trainer.global_step - self._last_step
@@ -254,17 +253,17 @@ class FlopCallback(Callback):
         self._flush()
 
     def _accumulate(self, trainer: L.Trainer, masks: list[torch.Tensor], examples: int,
-                    plans: list | None = None) -> None:
+                    computed: list | None = None) -> None:
         """Adds a batch's token stats (all ranks) to the pending device counters, without a host sync.
 
         The FLOP count is linear in (rows, sum of L, sum of L^2), so summing stats and costing them at the
-        next flush is exact. ``plans`` are the module's length-sorted micro-batches per mask (None where
-        a mask is encoded whole): the positions computed are theirs.
+        next flush is exact. ``computed`` is the module's (positions, squared widths) per mask (None where
+        a mask is encoded as padded): micro-batches or packed rows compute fewer than the masks' shapes.
         """
         lengths = torch.cat([m.sum(-1, dtype=torch.int64) for m in masks])
         vector = torch.stack([lengths.sum(), (lengths * lengths).sum()])
-        padded = [computed_positions(plan) if plan is not None else (m.numel(), m.shape[0] * m.shape[1] ** 2)
-                  for m, plan in zip(masks, plans or [None] * len(masks))]
+        padded = [c if c is not None else (m.numel(), m.shape[0] * m.shape[1] ** 2)
+                  for m, c in zip(masks, computed or [None] * len(masks))]
         fixed = [sum(m.shape[0] for m in masks), sum(p[0] for p in padded), sum(p[1] for p in padded), examples]
         if trainer.world_size > 1:
             # Ranks pad to different widths: every counter goes through the all-reduce.

@@ -16,9 +16,11 @@ from lightning_embed.gradcache import cached_encode
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.metrics import retrieval_metrics
 from lightning_embed.models import describe, load_backbone, load_tokenizer
+from lightning_embed.packing import pack_and_encode, packing_problem, plan_packing
 from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
 from lightning_embed.strategy import TuningStrategy, build_strategy
-from lightning_embed.unpadding import default_overhead, encode_micro_batches, plan_micro_batches, right_padded
+from lightning_embed.unpadding import (computed_positions, default_overhead, encode_micro_batches, plan_micro_batches,
+                                       right_padded)
 
 TuningSpec = str | dict[str, Any] | None
 
@@ -70,6 +72,14 @@ class EmbeddingModule(L.LightningModule):
             CPU in bf16 it computed about 30% fewer positions yet ran 4-6% slower per step (SmolLM2-135M full
             and LoRA, MiniLM; the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
             accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``).
+        pack_sequences: encode each batch's queries and documents together in one forward pass over
+            packed rows (:mod:`lightning_embed.packing`): texts laid end to end, a block-diagonal attention
+            mask and position ids restarting per text, so each text is encoded as alone: the same batch,
+            embeddings, loss and gradients with almost no padding computed (1.6x per bf16 SmolLM2-135M step
+            on a 2-core CPU). ``auto`` (default): on when the backbone can (eager or sdpa attention,
+            ``position_ids``, and a check when training starts that a few texts embed the same packed and
+            padded) and neither ``split_by_length`` nor GradCache is set; ``true`` insists (an error
+            otherwise); ``false``: padded batches.
         compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts: same
             math and held-out loss, fused elementwise kernels (1.27-1.36x per bf16 SmolLM2-135M step on a
             2-core CPU) for 70-200 s of compilation. ``auto`` (default): on for runs of at least 500 steps on a
@@ -109,12 +119,13 @@ class EmbeddingModule(L.LightningModule):
         trust_remote_code: bool = False,
         gradcache_chunk_size: int | None = None,
         split_by_length: bool = False,
+        pack_sequences: bool | Literal["auto"] = "auto",
         compile: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         strategy = build_strategy(tuning)
         _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
-                       document_max_length, gradcache_chunk_size)
+                       document_max_length, gradcache_chunk_size, split_by_length, pack_sequences)
         self.save_hyperparameters(ignore=["tuning"])
         # A serialisable form of the strategy, so checkpoints load with weights_only=True.
         self.hparams["tuning"] = _strategy_spec(strategy)
@@ -125,6 +136,9 @@ class EmbeddingModule(L.LightningModule):
             trust_remote_code=trust_remote_code,
         )
         self.backbone_info = describe(raw)
+        if pack_sequences is True and (problem := packing_problem(raw)):
+            raise UserError(f"pack_sequences cannot pack for backbone {backbone!r}: {problem}; set "
+                            "model.pack_sequences: false (or model.split_by_length: true).")
         problems = strategy.validate(raw)
         if problems:
             raise UserError(f"tuning strategy {strategy!r} cannot tune {backbone!r}: " + "; ".join(problems) + ".")
@@ -138,6 +152,7 @@ class EmbeddingModule(L.LightningModule):
         #: GradCache mini-batch size, or None (read by the FLOP model to count the extra forward).
         self.gradcache_chunk_size: int | None = gradcache_chunk_size
         self._attention_before_fit: str | None = None
+        self._packing: bool | None = None  # pack_sequences resolved (None: not yet)
         self.gradient_checkpointing = gradient_checkpointing
 
     # ---- encoding -------------------------------------------------------------------------------------
@@ -192,11 +207,70 @@ class EmbeddingModule(L.LightningModule):
         return encode_micro_batches(self.encode_batch, encoding, plan,
                                     checkpointed=self.gradcache_chunk_size is not None)
 
+    def encode_pair_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query and document embeddings of a :class:`~lightning_embed.data.PairBatch` (packed, split or whole)."""
+        if self.packing_enabled():
+            return self._encode_packed(batch)
+        query_plan, document_plan = self.micro_batch_plans(batch)
+        return self.encode_planned(batch.queries, query_plan), self.encode_planned(batch.documents, document_plan)
+
+    def _encode_packed(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        encodings = (batch.queries, batch.documents)
+        lengths = _pair_lengths(batch)
+        model = _hf_model(self.backbone)
+        hidden, mask, _ = pack_and_encode(self.backbone, model.config._attn_implementation,
+                                          self.backbone_info.is_decoder, encodings, lengths,
+                                          self.tokenizer.pad_token_id or 0)
+        emb = pool(hidden, mask, self.hparams.pooling)
+        emb = F.normalize(emb, dim=-1) if self.hparams.normalize else emb
+        split = len(lengths[0])
+        return emb[:split], emb[split:]
+
+    def packing_enabled(self) -> bool:
+        """Whether batches are encoded packed (``pack_sequences`` resolved once, see :meth:`_resolve_packing`)."""
+        if self._packing is None:
+            self._packing, _ = self._resolve_packing()
+        return self._packing
+
+    def _resolve_packing(self) -> tuple[bool, str | None]:
+        """Decides ``pack_sequences`` for this backbone: (pack?, why; None when there is nothing to say)."""
+        from lightning_embed.packing import PACKING_TOLERANCE, packing_mismatch
+
+        setting = self.hparams.get("pack_sequences", False)
+        if setting is False:
+            return False, None
+        if self.hparams.get("split_by_length") or self.gradcache_chunk_size is not None:
+            return False, "packing: off (split_by_length or GradCache is on)"
+        model = _hf_model(self.backbone)
+        problem = packing_problem(model) if model is not None else "no Hugging Face model inside the backbone"
+        if problem is None:
+            mismatch = packing_mismatch(self.backbone, model.config._attn_implementation,
+                                        self.backbone_info.is_decoder, self.tokenizer)
+            if not mismatch <= PACKING_TOLERANCE:
+                problem = (f"packed and padded embeddings of the same texts differ by {mismatch:.3g} "
+                           f"(> {PACKING_TOLERANCE:g}; position ids not counted from 0?)")
+        if problem is None:
+            return True, "packing: on (queries and documents in packed rows, checked equal to padded)"
+        if setting is True:
+            raise UserError(f"pack_sequences cannot pack this backbone: {problem}; set model.pack_sequences: "
+                            "auto or false.")
+        return False, f"packing: off ({problem})"
+
+    def computed_positions(self, batch) -> list[tuple[int, int] | None]:
+        """(positions, squared widths) computed per encoding of a batch (None: its padded shape, as given).
+
+        Deterministic in the batch's lengths, so the FLOP callback costs exactly what was computed. A packed
+        batch is one forward over queries and documents together: its total is reported on the queries.
+        """
+        if self.packing_enabled():
+            lengths = _pair_lengths(batch)
+            plan = plan_packing([n for ls in lengths for n in ls])
+            return [(plan.positions, plan.squares), (0, 0)]
+        return [None if plan is None else computed_positions(plan) for plan in self.micro_batch_plans(batch)]
+
     def forward(self, batch) -> torch.Tensor:
         """Contrastive loss of a :class:`~lightning_embed.data.PairBatch`."""
-        query_plan, document_plan = self.micro_batch_plans(batch)
-        queries = self.encode_planned(batch.queries, query_plan)
-        documents = self.encode_planned(batch.documents, document_plan)
+        queries, documents = self.encode_pair_batch(batch)
         return self._contrastive_loss(queries, documents, batch.num_negatives)
 
     def _contrastive_loss(self, queries: torch.Tensor, documents: torch.Tensor, num_negatives: int) -> torch.Tensor:
@@ -220,9 +294,7 @@ class EmbeddingModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch, stage: str) -> None:
-        query_plan, document_plan = self.micro_batch_plans(batch)
-        queries = self.encode_planned(batch.queries, query_plan)
-        documents = self.encode_planned(batch.documents, document_plan)
+        queries, documents = self.encode_pair_batch(batch)
         # The held-out loss is computed without cross-device gathering: it must not depend on world size.
         gather = self.loss_fn.gather_across_devices
         self.loss_fn.gather_across_devices = False
@@ -397,6 +469,8 @@ class EmbeddingModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         notes = [self._choose_training_attention()]
+        self._packing, why = self._resolve_packing()  # with the training attention, before compiling
+        notes.append(why)
         if not getattr(self.backbone, "_compiled_call_impl", None):
             compile_, why = self._compile_choice()
             notes.append(f"torch.compile {'on' if compile_ else 'off'} ({why})" if why else None)
@@ -452,6 +526,15 @@ class EmbeddingModule(L.LightningModule):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def _pair_lengths(batch) -> list[list[int]]:
+    """Real lengths of a batch's query and document rows, from the collator's host copy when it has one."""
+    out = []
+    for encoding, lengths in ((batch.queries, getattr(batch, "query_lengths", None)),
+                              (batch.documents, getattr(batch, "document_lengths", None))):
+        out.append(list(lengths) if lengths is not None else encoding["attention_mask"].sum(1).tolist())
+    return out
+
+
 def _hf_model(backbone: nn.Module):
     """The outermost Hugging Face model inside the (possibly adapted or wrapped) backbone, or None."""
     from transformers import PreTrainedModel
@@ -505,8 +588,13 @@ def _strategy_spec(strategy: TuningStrategy) -> dict[str, Any]:
 
 
 def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, qlen, dlen,
-                   gradcache_chunk_size=None) -> None:
+                   gradcache_chunk_size=None, split_by_length=False, pack_sequences=False) -> None:
     problems = []
+    if pack_sequences not in (True, False, "auto"):
+        problems.append(f"pack_sequences={pack_sequences!r} must be true, false or auto")
+    if pack_sequences is True and (split_by_length or gradcache_chunk_size is not None):
+        problems.append("pack_sequences packs a whole batch into one forward pass and cannot be combined with "
+                        "split_by_length or gradcache_chunk_size: keep one of them")
     if gradcache_chunk_size is not None and (isinstance(gradcache_chunk_size, bool)
                                              or not isinstance(gradcache_chunk_size, int) or gradcache_chunk_size < 1):
         problems.append(f"gradcache_chunk_size={gradcache_chunk_size!r} must be a positive integer (texts per "

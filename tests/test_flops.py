@@ -301,7 +301,9 @@ def _fit(tiny_backbones, pairs_file, callback, *, ckpt_path=None, callbacks=(), 
     from lightning_embed.module import EmbeddingModule
 
     L.seed_everything(0)
-    module = (module_cls or EmbeddingModule)(backbone=tiny_backbones["gpt_neox"], attn_implementation="eager")
+    # Padded batches: the counts are checked against the masks (packed counting: tests/test_packing.py).
+    module = (module_cls or EmbeddingModule)(backbone=tiny_backbones["gpt_neox"], attn_implementation="eager",
+                                             pack_sequences=False)
     data = PairDataModule(train=pairs_file, val=pairs_file, batch_size=4, max_val_examples=8)
     defaults = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0)
@@ -459,7 +461,7 @@ if __name__ == "__main__":
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[FlopCallback(runs_file=runs)])
-    trainer.fit(EmbeddingModule(backbone=backbone, attn_implementation="eager"), Data())
+    trainer.fit(EmbeddingModule(backbone=backbone, attn_implementation="eager", pack_sequences=False), Data())
     if not trainer.is_global_zero:
         sys.exit(0)
     (record,) = read_runs(runs)
