@@ -1,4 +1,4 @@
-"""Does bf16 mixed precision (and length-grouped batching) hold the held-out loss of fp32 training?
+"""Does bf16 mixed precision (and packing, eager attention, length grouping) hold the held-out loss of fp32?
 
 Trains ``EmbeddingModule(backbone=..., num_layers=...)`` for the same number of steps (same examples per
 step count, same schedule) under each setting and several seeds, then validates every run in fp32 on the
@@ -7,6 +7,7 @@ and the difference of means against fp32 next to the seed-to-seed spread.
 
     python benchmarks/bench_precision_quality.py                      # smollm2-135m truncated to 4 blocks
     python benchmarks/bench_precision_quality.py --steps 20 --seeds 2 # shorter
+    python benchmarks/bench_precision_quality.py --settings fp32,bf16-mixed,fp32+group,bf16-mixed+group
 """
 
 from __future__ import annotations
@@ -25,20 +26,24 @@ import lightning as L  # noqa: E402
 from lightning_embed.data import PairDataModule  # noqa: E402
 from lightning_embed.module import EmbeddingModule  # noqa: E402
 
-SETTINGS = {  # name -> (precision, group_by_length)
-    "fp32": ("32-true", False),
-    "bf16-mixed": ("bf16-mixed", False),
-    "fp32+group": ("32-true", True),
-    "bf16-mixed+group": ("bf16-mixed", True),
+SETTINGS = {  # name -> (precision, EmbeddingModule options, PairDataModule options)
+    "fp32": ("32-true", {}, {}),
+    "bf16-mixed": ("bf16-mixed", {}, {}),  # fit's default here: packed rows, eager attention on CPU
+    "fp32-padded": ("32-true", {"pack_sequences": False}, {}),
+    "bf16-padded": ("bf16-mixed", {"pack_sequences": False}, {}),
+    "bf16-padded-sdpa": ("bf16-mixed", {"pack_sequences": False, "attn_implementation": "sdpa"}, {}),
+    "fp32+group": ("32-true", {}, {"group_by_length": True}),
+    "bf16-mixed+group": ("bf16-mixed", {}, {"group_by_length": True}),
 }
 
 
-def run(args, precision: str, group: bool, seed: int) -> tuple[float, float]:
+def run(args, precision: str, module_options: dict, data_options: dict, seed: int) -> tuple[float, float]:
     L.seed_everything(seed, verbose=False)
     module = EmbeddingModule(backbone=args.backbone, num_layers=args.num_layers, tuning=args.tuning,
-                             learning_rate=args.learning_rate, query_max_length=64, document_max_length=64)
-    data = PairDataModule(train="builtin:stdlib-code", batch_size=args.batch_size, seed=seed, group_by_length=group,
-                          val_batch_size=32)
+                             learning_rate=args.learning_rate, query_max_length=64, document_max_length=64,
+                             **module_options)
+    data = PairDataModule(train="builtin:stdlib-code", batch_size=args.batch_size, seed=seed, val_batch_size=32,
+                          **data_options)
     common = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     start = time.perf_counter()
     L.Trainer(max_steps=args.steps, precision=precision, num_sanity_val_steps=0, limit_val_batches=0,
@@ -57,7 +62,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default="fp32-padded,bf16-padded-sdpa,bf16-padded,bf16-mixed",
+                        help=f"comma-separated, the first is the reference: {', '.join(SETTINGS)}")
     args = parser.parse_args()
     settings = args.settings.split(",")
     results: dict[str, list[tuple[float, float]]] = {s: [] for s in settings}

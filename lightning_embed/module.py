@@ -49,8 +49,9 @@ class EmbeddingModule(L.LightningModule):
         document_prompt: text prepended to every document.
         num_layers: keep only the first ``num_layers`` blocks of the backbone (a smaller model of the family).
         attn_implementation: ``sdpa`` or ``eager``. None (default): the backbone's own (``sdpa``), except
-            that training on CPU in bf16 with texts of at most 256 tokens uses ``eager``, 2-4x faster there
-            than PyTorch's CPU flash kernel (:mod:`lightning_embed.acceleration`); restored after ``fit``.
+            that training on CPU in bf16 with texts of at most 256 tokens uses eager attention with fp32
+            scores, 2-4x faster there than PyTorch's CPU flash kernel and as accurate
+            (:mod:`lightning_embed.acceleration`); restored after ``fit``.
         gradient_checkpointing: recompute activations in the backward pass (less memory, one more forward).
             Applies inside every transformer block; works under DDP, FSDP and FSDP2 and nests with
             ``gradcache_chunk_size``.
@@ -502,7 +503,8 @@ class EmbeddingModule(L.LightningModule):
             return None
         model.set_attn_implementation(wanted)
         self._attention_before_fit = current
-        return f"attention: {wanted} for training (CPU, bf16, texts <= {longest} tokens; faster than {current})"
+        return (f"attention: eager with fp32 scores for training (CPU, bf16, texts <= {longest} tokens: faster than "
+                f"{current} there), {current} again after fit")
 
     def _compile_choice(self) -> tuple[bool, str | None]:
         """Whether to compile the backbone now, and why (None: the user said so)."""

@@ -77,7 +77,9 @@ def packing_problem(model: nn.Module) -> str | None:
     """Why ``model`` cannot run packed rows (None when it can)."""
     config = getattr(model, "config", None)
     implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in ("eager", "sdpa"):
+    from lightning_embed.acceleration import FP32_SCORE_ATTENTION
+
+    if implementation not in ("eager", "sdpa", FP32_SCORE_ATTENTION):
         return f"its attention implementation is {implementation!r} (packing needs eager or sdpa)"
     try:
         params = inspect.signature(model.forward).parameters
@@ -135,8 +137,8 @@ def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings
     Args:
         backbone: takes ``input_ids``, a 4-D ``attention_mask`` and ``position_ids``; returns
             ``last_hidden_state`` (or a tuple whose first item it is).
-        attention: the backbone's attention implementation (``eager`` adds a float mask, ``sdpa`` takes a
-            boolean one).
+        attention: the backbone's attention implementation (``sdpa`` takes a boolean mask, the eager ones
+            an additive float mask).
         causal: a decoder (each token sees only earlier tokens of its own text).
         encodings: padded batches (``input_ids``, ``attention_mask``, maybe ``token_type_ids``), right or
             left padded.
@@ -160,23 +162,30 @@ def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings
         for r, n in enumerate(ls):
             starts.append(offset + r * cols + (cols - int(n) if left else 0))
         offset += rows * cols
-    source = [-1] * (len(plan.rows) * width)  # flat source index per packed slot (-1: filler)
-    position = [0] * len(source)
-    segment = [-1] * len(source)
-    gather = [[0] * width for _ in flat_lengths]  # packed slot of each text's j-th token
+    # Index arithmetic on the host, vectorised over slots (the loops run over texts only).
+    texts = len(flat_lengths)
+    row_of, col_of, seg_of, slots_of = [0] * texts, [0] * texts, [0] * texts, [1] * texts
     for r, row in enumerate(plan.rows):
         col = 0
         for s, (text, n) in enumerate(row):
-            real = min(n, flat_lengths[text])  # 0 for an empty text: its slot stays filler
-            for j in range(n):
-                slot = r * width + col + j
-                if j < real:
-                    source[slot] = starts[text] + j
-                position[slot] = j
-                segment[slot] = s
-                gather[text][j] = slot
+            row_of[text], col_of[text], seg_of[text], slots_of[text] = r, col, s, n
             col += n
-    source_t = torch.tensor(source, device=device)
+    n = torch.tensor(slots_of, dtype=torch.long)
+    text_of = torch.repeat_interleave(torch.arange(texts), n)
+    within = torch.arange(len(text_of)) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+    slot = (torch.tensor(row_of) * width + torch.tensor(col_of))[text_of] + within
+    real = within < torch.tensor(flat_lengths, dtype=torch.long)[text_of]  # an empty text's slot stays filler
+    total = len(plan.rows) * width
+    source = torch.full((total,), -1, dtype=torch.long)  # flat source index per packed slot (-1: filler)
+    source[slot[real]] = torch.tensor(starts)[text_of[real]] + within[real]
+    position = torch.zeros(total, dtype=torch.long)
+    position[slot] = within
+    segment = torch.full((total,), -1, dtype=torch.long)
+    segment[slot] = torch.tensor(seg_of)[text_of]
+    longest = max([1, *flat_lengths])
+    gather = torch.zeros(texts, longest, dtype=torch.long)  # packed slot of each text's j-th token
+    gather[text_of, within] = slot
+    source_t = source.to(device, non_blocking=True)
     filler = source_t < 0
     packed: Encoding = {}
     for key, value in encodings[0].items():
@@ -185,19 +194,18 @@ def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings
         flat = torch.cat([enc[key].reshape(-1) for enc in encodings])
         fill = pad_token_id if key == "input_ids" else 0
         packed[key] = flat[source_t.clamp_min(0)].masked_fill(filler, fill).view(len(plan.rows), width)
-    segment_t = torch.tensor(segment, device=device).view(len(plan.rows), width)
+    segment_t = segment.to(device, non_blocking=True).view(len(plan.rows), width)
     allowed = segment_t[:, :, None] == segment_t[:, None, :]
     if causal:
         allowed &= torch.ones(width, width, dtype=torch.bool, device=device).tril()
     # Filler slots (segment -1) see each other only: no fully masked row, nothing leaks into texts.
     mask = allowed[:, None]
-    if attention == "eager":
+    if attention != "sdpa":  # eager attentions add the mask to the scores
         mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
     out = backbone(**packed, attention_mask=mask,
-                   position_ids=torch.tensor(position, device=device).view(len(plan.rows), width))
+                   position_ids=position.to(device, non_blocking=True).view(len(plan.rows), width))
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    longest = max([1, *flat_lengths])
-    index = torch.tensor([g[:longest] for g in gather], device=device)
-    unpacked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.view(-1)).view(len(flat_lengths), longest, -1)
+    index = gather.to(device, non_blocking=True)
+    unpacked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.view(-1)).view(texts, longest, -1)
     right_mask = torch.arange(longest, device=device)[None, :] < torch.tensor(flat_lengths, device=device)[:, None]
     return unpacked, right_mask.long(), plan

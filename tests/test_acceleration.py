@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lightning_embed import acceleration
-from lightning_embed.acceleration import AUTO_COMPILE_MIN_STEPS, auto_compile, training_attention
+from lightning_embed.acceleration import (AUTO_COMPILE_MIN_STEPS, FP32_SCORE_ATTENTION, auto_compile,
+                                          fp32_score_attention, training_attention)
 from lightning_embed.data import PairDataModule
 from lightning_embed.module import EmbeddingModule, _hf_model
 from lightning_embed.strategy import strategy_class
@@ -16,8 +17,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_eager_attention_only_on_cpu_in_bf16_for_short_texts():
-    assert training_attention(CPU, "bf16-mixed", 64) == "eager"
-    assert training_attention(CPU, "bf16-true", 256) == "eager"
+    assert training_attention(CPU, "bf16-mixed", 64) == FP32_SCORE_ATTENTION
+    assert training_attention(CPU, "bf16-true", 256) == FP32_SCORE_ATTENTION
     assert training_attention(CPU, "bf16-mixed", 512) is None  # flash wins on long texts
     assert training_attention(CPU, "32-true", 64) is None  # fp32 flash is as fast
     assert training_attention(CUDA, "bf16-mixed", 64) is None  # GPUs keep their fused kernels
@@ -63,7 +64,7 @@ def test_bf16_cpu_training_uses_eager_attention_and_restores_it(tiny_backbones, 
     module = EmbeddingModule(backbone=tiny_backbones[arch], query_max_length=16, document_max_length=32)
     before = _hf_model(module.backbone).config._attn_implementation
     assert before == "sdpa"
-    assert _fit(module, "bf16-mixed").seen == {"eager"}
+    assert _fit(module, "bf16-mixed").seen == {FP32_SCORE_ATTENTION}
     assert _hf_model(module.backbone).config._attn_implementation == before  # encode/export as loaded
 
 
@@ -78,7 +79,38 @@ def test_attention_is_left_alone_when_chosen_or_in_fp32(tiny_backbones):
 def test_lora_backbone_switches_attention_inside_the_adapter_wrapper(tiny_backbones):
     module = EmbeddingModule(backbone=tiny_backbones["llama"], tuning={"name": "lora", "rank": 4},
                              query_max_length=16, document_max_length=32)
-    assert _fit(module, "bf16-mixed").seen == {"eager"}
+    assert _fit(module, "bf16-mixed").seen == {FP32_SCORE_ATTENTION}
+
+
+class _Heads(torch.nn.Module):
+    num_key_value_groups = 3
+    training = False
+
+
+def test_fp32_score_attention_is_as_accurate_as_sdpa_and_handles_gqa_and_masks():
+    torch.manual_seed(0)
+    rows, heads, kv_heads, length, dim = 4, 6, 2, 24, 16
+    q = torch.randn(rows, heads, length, dim, dtype=torch.float64) * 3
+    k = torch.randn(rows, kv_heads, length, dim, dtype=torch.float64) * 3
+    v = torch.randn(rows, kv_heads, length, dim, dtype=torch.float64)
+    allowed = torch.ones(length, length, dtype=torch.bool).tril()[None, None].expand(rows, 1, -1, -1).clone()
+    allowed[0, :, :, :5] = False  # left padding in row 0
+    allowed[0, :, :5, :5] = torch.eye(5, dtype=torch.bool)  # (padding queries see themselves)
+    exact = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=allowed).transpose(1, 2)
+    for mask in (allowed, torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)):
+        out, _ = fp32_score_attention(_Heads(), q.float(), k.float(), v.float(), mask)
+        torch.testing.assert_close(out.double(), exact, rtol=1e-4, atol=1e-5)
+    q16, k16, v16 = (x.bfloat16() for x in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q16.double(), k16.double().repeat_interleave(3, 1), v16.double().repeat_interleave(3, 1),
+        attn_mask=allowed).transpose(1, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = fp32_score_attention(_Heads(), q16, k16, v16, allowed)
+        scores = torch.matmul(q16, k16.repeat_interleave(3, 1).transpose(2, 3)) * dim ** -0.5  # HF eager in bf16
+        probs = torch.softmax(scores.masked_fill(~allowed, -1e4), -1, dtype=torch.float32).to(torch.bfloat16)
+        bf16_eager = torch.matmul(probs, v16.repeat_interleave(3, 1)).transpose(1, 2)
+    assert (ours.double() - ref).abs().mean() < 0.5 * (bf16_eager.double() - ref).abs().mean()
 
 
 def test_compile_auto_stays_off_for_short_runs(tiny_backbones):

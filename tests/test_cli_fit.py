@@ -56,7 +56,8 @@ def test_cli_fit_then_validate(tiny_backbones, tmp_path):
     assert ckpt["global_step"] == 48 // 8
     main(["validate", f"--model.backbone={tiny_backbones['llama']}", f"--data.train={train}", f"--data.val={train}",
           "--data.batch_size=8", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-          f"--ckpt_path={ckpts[0]}"])
+          f"--trainer.default_root_dir={tmp_path / 'validate'}", f"--ckpt_path={ckpts[0]}"])
+    assert (tmp_path / "validate" / "config.yaml").exists()  # LightningCLI's config, not in the working dir
 
 
 def test_print_config_and_composed_configs(tiny_backbones, tmp_path, capsys):
