@@ -13,11 +13,13 @@ known, and only when the user left them open (``attn_implementation: null``, ``c
   softmax in fp32 so that it is as accurate as the flash kernel); everywhere else (GPUs above all, whose
   fused kernels are fast) the backbone keeps its own (``sdpa``).
 - **Compilation.** ``torch.compile`` fuses the elementwise work (norms, rotary, SiLU, autocast casts) that
-  dominates a bf16 step on CPU: 1.27-1.36x faster per SmolLM2-135M step here, for 70-200 s of compilation,
-  so it pays after a few hundred steps. ``compile: auto`` turns it on for runs of at least
+  dominates a bf16 step on CPU. Packed bf16 steps here (3 rounds, medians): SmolLM2-135M full 1.28x
+  faster, LoRA 1.75x, for 2.5-5.5 min of compilation; all-MiniLM-L6-v2 0.96x (a small encoder: little
+  elementwise work to fuse). ``compile: auto`` turns it on for decoders in runs of at least
   :data:`AUTO_COMPILE_MIN_STEPS` optimizer steps on a single CPU process with a C++ compiler (what
-  inductor needs there), for tuning strategies that do not opt out (QLoRA does: bitsandbytes kernels). On GPUs
-  ``auto`` leaves it off: unmeasured so far; ``compile: true`` turns it on anywhere.
+  inductor needs there), for tuning strategies that do not opt out
+  (:attr:`~lightning_embed.strategy.TuningStrategy.auto_compile`; QLoRA does). On GPUs ``auto`` leaves
+  it off: unmeasured so far; ``compile: true`` turns it on anywhere.
 """
 
 from __future__ import annotations
@@ -89,6 +91,29 @@ def register_fp32_score_attention() -> None:
     AttentionMaskInterface.register(FP32_SCORE_ATTENTION, eager_mask)
 
 
+def switch_training_attention(backbone: torch.nn.Module, device: torch.device, precision: str,
+                              max_length: int) -> tuple[str | None, str | None]:
+    """Switches ``backbone`` to :func:`training_attention`'s choice, if any.
+
+    Returns:
+        ``(previous, note)``: the implementation to restore after training (None: nothing was switched) and a
+        line saying what happened (None: nothing to say).
+    """
+    from lightning_embed.models import hf_model
+
+    model = hf_model(backbone)
+    wanted = training_attention(device, precision, max_length)
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if model is None or wanted is None or wanted == current:
+        return None, None
+    try:
+        model.set_attn_implementation(wanted)
+    except (ValueError, NotImplementedError, AttributeError) as err:  # a model without HF's attention interface
+        return None, f"attention: kept {current} ({type(model).__name__} cannot switch: {str(err).splitlines()[0]})"
+    return current, (f"attention: eager with fp32 scores for training (CPU, bf16, texts <= {max_length} tokens: "
+                     f"faster than {current} there), {current} again after fit")
+
+
 @dataclass(frozen=True)
 class CompileDecision:
     """Whether ``compile: auto`` compiles, and the reason (printed at the start of training)."""
@@ -97,7 +122,8 @@ class CompileDecision:
     reason: str
 
 
-def auto_compile(device: torch.device, steps: int, world_size: int, strategy_compiles: bool) -> CompileDecision:
+def auto_compile(device: torch.device, steps: int, world_size: int, strategy_compiles: bool,
+                 decoder: bool = True) -> CompileDecision:
     """What ``compile: auto`` does for this run (see the module docstring for the measurements).
 
     Args:
@@ -105,11 +131,14 @@ def auto_compile(device: torch.device, steps: int, world_size: int, strategy_com
         steps: optimizer steps the run plans (``trainer.estimated_stepping_batches``).
         world_size: number of training processes.
         strategy_compiles: the tuning strategy's :attr:`~lightning_embed.strategy.TuningStrategy.auto_compile`.
+        decoder: the backbone is a decoder (encoders such as all-MiniLM-L6-v2 ran slower compiled).
     """
     if device.type != "cpu":
         return CompileDecision(False, f"not on {device.type} (auto compiles on CPU only; set compile: true)")
     if world_size > 1:
         return CompileDecision(False, "several processes (set compile: true to compile each)")
+    if not decoder:
+        return CompileDecision(False, "an encoder (all-MiniLM-L6-v2 ran 0.96x compiled; set compile: true to try)")
     if not strategy_compiles:
         return CompileDecision(False, "the tuning strategy opts out (custom kernels)")
     if steps < AUTO_COMPILE_MIN_STEPS:

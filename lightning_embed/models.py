@@ -164,6 +164,13 @@ def load_backbone(
     return model
 
 
+def hf_model(backbone: nn.Module):
+    """The outermost Hugging Face model inside a (possibly adapted or wrapped) backbone, or None."""
+    from transformers import PreTrainedModel
+
+    return next((m for m in backbone.modules() if isinstance(m, PreTrainedModel)), None)
+
+
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 

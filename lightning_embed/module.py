@@ -15,8 +15,9 @@ from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.metrics import retrieval_metrics
-from lightning_embed.models import describe, load_backbone, load_tokenizer
-from lightning_embed.packing import pack_and_encode, packing_problem, plan_packing
+from lightning_embed.acceleration import auto_compile, switch_training_attention
+from lightning_embed.models import describe, hf_model, load_backbone, load_tokenizer
+from lightning_embed.packing import decide_packing, pack_and_encode, packing_problem, plan_packing
 from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
 from lightning_embed.strategy import TuningStrategy, build_strategy
 from lightning_embed.unpadding import (computed_positions, default_overhead, encode_micro_batches, plan_micro_batches,
@@ -72,21 +73,23 @@ class EmbeddingModule(L.LightningModule):
             are its mini-batches (at most ``gradcache_chunk_size`` rows each). Off by default: on a 2-core
             CPU in bf16 it computed about 30% fewer positions yet ran 4-6% slower per step (SmolLM2-135M full
             and LoRA, MiniLM; the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
-            accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``).
+            accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``). Packing
+            (``pack_sequences``) removes more padding in one forward pass and is the default where it applies.
         pack_sequences: encode each batch's queries and documents together in one forward pass over
             packed rows (:mod:`lightning_embed.packing`): texts laid end to end, a block-diagonal attention
             mask and position ids restarting per text, so each text is encoded as alone: the same batch,
-            embeddings, loss and gradients with almost no padding computed (1.6x per bf16 SmolLM2-135M step
-            on a 2-core CPU). ``auto`` (default): on when the backbone can (eager or sdpa attention,
+            embeddings, loss and gradients with almost no padding computed (per bf16 step on a 2-core CPU:
+            1.73x SmolLM2-135M full, 1.75x LoRA, 1.66x all-MiniLM-L6-v2). ``auto`` (default): on when the backbone can (eager or sdpa attention,
             ``position_ids``, and a check when training starts that a few texts embed the same packed and
             padded) and neither ``split_by_length`` nor GradCache is set; ``true`` insists (an error
             otherwise); ``false``: padded batches.
         compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts: same
-            math and held-out loss, fused elementwise kernels (1.27-1.36x per bf16 SmolLM2-135M step on a
-            2-core CPU) for 70-200 s of compilation. ``auto`` (default): on for runs of at least 500 steps on a
-            single CPU process with a C++ compiler, off elsewhere (GPUs: not measured yet); the choice and
-            its reason are printed when training starts. ``true``/``false`` force it
-            (:mod:`lightning_embed.acceleration`, ``benchmarks/bench_throughput.py --compile``).
+            math, fused elementwise kernels: packed bf16 steps on a 2-core CPU ran 1.28x (SmolLM2-135M full)
+            and 1.75x (LoRA) faster after 2.5-5.5 min of compilation, all-MiniLM-L6-v2 0.96x. ``auto``
+            (default): on for decoders in runs of at least 500 steps on a single CPU process with a C++
+            compiler, off elsewhere (GPUs: not measured yet); the choice and its reason are printed when
+            training starts. ``true``/``false`` force it (:mod:`lightning_embed.acceleration`;
+            ``benchmarks/bench_throughput.py --systems le-default,le-fast``).
 
     Distributed training uses Lightning's strategies unchanged: ``ddp``, ``fsdp`` (GPUs; each transformer
     block and the tuning strategy's :meth:`~lightning_embed.strategy.TuningStrategy.fsdp_wrap_modules`
@@ -218,8 +221,7 @@ class EmbeddingModule(L.LightningModule):
     def _encode_packed(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         encodings = (batch.queries, batch.documents)
         lengths = _pair_lengths(batch)
-        model = _hf_model(self.backbone)
-        hidden, mask, _ = pack_and_encode(self.backbone, model.config._attn_implementation,
+        hidden, mask, _ = pack_and_encode(self.backbone, hf_model(self.backbone).config._attn_implementation,
                                           self.backbone_info.is_decoder, encodings, lengths,
                                           self.tokenizer.pad_token_id or 0)
         emb = pool(hidden, mask, self.hparams.pooling)
@@ -235,27 +237,10 @@ class EmbeddingModule(L.LightningModule):
 
     def _resolve_packing(self) -> tuple[bool, str | None]:
         """Decides ``pack_sequences`` for this backbone: (pack?, why; None when there is nothing to say)."""
-        from lightning_embed.packing import PACKING_TOLERANCE, packing_mismatch
-
-        setting = self.hparams.get("pack_sequences", False)
-        if setting is False:
-            return False, None
-        if self.hparams.get("split_by_length") or self.gradcache_chunk_size is not None:
-            return False, "packing: off (split_by_length or GradCache is on)"
-        model = _hf_model(self.backbone)
-        problem = packing_problem(model) if model is not None else "no Hugging Face model inside the backbone"
-        if problem is None:
-            mismatch = packing_mismatch(self.backbone, model.config._attn_implementation,
-                                        self.backbone_info.is_decoder, self.tokenizer)
-            if not mismatch <= PACKING_TOLERANCE:
-                problem = (f"packed and padded embeddings of the same texts differ by {mismatch:.3g} "
-                           f"(> {PACKING_TOLERANCE:g}; position ids not counted from 0?)")
-        if problem is None:
-            return True, "packing: on (queries and documents in packed rows, checked equal to padded)"
-        if setting is True:
-            raise UserError(f"pack_sequences cannot pack this backbone: {problem}; set model.pack_sequences: "
-                            "auto or false.")
-        return False, f"packing: off ({problem})"
+        return decide_packing(self.hparams.get("pack_sequences", False), self.backbone, self.tokenizer,
+                              causal=self.backbone_info.is_decoder,
+                              other_scheme=bool(self.hparams.get("split_by_length"))
+                              or self.gradcache_chunk_size is not None)
 
     def computed_positions(self, batch) -> list[tuple[int, int] | None]:
         """(positions, squared widths) computed per encoding of a batch (None: its padded shape, as given).
@@ -486,36 +471,27 @@ class EmbeddingModule(L.LightningModule):
 
     def teardown(self, stage: str) -> None:
         if self._attention_before_fit is not None:  # encode/evaluate after fit run as loaded
-            _hf_model(self.backbone).set_attn_implementation(self._attention_before_fit)
+            hf_model(self.backbone).set_attn_implementation(self._attention_before_fit)
             self._attention_before_fit = None
 
     def _choose_training_attention(self) -> str | None:
         """Switches to the faster attention for this device and precision when the user chose none."""
-        from lightning_embed.acceleration import training_attention
-
-        model = _hf_model(self.backbone)
-        if self.hparams.get("attn_implementation") is not None or model is None:
+        if self.hparams.get("attn_implementation") is not None:
             return None
-        current = getattr(model.config, "_attn_implementation", None)
         longest = max(self.hparams.query_max_length, self.hparams.document_max_length)
-        wanted = training_attention(self.device, str(self.trainer.precision), longest)
-        if wanted is None or wanted == current:
-            return None
-        model.set_attn_implementation(wanted)
-        self._attention_before_fit = current
-        return (f"attention: eager with fp32 scores for training (CPU, bf16, texts <= {longest} tokens: faster than "
-                f"{current} there), {current} again after fit")
+        self._attention_before_fit, note = switch_training_attention(self.backbone, self.device,
+                                                                     str(self.trainer.precision), longest)
+        return note
 
     def _compile_choice(self) -> tuple[bool, str | None]:
         """Whether to compile the backbone now, and why (None: the user said so)."""
-        from lightning_embed.acceleration import auto_compile
-
         setting = self.hparams.get("compile", False)
         if setting != "auto":
             return bool(setting), None
         steps = self.trainer.estimated_stepping_batches
         steps = int(steps) if steps != float("inf") else 10**9
-        decision = auto_compile(self.device, steps, self.trainer.world_size, type(self.tuning).auto_compile)
+        decision = auto_compile(self.device, steps, self.trainer.world_size, type(self.tuning).auto_compile,
+                                decoder=self.backbone_info.is_decoder)
         return decision.compile, f"compile: auto, {decision.reason}"
 
     def _enable_gradient_checkpointing(self) -> None:
@@ -535,13 +511,6 @@ def _pair_lengths(batch) -> list[list[int]]:
                               (batch.documents, getattr(batch, "document_lengths", None))):
         out.append(list(lengths) if lengths is not None else encoding["attention_mask"].sum(1).tolist())
     return out
-
-
-def _hf_model(backbone: nn.Module):
-    """The outermost Hugging Face model inside the (possibly adapted or wrapped) backbone, or None."""
-    from transformers import PreTrainedModel
-
-    return next((m for m in backbone.modules() if isinstance(m, PreTrainedModel)), None)
 
 
 def _strategy_loads_weights(trainer) -> bool:

@@ -75,10 +75,9 @@ def plan_packing(lengths: Sequence[int]) -> PackingPlan:
 
 def packing_problem(model: nn.Module) -> str | None:
     """Why ``model`` cannot run packed rows (None when it can)."""
-    config = getattr(model, "config", None)
-    implementation = getattr(config, "_attn_implementation", None)
     from lightning_embed.acceleration import FP32_SCORE_ATTENTION
 
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if implementation not in ("eager", "sdpa", FP32_SCORE_ATTENTION):
         return f"its attention implementation is {implementation!r} (packing needs eager or sdpa)"
     try:
@@ -95,6 +94,45 @@ PACKING_TOLERANCE = 1e-3
 
 _CHECK_TEXTS = ("a", "The quick brown fox jumps over the lazy dog.", "def add(x, y):\n    return x + y",
                 "Packing must not change a single embedding, whatever the length.")
+
+
+def decide_packing(setting: bool | str, backbone: nn.Module, tokenizer, *, causal: bool,
+                   other_scheme: bool) -> tuple[bool, str | None]:
+    """Resolves ``pack_sequences`` (``True``, ``False`` or ``"auto"``) for a backbone.
+
+    Args:
+        setting: the module's ``pack_sequences``.
+        backbone: the tuned backbone, with the attention it will train with.
+        tokenizer: its tokenizer (for the equivalence check).
+        causal: a decoder.
+        other_scheme: ``split_by_length`` or GradCache is on (they encode in padded mini-batches).
+
+    Returns:
+        ``(pack, note)``: whether to pack, and a line saying why (None when there is nothing to say).
+
+    Raises:
+        UserError: ``setting`` is ``True`` and the backbone cannot pack exactly.
+    """
+    from lightning_embed.errors import UserError
+    from lightning_embed.models import hf_model
+
+    if setting is False:
+        return False, None
+    if other_scheme:
+        return False, "packing: off (split_by_length or GradCache is on)"
+    model = hf_model(backbone)
+    problem = packing_problem(model) if model is not None else "no Hugging Face model inside the backbone"
+    if problem is None:
+        mismatch = packing_mismatch(backbone, model.config._attn_implementation, causal, tokenizer)
+        if not mismatch <= PACKING_TOLERANCE:
+            problem = (f"packed and padded embeddings of the same texts differ by {mismatch:.3g} "
+                       f"(> {PACKING_TOLERANCE:g}; position ids not counted from 0?)")
+    if problem is None:
+        return True, "packing: on (queries and documents in packed rows, checked equal to padded)"
+    if setting is True:
+        raise UserError(f"pack_sequences cannot pack this backbone: {problem}; set model.pack_sequences: auto "
+                        "or false.")
+    return False, f"packing: off ({problem})"
 
 
 def packing_mismatch(backbone: nn.Module, attention: str, causal: bool, tokenizer) -> float:

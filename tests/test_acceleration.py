@@ -10,7 +10,8 @@ from lightning_embed import acceleration
 from lightning_embed.acceleration import (AUTO_COMPILE_MIN_STEPS, FP32_SCORE_ATTENTION, auto_compile,
                                           fp32_score_attention, training_attention)
 from lightning_embed.data import PairDataModule
-from lightning_embed.module import EmbeddingModule, _hf_model
+from lightning_embed.models import hf_model
+from lightning_embed.module import EmbeddingModule
 from lightning_embed.strategy import strategy_class
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -31,13 +32,14 @@ def test_auto_compile_only_for_long_single_process_cpu_runs(monkeypatch):
     assert not auto_compile(CUDA, 10**6, 1, True).compile
     assert not auto_compile(CPU, 10**6, 2, True).compile
     assert not auto_compile(CPU, 10**6, 1, False).compile
+    assert not auto_compile(CPU, 10**6, 1, True, decoder=False).compile
     monkeypatch.setattr(acceleration, "_has_cxx_compiler", lambda: False)
     decision = auto_compile(CPU, 10**6, 1, True)
     assert not decision.compile and "C++ compiler" in decision.reason
 
 
 def test_qlora_opts_out_of_auto_compile():
-    assert strategy_class("qlora").auto_compile is False
+    assert strategy_class("qlora").auto_compile is False  # bitsandbytes kernels
     assert strategy_class("lora").auto_compile is True
 
 
@@ -46,7 +48,7 @@ class _SeenAttention(L.Callback):
         self.seen: set[str] = set()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.seen.add(_hf_model(module.backbone).config._attn_implementation)
+        self.seen.add(hf_model(module.backbone).config._attn_implementation)
 
 
 def _fit(module: EmbeddingModule, precision: str, steps: int = 2) -> _SeenAttention:
@@ -62,10 +64,10 @@ def _fit(module: EmbeddingModule, precision: str, steps: int = 2) -> _SeenAttent
 @pytest.mark.parametrize("arch", ["llama", "bert"])
 def test_bf16_cpu_training_uses_eager_attention_and_restores_it(tiny_backbones, arch):
     module = EmbeddingModule(backbone=tiny_backbones[arch], query_max_length=16, document_max_length=32)
-    before = _hf_model(module.backbone).config._attn_implementation
+    before = hf_model(module.backbone).config._attn_implementation
     assert before == "sdpa"
     assert _fit(module, "bf16-mixed").seen == {FP32_SCORE_ATTENTION}
-    assert _hf_model(module.backbone).config._attn_implementation == before  # encode/export as loaded
+    assert hf_model(module.backbone).config._attn_implementation == before  # encode/export as loaded
 
 
 def test_attention_is_left_alone_when_chosen_or_in_fp32(tiny_backbones):
@@ -134,3 +136,18 @@ def test_compile_auto_compiles_long_runs(tiny_backbones, monkeypatch):
     # Same math: the compiled run lands on the same weights.
     for (name, a), (_, b) in zip(module.named_parameters(), eager.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_backbone_that_cannot_switch_attention_keeps_its_own(tiny_backbones, monkeypatch):
+    from lightning_embed.acceleration import switch_training_attention
+
+    module = EmbeddingModule(backbone=tiny_backbones["llama"])
+    model = hf_model(module.backbone)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("this model does not support the attention interface")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    previous, note = switch_training_attention(module.backbone, CPU, "bf16-mixed", 64)
+    assert previous is None and "kept sdpa" in note
+    assert model.config._attn_implementation == "sdpa"

@@ -108,12 +108,12 @@ def test_a_backbone_that_packs_differently_is_not_packed(tiny_backbones, monkeyp
 
 
 def test_packing_mismatch_is_float_noise_on_real_architectures(tiny_backbone):
-    from lightning_embed.module import _hf_model
+    from lightning_embed.models import hf_model
     from lightning_embed.packing import PACKING_TOLERANCE, packing_mismatch
 
     module = EmbeddingModule(backbone=tiny_backbone)
     for attention in ("eager", "sdpa"):
-        _hf_model(module.backbone).set_attn_implementation(attention)
+        hf_model(module.backbone).set_attn_implementation(attention)
         assert packing_mismatch(module.backbone, attention, module.backbone_info.is_decoder,
                                 module.tokenizer) < PACKING_TOLERANCE / 10
 
