@@ -225,8 +225,20 @@ def _torchrun(script: str, *args: str, timeout: int = 420) -> subprocess.Complet
 
 
 _COMMON = textwrap.dedent('''
-    import json, sys, warnings
+    import json, os, sys, warnings
     from pathlib import Path
+
+
+    def _clean_exit():
+        # Everything is written: leave without C++ static destructors, which can race gloo's threads at exit
+        # ("terminate called without an active exception", SIGABRT in one rank after a finished run).
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     import lightning as L
     import torch
@@ -284,6 +296,7 @@ _DDP_SCRIPT = _COMMON + textwrap.dedent('''
     trainer("ddp", out, max_steps=2, enable_checkpointing=False, gradient_clip_val=1.0,
             callbacks=[GradRecorder(out / "ddp_grads.pt"),
                        FlopCallback(runs_file=str(out / "runs.jsonl"), log_every_n_steps=1)]).fit(module, data)
+    _clean_exit()
 ''')
 
 
@@ -398,6 +411,7 @@ _FSDP2_SCRIPT = _COMMON + textwrap.dedent('''
         fit(f"{tag}-resumed", tuning, out / f"{tag}-resumed", ckpt_path=str(out / tag / "step=2.ckpt"), **kw)
     if torch.distributed.get_rank() == 0:
         (out / "summary.json").write_text(json.dumps(summary))
+    _clean_exit()
 ''')
 
 
