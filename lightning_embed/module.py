@@ -8,7 +8,6 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_embed.errors import UserError
@@ -463,11 +462,10 @@ class EmbeddingModule(L.LightningModule):
             if compile_:
                 self.backbone.compile(dynamic=True)  # in place: parameter names and checkpoints unchanged
         if self.trainer.is_global_zero:
-            from lightning_embed.reporting import print_parameter_table
+            from lightning_embed.reporting import print_parameter_table, print_training_notes
 
             print_parameter_table(self)
-            for note in filter(None, notes):
-                rank_zero_info(note)
+            print_training_notes(notes)
 
     def teardown(self, stage: str) -> None:
         if self._attention_before_fit is not None:  # encode/evaluate after fit run as loaded

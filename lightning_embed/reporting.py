@@ -29,6 +29,13 @@ def print_parameter_table(module) -> None:
     _console.print(table)
 
 
+def print_training_notes(notes) -> None:
+    """One line per choice made when training starts (attention, packing, compile), skipping empty ones."""
+    for note in notes:
+        if note:
+            _console.print(note, highlight=False, markup=False)
+
+
 def print_metric_comparison(before: Mapping[str, float], after: Mapping[str, float], title: str) -> None:
     """Side-by-side table of validation metrics before and after training."""
     table = Table(title=title, title_justify="left")

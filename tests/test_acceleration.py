@@ -151,3 +151,11 @@ def test_a_backbone_that_cannot_switch_attention_keeps_its_own(tiny_backbones, m
     previous, note = switch_training_attention(module.backbone, CPU, "bf16-mixed", 64)
     assert previous is None and "kept sdpa" in note
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_fit_start_prints_its_choices(tiny_backbones, capsys):
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], query_max_length=16, document_max_length=32)
+    _fit(module, "bf16-mixed")
+    out = capsys.readouterr().out
+    assert "attention: eager with fp32 scores" in out and "packing: on" in out
+    assert "torch.compile off (compile: auto, 2 steps < 500" in out
