@@ -4,11 +4,12 @@ Both choices are made when training starts, once the device, the precision and t
 known, and only when the user left them open (``attn_implementation: null``, ``compile: auto``):
 
 - **Attention.** PyTorch's CPU flash-attention kernel is slow in bf16 for short sequences: forward plus
-  backward of one SmolLM2 attention layer (9 heads of 64, 32 rows, padding + causal mask) took 35.6 ms at
-  length 64 and 72.4 ms at 128, against 9.8 and 28.8 ms for the plain matmul-softmax-matmul ("eager")
-  attention; at 256 they tie (26.4 vs 24.1 ms, 8 rows) and at 512 flash wins (70.9 vs 196 ms), and in fp32
-  flash is never much slower (2-core AMX CPU, ``benchmarks/bench_attention.py``). In a bf16 SmolLM2-135M
-  step at length 64 the flash backward alone was 21% of the time. So on CPU, in bf16, for texts of at most
+  backward of one SmolLM2 attention layer (9 heads of 64, padding + causal mask, 2,048 tokens) took 27.0 ms
+  at length 64 and 28.2 ms at 128, against 8.2 and 12.4 ms for the plain matmul-softmax-matmul ("eager")
+  attention; at 256 they are close (22.2 vs 24.5 ms) and at 512 flash wins (61 vs 188 ms); in fp32 flash
+  is never much slower (2-core AMX CPU, ``benchmarks/bench_attention.py``, results in
+  ``benchmarks/results/attention-cpu-2026-11-28.txt``). In a bf16 SmolLM2-135M training step at length 64
+  the flash backward alone was 21% of the time. So on CPU, in bf16, for texts of at most
   :data:`EAGER_MAX_LENGTH` tokens, training uses :func:`fp32_score_attention` (eager, with the scores and
   softmax in fp32 so that it is as accurate as the flash kernel); everywhere else (GPUs above all, whose
   fused kernels are fast) the backbone keeps its own (``sdpa``).
