@@ -23,12 +23,17 @@ tail of a row) attend only to themselves, so no attention row is fully masked.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from lightning_embed.pooling import pool
+from lightning_embed.unpadding import right_padded
 
 Encoding = dict[str, torch.Tensor]
 
@@ -54,15 +59,22 @@ class PackingPlan:
 def plan_packing(lengths: Sequence[int]) -> PackingPlan:
     """First-fit-decreasing packing of texts of these lengths into rows as wide as the longest.
 
+    Cached on the lengths: a step's forward and the FLOP callback ask for the same plan.
+
     Example:
         >>> plan_packing([5, 2, 3, 4]).rows
         [[(0, 5)], [(3, 4)], [(2, 3), (1, 2)]]
     """
-    width = max([1, *(int(n) for n in lengths)])
+    return _plan_packing(tuple(int(n) for n in lengths))
+
+
+@functools.lru_cache(maxsize=16)
+def _plan_packing(lengths: tuple[int, ...]) -> PackingPlan:
+    width = max([1, *lengths])
     rows: list[list[tuple[int, int]]] = []
     free: list[int] = []
-    for text in sorted(range(len(lengths)), key=lambda i: -int(lengths[i])):  # stable: ties in batch order
-        n = max(1, int(lengths[text]))  # an empty text still gets one slot (its only token, padding)
+    for text in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: ties in batch order
+        n = max(1, lengths[text])  # an empty text still gets one slot (its only token, padding)
         slot = next((r for r, room in enumerate(free) if room >= n), None)
         if slot is None:
             rows.append([])
@@ -152,20 +164,15 @@ def packing_mismatch(backbone: nn.Module, attention: str, causal: bool, tokenize
             lengths = [enc["attention_mask"].sum(1).tolist() for enc in encodings]
             hidden, mask, _ = pack_and_encode(backbone, attention, causal, encodings, lengths,
                                               tokenizer.pad_token_id or 0)
-            packed = _mean(hidden, mask)
+            packed = F.normalize(pool(hidden, mask, "mean"), dim=-1)
             padded = []
             for enc in encodings:
                 out = backbone(**enc)
-                padded.append(_mean(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0],
-                                    enc["attention_mask"]))
+                hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+                padded.append(F.normalize(pool(hidden, enc["attention_mask"], "mean"), dim=-1))
             return float((packed - torch.cat(padded)).abs().max())
     finally:
         backbone.train(was_training)
-
-
-def _mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(torch.float32).unsqueeze(-1)
-    return torch.nn.functional.normalize((hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)
 
 
 def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings: Sequence[Encoding],
@@ -196,7 +203,7 @@ def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings
     offset = 0
     for enc, ls in zip(encodings, lengths):
         rows, cols = enc["input_ids"].shape
-        left = bool(cols and rows and not bool(enc["attention_mask"][:, 0].all()))
+        left = not right_padded(enc["attention_mask"])
         for r, n in enumerate(ls):
             starts.append(offset + r * cols + (cols - int(n) if left else 0))
         offset += rows * cols
