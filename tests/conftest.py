@@ -17,6 +17,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 ARCHES = ("gpt_neox", "llama", "bert")
 
 
+def pytest_report_header(config) -> str:
+    """Which CPU and bf16 path the suite ran on: float rounding, and so close calls, differ between them."""
+    from lightning_embed.precision import describe_hardware
+
+    return describe_hardware()
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> dict[str, str]:
     """Folder of a tiny random model + tokenizer for each architecture shape."""

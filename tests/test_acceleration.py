@@ -13,6 +13,7 @@ from lightning_embed.data import PairDataModule
 from lightning_embed.models import hf_model
 from lightning_embed.module import EmbeddingModule
 from lightning_embed.strategy import strategy_class
+from lightning_embed.testing import assert_close_relative
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -102,7 +103,7 @@ def test_fp32_score_attention_is_as_accurate_as_sdpa_and_handles_gqa_and_masks()
         q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=allowed).transpose(1, 2)
     for mask in (allowed, torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)):
         out, _ = fp32_score_attention(_Heads(), q.float(), k.float(), v.float(), mask)
-        torch.testing.assert_close(out.double(), exact, rtol=1e-4, atol=1e-5)
+        assert_close_relative(out.double(), exact, what="fp32-score attention against float64")
     q16, k16, v16 = (x.bfloat16() for x in (q, k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(
         q16.double(), k16.double().repeat_interleave(3, 1), v16.double().repeat_interleave(3, 1),
@@ -134,8 +135,8 @@ def test_compile_auto_compiles_long_runs(tiny_backbones, monkeypatch):
     _fit(eager, "32-true", steps=3)
     assert getattr(module.backbone, "_compiled_call_impl", None) is not None
     # Same math: the compiled run lands on the same weights.
-    for (name, a), (_, b) in zip(module.named_parameters(), eager.named_parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    pairs = list(zip(module.named_parameters(), eager.named_parameters(), strict=True))
+    assert_close_relative({n: a for (n, a), _ in pairs}, {n: b for (n, _), (_, b) in pairs}, what="weights")
 
 
 def test_a_backbone_that_cannot_switch_attention_keeps_its_own(tiny_backbones, monkeypatch):

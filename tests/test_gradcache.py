@@ -15,8 +15,8 @@ from lightning_embed.data import PairDataModule, PairExample
 from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode, split_encoding
 from lightning_embed.module import EmbeddingModule
+from lightning_embed.testing import FP32_REL, assert_close_relative, close_mismatches
 
-TOL = dict(rtol=1e-5, atol=1e-5)
 LORA = {"name": "lora", "rank": 4}
 
 
@@ -48,12 +48,12 @@ def loss_and_grads(module: EmbeddingModule, batch, chunk: int | None, seed: int 
     return loss.detach(), grads_of(module)
 
 
-def assert_same(got, want, **tol) -> None:
+def assert_same(got, want, rel: float = FP32_REL) -> None:
+    """Loss and every gradient equal up to float rounding (normwise, see lightning_embed.testing.tolerances)."""
     (loss, grads), (ref_loss, ref_grads) = got, want
-    torch.testing.assert_close(loss, ref_loss, **tol)
-    assert grads.keys() == ref_grads.keys() and grads
-    for name in ref_grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], **tol, msg=name)
+    assert grads and grads.keys() == ref_grads.keys()
+    assert_close_relative(loss, ref_loss, rel=rel, what="loss")
+    assert_close_relative(grads, ref_grads, rel=rel, what="gradients")
 
 
 @pytest.mark.parametrize(("arch", "tuning", "k", "chunk"), [
@@ -71,7 +71,48 @@ def test_gradcache_equals_uncached(tiny_backbones, arch, tuning, k, chunk):
     module = make_module(tiny_backbones[arch], tuning)
     module.backbone.eval()  # dropout off: the uncached forward draws its masks in another order
     batch = module.make_collator()(examples(7, k))
-    assert_same(loss_and_grads(module, batch, chunk), loss_and_grads(module, batch, None), **TOL)
+    assert_same(loss_and_grads(module, batch, chunk), loss_and_grads(module, batch, None))
+
+
+class _FlipGradient(torch.autograd.Function):
+    """Identity forward, negated gradient: a deliberately wrong backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+@pytest.mark.parametrize("fault", ["one chunk dropped", "one chunk's sign flipped"])
+def test_the_tolerance_catches_a_wrong_gradcache_gradient(tiny_backbones, monkeypatch, fault):
+    """The normwise tolerance passes GradCache's rounding but not a real error: a mini-batch that gets no
+    gradient, or the wrong sign, fails the same comparison (the loss itself is unchanged by either)."""
+    import lightning_embed.gradcache as gradcache
+
+    module = make_module(tiny_backbones["gpt_neox"])
+    module.backbone.eval()
+    batch = module.make_collator()(examples(7, 1))
+    want = loss_and_grads(module, batch, None)
+    assert_same(loss_and_grads(module, batch, 3), want)
+
+    real, calls = gradcache.checkpoint, []
+
+    def faulty(fn, *args, **kwargs):
+        out = real(fn, *args, **kwargs)
+        calls.append(out.shape[0])
+        if len(calls) == 2:  # the queries' second mini-batch
+            return out.detach() if fault == "one chunk dropped" else _FlipGradient.apply(out)
+        return out
+
+    monkeypatch.setattr(gradcache, "checkpoint", faulty)
+    got = loss_and_grads(module, batch, 3)
+    assert len(calls) > 2
+    assert_close_relative(got[0], want[0], what="loss")  # the fault is in the backward only
+    problems = close_mismatches(got[1], want[1])
+    assert len(problems) > len(want[1]) // 2, problems  # most gradients are visibly wrong
 
 
 def test_gradcache_is_exact_in_float64(tiny_backbones):
@@ -79,7 +120,7 @@ def test_gradcache_is_exact_in_float64(tiny_backbones):
     module = make_module(tiny_backbones["llama"], LORA).double()
     module.backbone.eval()
     batch = module.make_collator()(examples(6, 1))
-    assert_same(loss_and_grads(module, batch, 4), loss_and_grads(module, batch, None), rtol=1e-10, atol=1e-10)
+    assert_same(loss_and_grads(module, batch, 4), loss_and_grads(module, batch, None), rel=1e-10)
 
 
 def test_gradcache_replays_dropout_masks(tiny_backbones):
@@ -99,10 +140,10 @@ def test_gradcache_replays_dropout_masks(tiny_backbones):
     reference_loss = module.loss_fn(chunked_with_grad(batch.queries), chunked_with_grad(batch.documents), 1)
     reference_loss.backward()
     reference = (reference_loss.detach(), grads_of(module))
-    assert_same(loss_and_grads(module, batch, chunk, seed=1), reference, **TOL)
+    assert_same(loss_and_grads(module, batch, chunk, seed=1), reference)
     # The masks matter: another seed gives other gradients.
     other = loss_and_grads(module, batch, chunk, seed=2)
-    assert not torch.allclose(other[0], reference[0], **TOL)
+    assert close_mismatches(other[1], reference[1])
 
 
 class AutocastProbe:
@@ -143,7 +184,7 @@ def test_gradcache_reforward_runs_under_the_same_autocast(tiny_backbones):
     got = (loss.detach(), grads_of(module))
     chunks = len(split_encoding(batch.queries, chunk)) + len(split_encoding(batch.documents, chunk))
     assert len(probe.states) == 2 * chunks * probe.blocks and all(probe.states)
-    assert_same(got, reference, rtol=1e-5, atol=1e-5)
+    assert_same(got, reference)
 
 
 def test_gradcache_with_gradient_checkpointing(tiny_backbones):
@@ -151,7 +192,7 @@ def test_gradcache_with_gradient_checkpointing(tiny_backbones):
     module = make_module(tiny_backbones["gpt_neox"], LORA, gradient_checkpointing=True)
     module.backbone.train()  # HF checkpoints only in training mode; these tiny configs have no dropout
     batch = module.make_collator()(examples(5, 1))
-    assert_same(loss_and_grads(module, batch, 2), loss_and_grads(module, batch, None), **TOL)
+    assert_same(loss_and_grads(module, batch, 2), loss_and_grads(module, batch, None))
 
 
 def test_cached_encode_without_gradients_is_plain_chunking():
@@ -215,8 +256,7 @@ def test_lightning_fit_with_gradcache_accumulation_and_clipping(tiny_backbones, 
     assert cached_trainer.global_step == plain_trainer.global_step == 2
     assert len(cached) == len(plain) == 2
     assert cached[0].keys() == plain[0].keys()
-    for name in plain[0]:
-        torch.testing.assert_close(cached[0][name], plain[0][name], **TOL, msg=name)
+    assert_close_relative(cached[0], plain[0], what="first step's gradients")
 
 
 def test_lightning_bf16_mixed_reforward_under_autocast(tiny_backbones, tmp_path):
