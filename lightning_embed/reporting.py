@@ -77,7 +77,8 @@ def strategies() -> None:
 
 
 def data(source: str | None = None, split: Literal["train", "val"] = "train", num_negatives: int = 0) -> None:
-    """Describe a pair source (examples, distinct positives, text lengths), or list the builtin sources.
+    """Describe a pair source (examples, distinct positives, text lengths, fingerprint), or list the builtin
+    sources with their sizes and fingerprints (a builtin source not mined yet is mined and cached first).
 
     Args:
         source: a .jsonl/.csv/.tsv/.parquet file, a saved Hugging Face dataset folder, or builtin:NAME;
@@ -85,17 +86,21 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
         split: for a builtin source, which split to describe.
         num_negatives: hard negatives to read per example (checks that every example has that many).
     """
-    from lightning_embed.data import describe_builtin_sources, read_examples
+    from lightning_embed.data import BUILTIN_PREFIX, describe_builtin_sources, read_examples
+    from lightning_embed.fingerprints import builtin_fingerprint, source_fingerprint
 
     if source is None:
         table = Table(title="builtin sources (no download)", title_justify="left")
-        table.add_column("source")
-        table.add_column("what it is")
+        for col in ("source", "train pairs", "val pairs", "fingerprint (train / val)", "what it is"):
+            table.add_column(col, justify="right" if col.endswith("pairs") else "left", overflow="fold")
         for name, text in describe_builtin_sources().items():
-            table.add_row(name, text)
+            found = builtin_fingerprint(name)
+            table.add_row(BUILTIN_PREFIX + name, f"{found['sizes']['train']:,}", f"{found['sizes']['val']:,}",
+                          f"{found['train']} / {found['val']}", text)
         _console.print(table)
         return
     examples = read_examples(source, split=split, num_negatives=num_negatives)
+    found = source_fingerprint(source, split)
     table = Table(title=f"{source} ({split})", title_justify="left")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -105,6 +110,9 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
     for what, texts in (("query", [e.query for e in examples]), ("positive", [e.positive for e in examples])):
         words = sorted(len(t.split()) for t in texts)
         table.add_row(f"{what} words (median / 95th pct)", f"{words[len(words) // 2]} / {words[int(0.95 * (len(words) - 1))]}")
+    table.add_row("fingerprint (sha256)", found["sha256"])
+    if "versions" in found:
+        table.add_row("mined from", ", ".join(f"{k} {v}" for k, v in found["versions"].items()))
     _console.print(table)
 
 
