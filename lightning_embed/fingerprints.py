@@ -55,6 +55,16 @@ def builtin_fingerprint(name: str) -> dict[str, Any]:
             "sizes": {s: len(v) for s, v in splits.items()}}
 
 
+def is_mined(name: str) -> bool:
+    """Whether a builtin source's pairs are cached already (its fingerprint is then cheap; else it mines)."""
+    from lightning_embed.data import BUILTIN_PREFIX, _builtin
+
+    module = _builtin(BUILTIN_PREFIX + name)
+    if hasattr(module, "is_cached"):
+        return bool(module.is_cached())
+    return module.cache_path().is_file()
+
+
 def file_sha256(path: str | Path) -> str:
     """Short sha256 (16 hex digits) of a file's bytes, or of a folder's files (relative path and bytes)."""
     target = Path(path)
@@ -108,4 +118,4 @@ def data_fingerprints(datamodule: Any) -> dict[str, Any]:
             for role, (spec, split) in specs.items()}
 
 
-__all__ = ["builtin_fingerprint", "data_fingerprints", "file_sha256", "pairs_digest", "source_fingerprint"]
+__all__ = ["builtin_fingerprint", "data_fingerprints", "file_sha256", "is_mined", "pairs_digest", "source_fingerprint"]

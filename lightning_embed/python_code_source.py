@@ -52,9 +52,9 @@ from lightning_embed.fingerprints import pairs_digest as digest
 
 #: What ``lightning-embed data`` and error messages say about this source.
 DESCRIPTION = (
-    "docstring summaries paired with the function's code (docstring removed), from the Python standard library "
-    "and lightning-embed's installed dependencies (torch, transformers, numpy, scipy, sympy, ...); deduplicated; "
-    "held out by package (networkx, rich, jinja2, dateutil; capped at 1,000); hard negatives from the same file"
+    "docstring summaries paired with the function's code, from the standard library and lightning-embed's "
+    "installed dependencies (torch, transformers, numpy, sympy, ...), deduplicated; held out by package "
+    "(networkx, rich, jinja2, dateutil; 1,000 pairs); hard negatives from the same file"
 )
 
 #: Top-level packages mined (in this order, after the standard library), all dependencies of lightning-embed
@@ -320,6 +320,11 @@ def prepare() -> None:
 def _fingerprint(pairs: list[dict], found: dict[str, str]) -> dict:
     return {"train": digest(p for p in pairs if p["split"] == "train"),
             "val": digest(p for p in pairs if p["split"] == "val"), "versions": found}
+
+
+def is_cached() -> bool:
+    """Whether the pairs for the installed versions are mined and cached already (loading is then fast)."""
+    return _read_cache(cache_path()) is not None
 
 
 def fingerprint() -> dict:

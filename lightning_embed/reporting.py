@@ -78,7 +78,7 @@ def strategies() -> None:
 
 def data(source: str | None = None, split: Literal["train", "val"] = "train", num_negatives: int = 0) -> None:
     """Describe a pair source (examples, distinct positives, text lengths, fingerprint), or list the builtin
-    sources with their sizes and fingerprints (a builtin source not mined yet is mined and cached first).
+    sources with their sizes and fingerprints (describing a builtin source mines and caches it if needed).
 
     Args:
         source: a .jsonl/.csv/.tsv/.parquet file, a saved Hugging Face dataset folder, or builtin:NAME;
@@ -87,18 +87,24 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
         num_negatives: hard negatives to read per example (checks that every example has that many).
     """
     from lightning_embed.data import BUILTIN_PREFIX, describe_builtin_sources, read_examples
-    from lightning_embed.fingerprints import builtin_fingerprint, source_fingerprint
+    from lightning_embed.fingerprints import builtin_fingerprint, is_mined, source_fingerprint
 
     if source is None:
         table = Table(title="builtin sources (no download)", title_justify="left")
-        for col in ("source", "train pairs", "val pairs", "fingerprint (train / val)", "what it is"):
+        for col in ("source", "train pairs", "val pairs", "fingerprint (train, val)", "what it is"):
             table.add_column(col, justify="right" if col.endswith("pairs") else "left", overflow="fold")
         for name, text in describe_builtin_sources().items():
+            if not is_mined(name):  # mining takes minutes: a listing only names the command that does it
+                table.add_row(BUILTIN_PREFIX + name, "-", "-", "not mined yet", text)
+                table.caption = "not mined yet: `lightning-embed data builtin:NAME` mines and caches it (once)"
+                continue
             found = builtin_fingerprint(name)
             table.add_row(BUILTIN_PREFIX + name, f"{found['sizes']['train']:,}", f"{found['sizes']['val']:,}",
-                          f"{found['train']} / {found['val']}", text)
+                          f"{found['train']}\n{found['val']}", text)
         _console.print(table)
         return
+    if source.startswith(BUILTIN_PREFIX) and not is_mined(source[len(BUILTIN_PREFIX):]):
+        _console.print(f"mining {source} once (parsing many .py files: minutes on a small CPU)...", highlight=False)
     examples = read_examples(source, split=split, num_negatives=num_negatives)
     found = source_fingerprint(source, split)
     table = Table(title=f"{source} ({split})", title_justify="left")

@@ -360,7 +360,7 @@ def test_stdlib_source_is_nonempty_and_split_by_module(stdlib_pairs):
 
 
 def test_stdlib_data_module_uses_the_held_out_split_with_negatives(stdlib_pairs):
-    assert builtin_sources() == ["stdlib-code"]
+    assert builtin_sources() == ["python-code", "stdlib-code"]
     dm = PairDataModule(num_negatives=2, batch_size=16, max_val_examples=50, query_column="ignored for builtins")
     dm.prepare_data()
     dm.setup("fit")

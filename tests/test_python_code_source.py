@@ -230,6 +230,10 @@ def test_the_data_module_and_listing_know_the_source(fake_tree, capsys):
     from lightning_embed.reporting import data
 
     assert "python-code" in builtin_sources()
+    data()  # the listing does not spend minutes mining: it says how to
+    line = next(line for line in capsys.readouterr().out.splitlines() if "builtin:python-code" in line)
+    assert "not mined yet" in line
+    assert not pcs.cache_path().exists()
     dm = PairDataModule(train="builtin:python-code", batch_size=2)
     dm.prepare_data()
     dm.setup("fit")
@@ -237,8 +241,8 @@ def test_the_data_module_and_listing_know_the_source(fake_tree, capsys):
     data()
     listing = capsys.readouterr().out
     line = next(line for line in listing.splitlines() if "builtin:python-code" in line)
-    fp = pcs.fingerprint()
-    assert "6" in line and "2" in line and fp["train"] in line
+    cells = [cell.strip() for cell in line.split("│")]
+    assert cells[2:4] == ["6", "2"] and cells[4].startswith(pcs.fingerprint()["train"])
 
 
 def test_fit_on_the_source_writes_the_fingerprint_into_the_run_record(fake_tree, tiny_backbones, tmp_path):
