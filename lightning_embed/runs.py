@@ -1,6 +1,7 @@
 """Run records: one JSON line per fit, appended atomically to a runs file, read back for fitting laws.
 
-Schema, version 1 (``schema_version: 1``). Every record has every field; ``null`` where unknown.
+Schema, version 1 (``schema_version: 1``). Every record has every field; ``null`` where unknown (only ``data``,
+added later within version 1, may be missing from older records: it reads as ``{}``).
 
 =======================  =========================================================================
 field                    meaning
@@ -164,8 +165,8 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "val_loss": (_NUM, True), "metrics": ((dict,), False), "metrics_step": ((int,), True),
     "seed": ((int,), True), "world_size": ((int,), False), "duration_s": (_NUM, False),
     "train_time_s": (_NUM, False), "versions": ((dict,), False), "hparams": ((dict,), False),
-    "config": ((dict,), False), "data": ((dict,), False), "error": ((str,), True), "run_id": ((str,), False), "created": ((str,), False),
-    "schema_version": ((int,), False),
+    "config": ((dict,), False), "data": ((dict,), False), "error": ((str,), True), "run_id": ((str,), False),
+    "created": ((str,), False), "schema_version": ((int,), False),
 }
 
 
