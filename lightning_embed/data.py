@@ -396,7 +396,8 @@ class PairDataModule(lightning.LightningDataModule):
 
     Args:
         train: training pairs: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` file, a saved Hugging Face
-            dataset folder, or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code).
+            dataset folder, or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code;
+            ``builtin:python-code``: the same from the standard library and the installed dependencies).
         val: validation pairs, same kinds; None: a builtin ``train`` source's held-out split, else none.
         test: test pairs, same kinds (a builtin source gives its held-out split); None: no test set.
         query_column: column (jsonl key) holding the query text.
