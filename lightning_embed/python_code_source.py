@@ -314,6 +314,12 @@ def load_pairs(*, refresh: bool = False) -> list[dict]:
 
 def prepare() -> None:
     """Mines and caches the pairs (run once, on one process, before the splits are loaded)."""
+    if not is_cached():
+        from lightning_embed.reporting import print_training_notes
+
+        # Minutes of silence at the start of a first fit would look like a hang.
+        print_training_notes([f"mining builtin:python-code once into {cache_path()} (parsing many .py files: "
+                              "minutes on a small CPU)..."])
     load_with_metadata()
 
 

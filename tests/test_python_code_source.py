@@ -231,16 +231,17 @@ def test_the_data_module_and_listing_know_the_source(fake_tree, capsys):
 
     assert "python-code" in builtin_sources()
     data()  # the listing does not spend minutes mining: it says how to
-    line = next(line for line in capsys.readouterr().out.splitlines() if "builtin:python-code" in line)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("│ builtin:python-code"))
     assert "not mined yet" in line
     assert not pcs.cache_path().exists()
     dm = PairDataModule(train="builtin:python-code", batch_size=2)
     dm.prepare_data()
+    assert "mining builtin:python-code once" in capsys.readouterr().out  # a first fit says why it waits
     dm.setup("fit")
     assert len(dm.train_examples) == 6 and len(dm.val_examples) == 2
     data()
     listing = capsys.readouterr().out
-    line = next(line for line in listing.splitlines() if "builtin:python-code" in line)
+    line = next(line for line in listing.splitlines() if line.startswith("│ builtin:python-code"))
     cells = [cell.strip() for cell in line.split("│")]
     assert cells[2:4] == ["6", "2"] and cells[4].startswith(pcs.fingerprint()["train"])
 
