@@ -28,6 +28,8 @@ _EXPORTS = {
     "RunRecord": "lightning_embed.runs",
     "read_runs": "lightning_embed.runs",
     "dry_run": "lightning_embed.flop_budget",
+    "builtin_fingerprint": "lightning_embed.fingerprints",
+    "source_fingerprint": "lightning_embed.fingerprints",
 }
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from lightning_embed.encoder import Encoder, load
     from lightning_embed.errors import UserError
     from lightning_embed.flop_budget import dry_run
+    from lightning_embed.fingerprints import builtin_fingerprint, source_fingerprint
     from lightning_embed.flop_callback import FlopCallback
     from lightning_embed.flops import FlopCount, FlopModel, paper_flops_per_token
     from lightning_embed.runs import RunRecord, read_runs
@@ -71,6 +74,7 @@ __all__ = [
     "UserError",
     "available_strategies",
     "build_strategy",
+    "builtin_fingerprint",
     "dry_run",
     "load",
     "load_backbone",
@@ -78,4 +82,5 @@ __all__ = [
     "paper_flops_per_token",
     "pool",
     "read_runs",
+    "source_fingerprint",
 ]

@@ -22,14 +22,14 @@ import lightning
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_embed import stdlib_source
+from lightning_embed import python_code_source, stdlib_source
 from lightning_embed.errors import UserError
 from lightning_embed.sampling import PairBatchSampler
 from lightning_embed.unpadding import right_padded
 
 BUILTIN_PREFIX = "builtin:"
 #: Builtin sources: name -> module with ``DESCRIPTION``, ``prepare()`` and ``load(split, num_negatives)``.
-_BUILTINS = {"stdlib-code": stdlib_source}
+_BUILTINS = {"stdlib-code": stdlib_source, "python-code": python_code_source}
 _FORMATS = ".jsonl, .csv, .tsv, .parquet, a saved Hugging Face dataset folder, or builtin:NAME"
 
 
@@ -396,7 +396,8 @@ class PairDataModule(lightning.LightningDataModule):
 
     Args:
         train: training pairs: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` file, a saved Hugging Face
-            dataset folder, or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code).
+            dataset folder, or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code;
+            ``builtin:python-code``: the same from the standard library and the installed dependencies).
         val: validation pairs, same kinds; None: a builtin ``train`` source's held-out split, else none.
         test: test pairs, same kinds (a builtin source gives its held-out split); None: no test set.
         query_column: column (jsonl key) holding the query text.

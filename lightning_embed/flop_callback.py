@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_embed.errors import UserError
+from lightning_embed.fingerprints import data_fingerprints
 from lightning_embed.flop_budget import (
     DEFAULT_ESTIMATE_BATCHES,
     BudgetReport,
@@ -131,6 +132,7 @@ class FlopCallback(Callback):
         self._last_step = 0
         self._fit_started = False
         self._written = False
+        self._data: dict[str, Any] = {}  # data sources' fingerprints (lightning_embed.fingerprints)
         self._setup_time = 0.0
         self._duration_before = 0.0
         self._train_t0: float | None = None
@@ -158,10 +160,12 @@ class FlopCallback(Callback):
         self._interval, self._interval_steps = [0.0, 0.0], 0
         self.flop_model = flop_model_for(pl_module, self.accounting)
         self._flags = training_flags(pl_module)
-        problem = None
+        problem, self._data = None, {}
         if self.runs_file is not None and trainer.is_global_zero:
             try:
                 check_runs_file(self.runs_file)
+                # Now, not when the record is written: the files may change during a long fit.
+                self._data = data_fingerprints(getattr(trainer, "datamodule", None))
             except UserError as err:
                 problem = str(err)
         # Every rank raises, not just the one that found the problem (the others would hang).
@@ -403,7 +407,8 @@ class FlopCallback(Callback):
             val_loss=self._val_metrics.get("val/loss"), metrics=metrics, metrics_step=self._metrics_step,
             seed=int(seed) if seed and seed.lstrip("-").isdigit() else None, world_size=trainer.world_size,
             duration_s=self._duration_before + time.monotonic() - self._setup_time, train_time_s=c.train_time_s,
-            versions=_versions(), hparams=hparams, config=self._config(trainer, hparams), error=error,
+            versions=_versions(), hparams=hparams, config=self._config(trainer, hparams),
+            data=self._data, error=error,
             run_id=self.run_id or "",
         )
 

@@ -77,7 +77,8 @@ def strategies() -> None:
 
 
 def data(source: str | None = None, split: Literal["train", "val"] = "train", num_negatives: int = 0) -> None:
-    """Describe a pair source (examples, distinct positives, text lengths), or list the builtin sources.
+    """Describe a pair source (examples, distinct positives, text lengths, fingerprint), or list the builtin
+    sources with their sizes and fingerprints (describing a builtin source mines and caches it if needed).
 
     Args:
         source: a .jsonl/.csv/.tsv/.parquet file, a saved Hugging Face dataset folder, or builtin:NAME;
@@ -85,17 +86,27 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
         split: for a builtin source, which split to describe.
         num_negatives: hard negatives to read per example (checks that every example has that many).
     """
-    from lightning_embed.data import describe_builtin_sources, read_examples
+    from lightning_embed.data import BUILTIN_PREFIX, describe_builtin_sources, read_examples
+    from lightning_embed.fingerprints import builtin_fingerprint, is_mined, source_fingerprint
 
     if source is None:
         table = Table(title="builtin sources (no download)", title_justify="left")
-        table.add_column("source")
-        table.add_column("what it is")
+        for col in ("source", "train pairs", "val pairs", "fingerprint (train, val)", "what it is"):
+            table.add_column(col, justify="right" if col.endswith("pairs") else "left", overflow="fold")
         for name, text in describe_builtin_sources().items():
-            table.add_row(name, text)
+            if not is_mined(name):  # mining takes minutes: a listing only names the command that does it
+                table.add_row(BUILTIN_PREFIX + name, "-", "-", "not mined yet", text)
+                table.caption = "not mined yet: `lightning-embed data builtin:NAME` mines and caches it (once)"
+                continue
+            found = builtin_fingerprint(name)
+            table.add_row(BUILTIN_PREFIX + name, f"{found['sizes']['train']:,}", f"{found['sizes']['val']:,}",
+                          f"{found['train']}\n{found['val']}", text)
         _console.print(table)
         return
+    if source.startswith(BUILTIN_PREFIX) and not is_mined(source[len(BUILTIN_PREFIX):]):
+        _console.print(f"mining {source} once (parsing many .py files: minutes on a small CPU)...", highlight=False)
     examples = read_examples(source, split=split, num_negatives=num_negatives)
+    found = source_fingerprint(source, split)
     table = Table(title=f"{source} ({split})", title_justify="left")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -105,6 +116,9 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
     for what, texts in (("query", [e.query for e in examples]), ("positive", [e.positive for e in examples])):
         words = sorted(len(t.split()) for t in texts)
         table.add_row(f"{what} words (median / 95th pct)", f"{words[len(words) // 2]} / {words[int(0.95 * (len(words) - 1))]}")
+    table.add_row("fingerprint (sha256)", found["sha256"])
+    if "versions" in found:
+        table.add_row("mined from", ", ".join(f"{k} {v}" for k, v in found["versions"].items()))
     _console.print(table)
 
 

@@ -1,6 +1,7 @@
 """Run records: one JSON line per fit, appended atomically to a runs file, read back for fitting laws.
 
-Schema, version 1 (``schema_version: 1``). Every record has every field; ``null`` where unknown.
+Schema, version 1 (``schema_version: 1``). Every record has every field; ``null`` where unknown (only ``data``,
+added later within version 1, may be missing from older records: it reads as ``{}``).
 
 =======================  =========================================================================
 field                    meaning
@@ -37,6 +38,10 @@ train_time_s             time spent in training steps, seconds (validation exclu
 versions                 ``torch``, ``lightning``, ``transformers``, ``lightning-embed``
 hparams                  the LightningModule's hyper-parameters
 config                   the run's configuration (the CLI's, or model/data/trainer settings)
+data                     fingerprint of each data source (``train``, ``val``, ``test``; null if absent):
+                         ``source``, ``sha256`` (16 hex digits of the pairs or file) and, for a builtin
+                         source, ``split``, ``pairs`` and the ``versions`` it was mined from; ``{}`` when
+                         unknown (a data module other than PairDataModule, records written before it existed)
 =======================  =========================================================================
 
 Appending is atomic: the file is opened with ``O_APPEND`` and the whole line goes in one ``os.write``
@@ -96,6 +101,7 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)
     hparams: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -127,6 +133,8 @@ class RunRecord:
             raise ValueError(f"schema_version must be {SCHEMA_VERSION}, got {version!r}")
         kwargs = {}
         for f in dataclasses.fields(cls):
+            if f.name in _ADDED_FIELDS and f.name not in data:
+                continue  # written before the field existed: the dataclass default
             if f.name not in data:
                 raise ValueError(f"field {f.name!r} is missing")
             value = data[f.name]
@@ -145,6 +153,8 @@ class RunRecord:
 
 
 _NUM = (int, float)
+# Fields added within schema version 1: records written before them lack them and read as the default.
+_ADDED_FIELDS = frozenset({"data"})
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "backbone": ((str,), False), "tuning": ((str,), False), "status": ((str,), False),
     "tuning_args": ((dict,), False), "total_params": ((int,), False), "non_embedding_params": ((int,), False),
@@ -155,8 +165,8 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "val_loss": (_NUM, True), "metrics": ((dict,), False), "metrics_step": ((int,), True),
     "seed": ((int,), True), "world_size": ((int,), False), "duration_s": (_NUM, False),
     "train_time_s": (_NUM, False), "versions": ((dict,), False), "hparams": ((dict,), False),
-    "config": ((dict,), False), "error": ((str,), True), "run_id": ((str,), False), "created": ((str,), False),
-    "schema_version": ((int,), False),
+    "config": ((dict,), False), "data": ((dict,), False), "error": ((str,), True), "run_id": ((str,), False),
+    "created": ((str,), False), "schema_version": ((int,), False),
 }
 
 

@@ -191,7 +191,7 @@ def test_bad_options(tmp_path):
     with pytest.raises(UserError, match=r"batch_size=1 with num_negatives=0.*raise batch_size.*hard negatives"):
         PairDataModule(batch_size=1)
     PairDataModule(batch_size=1, num_negatives=1)  # one query with hard negatives is a valid contrast
-    with pytest.raises(UserError, match=r"unknown builtin data source 'builtin:nope'; known: builtin:stdlib-code"):
+    with pytest.raises(UserError, match=r"unknown builtin data source 'builtin:nope'; known: builtin:python-code, builtin:stdlib-code"):
         PairDataModule(train="builtin:nope")
     with pytest.raises(UserError, match=r"num_negatives=-1"):
         PairDataModule(num_negatives=-1)
@@ -360,7 +360,7 @@ def test_stdlib_source_is_nonempty_and_split_by_module(stdlib_pairs):
 
 
 def test_stdlib_data_module_uses_the_held_out_split_with_negatives(stdlib_pairs):
-    assert builtin_sources() == ["stdlib-code"]
+    assert builtin_sources() == ["python-code", "stdlib-code"]
     dm = PairDataModule(num_negatives=2, batch_size=16, max_val_examples=50, query_column="ignored for builtins")
     dm.prepare_data()
     dm.setup("fit")

@@ -117,3 +117,20 @@ def test_laws_reader_understands_the_records(tmp_path):
     (obs,) = observations
     assert (obs.method, obs.setting, obs.n, obs.examples, obs.loss, obs.flops) == (
         "lora", {"rank": 32}, 106_000_000, 320, 1.25, 1.5e15)
+
+
+def test_records_without_the_data_field_still_read(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    data = {"train": {"source": "builtin:python-code", "split": "train", "pairs": 44_399, "sha256": "0123456789abcdef",
+                      "versions": {"python": "3.11.7"}}, "val": None, "test": None}
+    append_run(path, _record(data=data))
+    old = _record().to_dict()
+    del old["data"]  # written before the field existed
+    with path.open("a") as handle:
+        handle.write(json.dumps(old) + "\n")
+    new, before = read_runs(path)
+    assert new.data == data and before.data == {}
+    with path.open("a") as handle:
+        handle.write(json.dumps({**old, "data": "abc"}) + "\n")
+    with pytest.raises(UserError, match="'data' must be dict"):
+        read_runs(path)
