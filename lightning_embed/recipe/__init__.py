@@ -11,6 +11,7 @@ Entry points (each backs a ``lightning-embed`` subcommand; their docstrings are 
 Nothing imported here pulls torch, scipy or matplotlib: ``recipe`` must answer in well under 2 s.
 """
 
+from lightning_embed.recipe.baseline import laws_baseline
 from lightning_embed.recipe.check import laws_check
 from lightning_embed.recipe.fit import laws_fit
 from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws, save_laws
@@ -19,6 +20,6 @@ from lightning_embed.recipe.solve import Recipe, recipe, solve
 from lightning_embed.recipe.sweep import sweep_plan, sweep_run
 
 __all__ = [
-    "ExtrapolationWarning", "Law", "LawsFile", "Recipe", "laws_check", "laws_fit", "laws_plot", "load_laws", "recipe",
+    "ExtrapolationWarning", "Law", "LawsFile", "Recipe", "laws_baseline", "laws_check", "laws_fit", "laws_plot", "load_laws", "recipe",
     "save_laws", "solve", "sweep_plan", "sweep_run",
 ]
