@@ -28,6 +28,8 @@ flops_hardware           hardware FLOP: padded positions, recomputation, GradCac
 accounting               ``exact`` (derived from the module) or ``paper`` (the study's 6N-style formulas)
 budget                   the FLOP budget (``max_flops``) or null
 val_loss                 held-out contrastive loss (the last validation), or null
+initial_val_loss         held-out loss before the first training step (L0), or null
+val_examples             held-out examples those losses average over, or null
 metrics                  the last validation's retrieval metrics: ``ndcg@10``, ``mrr@10``, ``recall@1``...
 metrics_step             optimizer step at which those were measured
 seed                     the global seed (``seed_everything``), or null
@@ -87,6 +89,8 @@ class RunRecord:
     accounting: Literal["exact", "paper"] = "exact"
     budget: float | None = None
     val_loss: float | None = None
+    initial_val_loss: float | None = None
+    val_examples: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_step: int | None = None
     seed: int | None = None
@@ -152,7 +156,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "steps": ((int,), False), "examples": ((int,), False), "batch_size": ((int,), True),
     "tokens": ((int,), False), "padded_tokens": ((int,), False), "flops_model": (_NUM, False),
     "flops_hardware": (_NUM, False), "accounting": ((str,), False), "budget": (_NUM, True),
-    "val_loss": (_NUM, True), "metrics": ((dict,), False), "metrics_step": ((int,), True),
+    "val_loss": (_NUM, True), "initial_val_loss": (_NUM, True), "val_examples": ((int,), True), "metrics": ((dict,), False), "metrics_step": ((int,), True),
     "seed": ((int,), True), "world_size": ((int,), False), "duration_s": (_NUM, False),
     "train_time_s": (_NUM, False), "versions": ((dict,), False), "hparams": ((dict,), False),
     "config": ((dict,), False), "error": ((str,), True), "run_id": ((str,), False), "created": ((str,), False),
