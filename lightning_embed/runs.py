@@ -132,6 +132,8 @@ class RunRecord:
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name not in data:
+                if f.name in _ADDED_FIELDS:
+                    continue  # a record written before the field existed: its default
                 raise ValueError(f"field {f.name!r} is missing")
             value = data[f.name]
             kinds, nullable = _FIELD_TYPES[f.name]
@@ -149,6 +151,8 @@ class RunRecord:
 
 
 _NUM = (int, float)
+#: Fields added within schema version 1: records written before them stay readable.
+_ADDED_FIELDS = frozenset({"initial_val_loss", "val_examples"})
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "backbone": ((str,), False), "tuning": ((str,), False), "status": ((str,), False),
     "tuning_args": ((dict,), False), "total_params": ((int,), False), "non_embedding_params": ((int,), False),

@@ -50,6 +50,8 @@ class FitResult:
     notes: list[str] = field(default_factory=list)
     #: Bootstrap refits: coefficient vectors in the form's order.
     samples: list[list[float]] = field(default_factory=list)
+    #: log(observed / predicted) of each run by the fit without it.
+    loo_residuals: list[float] = field(default_factory=list)
 
 
 # ---- the objective --------------------------------------------------------------------------------------
@@ -210,7 +212,8 @@ def _fit_arrays(n, d, loss, form: str, delta: float, starts: int, leave_one_out:
     for name, value in (("alpha", p[1]), ("beta", p[3])):
         if value <= _BOUNDS_EXPONENT[0] + 1e-6 or value >= _BOUNDS_EXPONENT[1] - 1e-6:
             notes.append(f"{name} hit its bound ({value:.3g}): the data barely constrain it")
-    return FitResult({k: coefficients[k] for k in FORMS[form].coefficients}, quality, notes, samples)
+    return FitResult({k: coefficients[k] for k in FORMS[form].coefficients}, quality, notes, samples,
+                     loo.tolist() if leave_one_out and len(t) > 2 else [])
 
 
 # ---- from run records to laws ---------------------------------------------------------------------------
@@ -284,7 +287,8 @@ def fit_laws(
         n, d, loss = _arrays(obs, data_unit)
         result = fit_arrays(n, d, loss, form=form, delta=delta, starts=starts, resamples=resamples, seed=seed,
                             leave_one_out=leave_one_out)
-        law = _law(obs, form, result.coefficients, result.quality, data_unit, samples=result.samples)
+        law = _law(obs, form, result.coefficients, result.quality, data_unit, samples=result.samples,
+                   loo_residuals=result.loo_residuals)
         law.initial = initial
         laws.append(law)
         notes[law.label] = result.notes
@@ -355,7 +359,7 @@ def _fit_anchored(kept: list[list[Observation]], data_unit: str, initial: Initia
                            loo[mine] if loo is not None else None)
         samples = [[fit.coefficients(g)[k] for k in FORMS["anchored"].coefficients] for fit in boot]
         law = _law(obs, "anchored", full.coefficients(g), quality, data_unit, shared=list(anchored.SHARED),
-                   samples=samples)
+                   samples=samples, loo_residuals=loo[mine].tolist() if loo is not None else [])
         law.initial = initial
         laws.append(law)
     return laws

@@ -144,7 +144,7 @@ class InitialLoss:
 
     def to_dict(self) -> dict[str, Any]:
         """The file's ``initial_loss`` mapping."""
-        return {"N": [_num(v) for v in self.n], "L0": [_num(v) for v in self.loss], "backbones": list(self.backbones)}
+        return {"N": [int(round(v)) for v in self.n], "L0": [_num(v) for v in self.loss], "backbones": list(self.backbones)}
 
     @classmethod
     def from_points(cls, points: dict[float, float], backbones: list[str] | None = None) -> InitialLoss:
@@ -189,6 +189,8 @@ class Law:
     shared: list[str] = field(default_factory=list)
     samples: list[list[float]] = field(default_factory=list)
     initial: InitialLoss | None = field(default=None, repr=False)
+    #: log(observed / predicted) of each run by the fit without it, in fitting order (not written).
+    loo_residuals: list[float] = field(default_factory=list, repr=False)
 
     @property
     def label(self) -> str:
@@ -210,7 +212,9 @@ class Law:
         array = np.asarray(self.samples, dtype=float)
         extra = np.ndim(np.asarray(n) * np.asarray(d))
         cols = {k: array[:, i].reshape((-1,) + (1,) * extra) for i, k in enumerate(FORMS[self.form].coefficients)}
-        return self._clip(cols, n, d)
+        value = self._clip(cols, n, d)
+        # Never below the fitted floor either (a resample's own floor may sit lower).
+        return np.maximum(value, self.coefficients["E"]) if "E" in self.coefficients else value
 
     def _clip(self, coefficients, n, d):
         l0 = self.initial(n) if self.initial is not None else None
