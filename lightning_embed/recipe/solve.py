@@ -327,11 +327,11 @@ def summary(recipe: Recipe) -> str:
 
 
 def wide_console():
-    """A rich console; 120 columns when writing to a file or pipe (rich would assume 80)."""
+    """A rich console; 150 columns when writing to a file or pipe (rich would assume 80)."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=120)
+    return console if console.is_terminal else Console(width=150)
 
 
 def render(recipe: Recipe, console=None, max_rows: int = 20) -> None:
