@@ -236,7 +236,10 @@ def laws_validate(
     if output is not None:
         from lightning_embed.recipe.baseline import cpu_name
 
+        from datetime import datetime, timezone
+
         report["cpu"] = cpu_name()
+        report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         tmp = Path(output).with_name(f".{Path(output).name}.tmp")
         tmp.write_text(jsonlib.dumps(report, indent=2) + "\n")
         tmp.replace(output)
