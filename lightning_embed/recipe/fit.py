@@ -1,6 +1,11 @@
 """Fitting scaling laws to run records (``lightning-embed laws fit``).
 
-The fit follows Hoffmann et al. (2022, Approach 3): minimise the Huber loss (delta 1e-3) between the
+The default, anchored form (it starts at the measured untrained loss L0) is fitted jointly across methods
+in :mod:`lightning_embed.recipe.anchored`; this module reads the runs, builds L0(N), dispatches, stores
+bootstrap refits (runs resampled with replacement, each refit started from the full fit's optimum) and
+writes the file. The chinchilla and power forms are fitted here, per method.
+
+The chinchilla fit follows Hoffmann et al. (2022, Approach 3): minimise the Huber loss (delta 1e-3) between the
 predicted and observed *log* loss, with the law written in log space so every term stays positive::
 
     log L = logsumexp(a - alpha * log N,  b - beta * log D,  e)      A = exp(a), B = exp(b), E = exp(e)
