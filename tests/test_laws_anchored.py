@@ -121,3 +121,24 @@ def test_baseline_refuses_bad_arguments_before_measuring(tmp_path):
     with pytest.raises(UserError, match="does not exist.*exists; pass --overwrite"):
         laws_baseline([tmp_path / "missing.yaml"], "pythia-14m", output=out)
     assert out.read_text() == "keep me\n"
+
+
+def test_baseline_command_measures_l0_like_validate(tiny_backbones, tmp_path):
+    """`laws baseline` end to end on a tiny model folder: one row, the loss `validate` reports."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"add {i} to x", "positive": f"def f(x):\n    return x + {i}"})
+                             + "\n" for i in range(24)))
+    config = tmp_path / "base.yaml"
+    config.write_text(f"seed_everything: 0\nmodel:\n  attn_implementation: eager\ndata:\n  train: {pairs}\n"
+                      f"  val: {pairs}\n  batch_size: 8\ntrainer:\n  accelerator: cpu\n  precision: 32-true\n")
+    out = tmp_path / "l0.jsonl"
+    proc = _cli("laws", "baseline", config, "--models", tiny_backbones["gpt_neox"], "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = read_initial_losses(out)
+    assert row["val_examples"] == 24 and row["val_batch_size"] == 8 and row["non_embedding_params"] > 0
+    validate = _cli("validate", "--config", config, "--model.backbone", tiny_backbones["gpt_neox"],
+                    "--trainer.logger", "false")
+    assert validate.returncode == 0, validate.stderr
+    assert f"{row['initial_val_loss']:.4f}"[:5] in validate.stdout  # the same held-out loss
+    again = _cli("laws", "baseline", config, "--models", tiny_backbones["gpt_neox"], "-o", out)
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr

@@ -130,7 +130,7 @@ def _measure(config: list[Path], backbone: str, num_layers: int | None, batch_si
 
 def laws_baseline(
     config: list[Path],
-    models: str,
+    models: str | None = None,
     output: Path = Path("initial_losses.jsonl"),
     batch_size: int | None = None,
     overwrite: bool = False,
@@ -160,6 +160,8 @@ def laws_baseline(
     from lightning_embed.recipe.catalogue import resolve_models
 
     problems = [f"config {str(c)!r} does not exist" for c in config if not Path(c).is_file()]
+    if not models:
+        problems.append("give the models to measure with --models (e.g. --models smollm2-135m-truncated)")
     if batch_size is not None and batch_size < 2:
         problems.append(f"--batch-size must be 2 or more, got {batch_size}")
     output = Path(output)
