@@ -14,11 +14,16 @@ import lightning as L
 import torch
 
 
-def _val_loaders(trainer: L.Trainer) -> list:
+def _val_loaders(trainer: L.Trainer, pl_module: L.LightningModule) -> list:
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    holder = trainer.datamodule if trainer.datamodule is not None else pl_module
+    if not is_overridden("val_dataloader", holder) or trainer.limit_val_batches == 0:
+        return []  # no validation set (Lightning would raise when asked for its loaders)
     loop = trainer.fit_loop.epoch_loop.val_loop
     loop.setup_data()  # Lightning builds the validation loaders lazily, at the first validation
     loaders = trainer.val_dataloaders
-    if loaders is None or (hasattr(trainer, "limit_val_batches") and trainer.limit_val_batches == 0):
+    if loaders is None:
         return []
     return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
 
@@ -31,7 +36,7 @@ def initial_val_loss(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[
     """
     if not hasattr(pl_module, "held_out_loss"):
         return None
-    loaders = _val_loaders(trainer)
+    loaders = _val_loaders(trainer, pl_module)
     if not loaders:
         return None
     modes = {m: m.training for m in pl_module.modules()}
