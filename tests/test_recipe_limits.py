@@ -105,8 +105,9 @@ def test_candidates_that_repeat_data_rank_after_those_that_do_not(fitted):
     assert any(flags) and flags == sorted(flags)  # every repeating candidate after every fresh one
     flagged = next(c for c in ranked if c.repeats)
     assert flagged.repeats == pytest.approx(flagged.examples / available)
-    proc = _cli("recipe", "1e16", "--laws", fitted.path, "--models", ",".join(m.name for m in MODELS), "--available-examples",
-                str(available), "--json")
+    names = ",".join(m.name for m in MODELS)
+    proc = _cli("recipe", "1e16", "--laws", fitted.path, "--models", names, "--available-examples", str(available),
+                "--json")
     data = json.loads(proc.stdout)
     assert data["available_examples"] == available and any(c["repeats_data"] for c in data["candidates"])
 
@@ -142,3 +143,11 @@ def test_predictions_stay_between_floor_and_l0(fitted):
         assert c.law.coefficients["E"] <= c.loss <= l0
         assert c.law.coefficients["E"] <= c.interval[0] <= c.interval[1] <= l0 + 1e-12
     assert np.isfinite([c.loss for c in result.candidates if c.loss is not None]).all()
+
+
+def test_train_source_is_counted_for_repeats(fitted, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"d{i}"}) + "\n" for i in range(50)))
+    result = recipe(1e16, laws=fitted.path, models=",".join(m.name for m in MODELS), train=str(pairs))
+    assert result.available_examples == 50 and result.winner.repeats == pytest.approx(result.winner.examples / 50)
+    assert "Every candidate repeats data" in capsys.readouterr().out

@@ -16,13 +16,13 @@ Nothing imported here pulls torch, scipy or matplotlib: ``recipe`` must answer i
 from lightning_embed.recipe.baseline import laws_baseline
 from lightning_embed.recipe.check import laws_check
 from lightning_embed.recipe.fit import laws_fit
-from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws, save_laws
+from lightning_embed.recipe.laws import ExtrapolationWarning, InitialLoss, Law, LawsFile, load_laws, save_laws
 from lightning_embed.recipe.plot import laws_plot
 from lightning_embed.recipe.solve import Recipe, recipe, solve
 from lightning_embed.recipe.sweep import sweep_plan, sweep_run
 from lightning_embed.recipe.validate import laws_validate
 
 __all__ = [
-    "ExtrapolationWarning", "Law", "LawsFile", "Recipe", "laws_baseline", "laws_check", "laws_fit", "laws_plot", "laws_validate", "load_laws", "recipe",
-    "save_laws", "solve", "sweep_plan", "sweep_run",
+    "ExtrapolationWarning", "InitialLoss", "Law", "LawsFile", "Recipe", "laws_baseline", "laws_check", "laws_fit",
+    "laws_plot", "laws_validate", "load_laws", "recipe", "save_laws", "solve", "sweep_plan", "sweep_run",
 ]

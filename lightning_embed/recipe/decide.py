@@ -93,16 +93,17 @@ def fitted_ranges(laws: LawsFile, data_unit: str) -> str:
 def refuse(winner, budget: float, laws: LawsFile) -> UserError:
     """The one-line refusal of an extrapolated winner."""
     return UserError(
-        f"recipe: the best candidate, {winner.law.label} on {winner.model.name} (N={winner.model.counts.non_embedding:.3g},"
-        f" D={winner.data:.3g} {laws.data_unit}, {budget:.3g} FLOP), lies more than {EXTRAPOLATION_FACTOR:g}x "
-        f"outside what the laws were fitted on ({fitted_ranges(laws, laws.data_unit)}): {winner.extrapolation}. "
+        f"recipe: the best candidate, {winner.law.label} on {winner.model.name} "
+        f"(N={winner.model.counts.non_embedding:.3g}, D={winner.data:.3g} {laws.data_unit}, {budget:.3g} FLOP), "
+        f"lies more than {EXTRAPOLATION_FACTOR:g}x outside what the laws were fitted on ({fitted_ranges(laws, laws.data_unit)}): {winner.extrapolation}. "
         "Fit laws on runs that cover it, or pass --extrapolate to answer anyway."
     )
 
 
 def caveat(winner, laws: LawsFile) -> str:
     """The caveat written at the top of an extrapolated winner's config."""
-    return (f"CAVEAT: extrapolated. {winner.extrapolation} (the laws were fitted on {fitted_ranges(laws, laws.data_unit)})."
+    ranges = fitted_ranges(laws, laws.data_unit)
+    return (f"CAVEAT: extrapolated. {winner.extrapolation} (the laws were fitted on {ranges})."
             "\nThe predicted loss and this choice are guesses outside the evidence of the laws.")
 
 

@@ -514,7 +514,8 @@ def laws_fit(
     rows = read_initial_losses(initial_losses) if initial_losses is not None else []
     initial = initial_loss_table(observations, rows)
     if form is None:
-        form = "anchored" if initial is not None and not any(initial.covers(o.n) for o in observations) else "chinchilla"
+        known = initial is not None and not any(initial.covers(o.n) for o in observations)
+        form = "anchored" if known else "chinchilla"
         if form == "chinchilla" and not quiet:
             print("laws fit: the runs carry no initial_val_loss and no --initial-losses was given: fitting the "
                   "chinchilla form (measure L0 with `lightning-embed laws baseline` for the anchored form).")

@@ -144,7 +144,8 @@ class InitialLoss:
 
     def to_dict(self) -> dict[str, Any]:
         """The file's ``initial_loss`` mapping."""
-        return {"N": [int(round(v)) for v in self.n], "L0": [_num(v) for v in self.loss], "backbones": list(self.backbones)}
+        return {"N": [int(round(v)) for v in self.n], "L0": [_num(v) for v in self.loss],
+                "backbones": list(self.backbones)}
 
     @classmethod
     def from_points(cls, points: dict[float, float], backbones: list[str] | None = None) -> InitialLoss:
@@ -208,7 +209,8 @@ class Law:
             UserError: the law carries no bootstrap samples (refit with ``laws fit``).
         """
         if not self.samples:
-            raise UserError(f"the law {self.label} carries no bootstrap samples; refit with `lightning-embed laws fit`.")
+            raise UserError(f"the law {self.label} carries no bootstrap samples; refit with "
+                            "`lightning-embed laws fit`.")
         array = np.asarray(self.samples, dtype=float)
         extra = np.ndim(np.asarray(n) * np.asarray(d))
         cols = {k: array[:, i].reshape((-1,) + (1,) * extra) for i, k in enumerate(FORMS[self.form].coefficients)}

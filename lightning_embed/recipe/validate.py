@@ -175,8 +175,9 @@ def _render(report: dict[str, Any]) -> None:
                           f"best {b['label']} N={b['N']:.3g} ({b['loss']:.4f}): regret {100 * row['regret']:.2f}%",
                           highlight=False)
     noise = report["seed_noise"]
-    console.print("seed noise: " + (noise["note"] if noise["sd"] is None else
-                                    f"sd {noise['sd']:.4f} (log L: {noise['sd_log']:.4f}) over {noise['points']} points"))
+    measured = None if noise["sd"] is None else (
+        f"sd {noise['sd']:.4f} (log L: {noise['sd_log']:.4f}) over {noise['points']} points")
+    console.print("seed noise: " + (measured or noise["note"]))
 
 
 def laws_validate(
