@@ -10,6 +10,9 @@ checkpoint hook sees it, and the training step counter stays at zero.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import lightning as L
 import torch
 
@@ -25,7 +28,10 @@ def _val_loaders(trainer: L.Trainer, pl_module: L.LightningModule) -> list:
     loaders = trainer.val_dataloaders
     if loaders is None:
         return []
-    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+    loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+    # The batches `validate` would see: limit_val_batches applies here too.
+    caps = list(getattr(loop, "max_batches", [])) or [math.inf] * len(loaders)
+    return [(loader, cap) for loader, cap in zip(loaders, caps)]
 
 
 def initial_val_loss(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[float, int] | None:
@@ -44,8 +50,8 @@ def initial_val_loss(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[
     total = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
     try:
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
-            for loader in loaders:
-                for batch in loader:
+            for loader, cap in loaders:
+                for batch in itertools.islice(loader, None if math.isinf(cap) else int(cap)):
                     batch = trainer.strategy.batch_to_device(batch)
                     loss = pl_module.held_out_loss(batch)[0]
                     total += torch.stack([loss.detach().double() * len(batch),
