@@ -142,3 +142,15 @@ def test_baseline_command_measures_l0_like_validate(tiny_backbones, tmp_path):
     assert f"{row['initial_val_loss']:.4f}"[:5] in validate.stdout  # the same held-out loss
     again = _cli("laws", "baseline", config, "--models", tiny_backbones["gpt_neox"], "-o", out)
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+
+
+def test_laws_check_reports_the_interval_and_whether_runs_fall_inside(anchored, capsys):
+    from lightning_embed.recipe import laws_check
+
+    runs, laws = anchored
+    report = laws_check(laws.path, [runs])
+    data = report.to_dict()
+    assert data["with_interval"] == len(report.checks) > 0
+    assert data["inside_interval"] == sum(c.inside for c in report.checks)
+    assert all(c.interval[0] <= c.interval[1] for c in report.checks)
+    assert "inside the 80% interval" in capsys.readouterr().out
