@@ -89,6 +89,9 @@ class FlopCallback(Callback):
         window_size: log points the throughput and MFU are computed over (2: the last logging interval).
         config: the run's configuration to store in the record (the CLI passes its parsed config);
             None: the model's and data module's hyper-parameters and the trainer's limits.
+        initial_validation: before the first step of a fresh fit, validate once and record the untrained
+            model's held-out loss (``initial_val_loss``, where an anchored scaling law starts); costs one
+            pass over the validation set, skipped when there is none.
 
     Raises:
         UserError: (before training) a non-numeric or non-positive budget, one that does not buy one step,
@@ -104,6 +107,7 @@ class FlopCallback(Callback):
         estimate_batches: int = DEFAULT_ESTIMATE_BATCHES,
         window_size: int = 2,
         config: dict[str, Any] | None = None,
+        initial_validation: bool = True,
     ) -> None:
         super().__init__()
         self.max_flops = parse_budget(max_flops)
@@ -119,6 +123,8 @@ class FlopCallback(Callback):
         self.estimate_batches = estimate_batches
         self.window_size = window_size
         self.config = config
+        self.initial_validation = initial_validation
+        self._initial: tuple[float, int] | None = None
         self.counter = FlopCounter()
         self.flop_model: FlopModel | None = None
         self.plan: BudgetReport | None = None
@@ -154,6 +160,7 @@ class FlopCallback(Callback):
         self.counter = FlopCounter()
         self.run_id, self.planned_steps, self.plan = None, None, None
         self._val_metrics, self._metrics_step = {}, None
+        self._initial = None
         self._setup_time, self._duration_before = time.monotonic(), 0.0
         self._fit_started = self._written = False
         self._pending, self._host_pending = None, [0, 0, 0, 0]
@@ -217,6 +224,10 @@ class FlopCallback(Callback):
         self._last_step = trainer.global_step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.initial_validation and self._initial is None and trainer.global_step == 0:
+            from lightning_embed.initial_validation import initial_val_loss
+
+            self._initial = initial_val_loss(trainer, pl_module)  # before the clock: not training time
         self._train_t0 = time.perf_counter() - self.counter.train_time_s
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -345,7 +356,8 @@ class FlopCallback(Callback):
         duration = self._duration_before + (time.monotonic() - self._setup_time if self._setup_time else 0.0)
         return {"version": _STATE_VERSION, "counter": {**self.counter.state_dict(), "duration_s": duration},
                 "accounting": self.accounting, "max_flops": self.max_flops, "planned_steps": self.planned_steps,
-                "run_id": self.run_id, "val_metrics": dict(self._val_metrics), "metrics_step": self._metrics_step}
+                "run_id": self.run_id, "val_metrics": dict(self._val_metrics), "metrics_step": self._metrics_step,
+                "initial": list(self._initial) if self._initial else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("accounting", self.accounting) != self.accounting:
@@ -357,6 +369,8 @@ class FlopCallback(Callback):
         self.run_id = state_dict.get("run_id") or self.run_id
         self._val_metrics = dict(state_dict.get("val_metrics") or {})
         self._metrics_step = state_dict.get("metrics_step")
+        initial = state_dict.get("initial")
+        self._initial = (float(initial[0]), int(initial[1])) if initial else None
         planned = state_dict.get("planned_steps")
         if planned and state_dict.get("max_flops") == self.max_flops and self.max_flops is not None:
             # Same budget: keep the original plan (so the schedule is the one the run started with).
@@ -404,7 +418,9 @@ class FlopCallback(Callback):
             steps=steps, examples=int(c.examples), batch_size=int(round(c.examples / steps)) if steps else None,
             tokens=int(c.tokens), padded_tokens=int(c.padded_tokens), flops_model=c.flops_model,
             flops_hardware=c.flops_hardware, accounting=self.accounting, budget=self.max_flops,
-            val_loss=self._val_metrics.get("val/loss"), metrics=metrics, metrics_step=self._metrics_step,
+            val_loss=self._val_metrics.get("val/loss"), metrics=metrics,
+            initial_val_loss=self._initial[0] if self._initial else None,
+            val_examples=self._initial[1] if self._initial else None, metrics_step=self._metrics_step,
             seed=int(seed) if seed and seed.lstrip("-").isdigit() else None, world_size=trainer.world_size,
             duration_s=self._duration_before + time.monotonic() - self._setup_time, train_time_s=c.train_time_s,
             versions=_versions(), hparams=hparams, config=self._config(trainer, hparams),

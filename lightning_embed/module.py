@@ -278,7 +278,8 @@ class EmbeddingModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def held_out_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The held-out loss of a batch and its query and document embeddings (``val/loss`` per batch)."""
         queries, documents = self.encode_pair_batch(batch)
         # The held-out loss is computed without cross-device gathering: it must not depend on world size.
         gather = self.loss_fn.gather_across_devices
@@ -287,6 +288,10 @@ class EmbeddingModule(L.LightningModule):
             loss = self._contrastive_loss(queries, documents, batch.num_negatives)
         finally:
             self.loss_fn.gather_across_devices = gather
+        return loss, queries, documents
+
+    def _eval_step(self, batch, stage: str) -> None:
+        loss, queries, documents = self.held_out_loss(batch)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         b = len(batch)
         self._val_outputs.append((queries.detach().cpu(), documents[:b].detach().cpu(), batch.positive_ids.cpu()))

@@ -29,6 +29,8 @@ flops_hardware           hardware FLOP: padded positions, recomputation, GradCac
 accounting               ``exact`` (derived from the module) or ``paper`` (the study's 6N-style formulas)
 budget                   the FLOP budget (``max_flops``) or null
 val_loss                 held-out contrastive loss (the last validation), or null
+initial_val_loss         held-out loss before the first training step (L0), or null
+val_examples             held-out examples those losses average over, or null
 metrics                  the last validation's retrieval metrics: ``ndcg@10``, ``mrr@10``, ``recall@1``...
 metrics_step             optimizer step at which those were measured
 seed                     the global seed (``seed_everything``), or null
@@ -92,6 +94,8 @@ class RunRecord:
     accounting: Literal["exact", "paper"] = "exact"
     budget: float | None = None
     val_loss: float | None = None
+    initial_val_loss: float | None = None
+    val_examples: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_step: int | None = None
     seed: int | None = None
@@ -133,9 +137,9 @@ class RunRecord:
             raise ValueError(f"schema_version must be {SCHEMA_VERSION}, got {version!r}")
         kwargs = {}
         for f in dataclasses.fields(cls):
-            if f.name in _ADDED_FIELDS and f.name not in data:
-                continue  # written before the field existed: the dataclass default
             if f.name not in data:
+                if f.name in _ADDED_FIELDS:
+                    continue  # a record written before the field existed: its default
                 raise ValueError(f"field {f.name!r} is missing")
             value = data[f.name]
             kinds, nullable = _FIELD_TYPES[f.name]
@@ -153,8 +157,8 @@ class RunRecord:
 
 
 _NUM = (int, float)
-# Fields added within schema version 1: records written before them lack them and read as the default.
-_ADDED_FIELDS = frozenset({"data"})
+#: Fields added within schema version 1: records written before them stay readable (and read as the default).
+_ADDED_FIELDS = frozenset({"data", "initial_val_loss", "val_examples"})
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "backbone": ((str,), False), "tuning": ((str,), False), "status": ((str,), False),
     "tuning_args": ((dict,), False), "total_params": ((int,), False), "non_embedding_params": ((int,), False),
@@ -162,7 +166,8 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "steps": ((int,), False), "examples": ((int,), False), "batch_size": ((int,), True),
     "tokens": ((int,), False), "padded_tokens": ((int,), False), "flops_model": (_NUM, False),
     "flops_hardware": (_NUM, False), "accounting": ((str,), False), "budget": (_NUM, True),
-    "val_loss": (_NUM, True), "metrics": ((dict,), False), "metrics_step": ((int,), True),
+    "val_loss": (_NUM, True), "initial_val_loss": (_NUM, True), "val_examples": ((int,), True),
+    "metrics": ((dict,), False), "metrics_step": ((int,), True),
     "seed": ((int,), True), "world_size": ((int,), False), "duration_s": (_NUM, False),
     "train_time_s": (_NUM, False), "versions": ((dict,), False), "hparams": ((dict,), False),
     "config": ((dict,), False), "data": ((dict,), False), "error": ((str,), True), "run_id": ((str,), False),

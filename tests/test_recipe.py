@@ -130,7 +130,7 @@ def test_laws_file_round_trip_and_provenance(fitted, tmp_path):
     assert prov["accounting"] == ["paper"] and prov["tokens_per_example"] == 78.0
     assert again.laws[0].hparams == {"batch_size": 32, "learning_rate": 1e-4, "temperature": 0.025}
     text = Path(laws.path).read_text()
-    assert text.startswith("# lightning-embed scaling laws") and "schema_version: 1" in text
+    assert text.startswith("# lightning-embed scaling laws") and "schema_version: 2" in text
 
 
 def test_fit_refuses_what_the_data_cannot_support(tmp_path):
@@ -361,19 +361,21 @@ def test_recipe_bad_inputs(fitted, tmp_path):
         recipe(1e17, laws=laws.path, models="pythai")
     with pytest.raises(UserError, match="less than one batch of 32 examples for every candidate"):
         recipe(1e9, laws=laws.path)
-    other = tmp_path / "v2.yaml"
-    other.write_text(Path(laws.path).read_text().replace("schema_version: 1", "schema_version: 2"))
-    with pytest.raises(UserError, match="schema_version 2.*reads schema_version 1"):
+    other = tmp_path / "v3.yaml"
+    other.write_text(Path(laws.path).read_text().replace("schema_version: 2", "schema_version: 3"))
+    with pytest.raises(UserError, match="schema_version 3.*reads schema_version 2"):
         recipe(1e17, laws=other)
 
 
-def test_far_extrapolation_warns_with_the_range(fitted, capsys):
+def test_far_extrapolation_is_refused_or_warned_with_the_range(fitted, capsys):
     _, laws = fitted
     big = [m for m in load_shipped_family("pythia").models if m.name == "pythia-12b"]
+    with pytest.raises(UserError, match=r"outside the fitted N range \[1\.19e\+06, 1\.21e\+09\]"):
+        solve(1e20, laws, big)
     with pytest.warns(ExtrapolationWarning, match=r"outside the fitted N range \[1\.19e\+06, 1\.21e\+09\]"):
-        result = solve(1e20, laws, big)
+        result = solve(1e20, laws, big, extrapolate=True)
     assert result.warnings and result.winner.extrapolation
-    recipe(1e20, laws=laws.path, models="pythia-12b")  # a warning, not an error
+    recipe(1e20, laws=laws.path, models="pythia-12b", extrapolate=True)  # a warning, not an error
     assert "warning:" in capsys.readouterr().err
 
 
@@ -534,7 +536,7 @@ def test_laws_objects_predict_and_flag_extrapolation(tmp_path):
     law = Law("full", {}, "chinchilla", {"E": 0.5, "A": 10.0, "alpha": 0.5, "B": 10.0, "beta": 0.5},
               range={"N": [1e6, 1e8], "D": [1e4, 1e6]})
     assert law.predict(1e6, 1e4) == pytest.approx(0.5 + 0.01 + 0.1)
-    assert law.extrapolation(2e8, 1e5) is None  # within the factor of 3
+    assert law.extrapolation(2e8, 1e5) is None  # within the factor of 4
     assert "N=1e+09 is outside the fitted N range" in law.extrapolation(1e9, 1e5)
     path = save_laws(LawsFile([law]), tmp_path / "l.yaml")
     assert load_laws(path).laws[0].coefficients == law.coefficients
@@ -598,7 +600,9 @@ def test_recipe_falls_back_to_the_shipped_laws(tmp_path, monkeypatch, capsys):
     (entry,) = shipped.provenance["runs_files"]
     runs = SHIPPED_LAWS_FILE.parent / entry["path"]
     assert hashlib.sha256(runs.read_bytes()).hexdigest() == entry["sha256"]
-    refit = laws_fit([runs], tmp_path / "refit.yaml", quiet=True)
+    initial = SHIPPED_LAWS_FILE.parent / shipped.provenance["initial_losses"]["path"]
+    assert hashlib.sha256(initial.read_bytes()).hexdigest() == shipped.provenance["initial_losses"]["sha256"]
+    refit = laws_fit([runs], tmp_path / "refit.yaml", initial_losses=initial, bootstrap=0, quiet=True)
     for law in shipped.laws:
         again = next(x for x in refit.laws if x.label == law.label)
         assert again.quality["runs"] == law.quality["runs"]

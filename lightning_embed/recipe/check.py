@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lightning_embed.errors import UserError
+from lightning_embed.recipe.decide import INTERVAL_LEVEL
 from lightning_embed.recipe.laws import LawsFile, load_laws, setting_label
 from lightning_embed.recipe.records import Observation, group_key, read_observations
 
@@ -30,6 +31,13 @@ class Check:
     predicted: float
     achieved: float
     extrapolation: str | None
+    #: The central 80% of the law's bootstrap refits' predictions (None without samples).
+    interval: tuple[float, float] | None = None
+
+    @property
+    def inside(self) -> bool | None:
+        """Whether the achieved loss lies inside the interval."""
+        return None if self.interval is None else self.interval[0] <= self.achieved <= self.interval[1]
 
     @property
     def error(self) -> float:
@@ -56,8 +64,10 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         """Plain data for ``--json``."""
-        return {"checks": [{**asdict(c), "error": c.error} for c in self.checks], "unmatched": self.unmatched,
-                "mean_abs_error": self.mean_abs_error, "rmse_log": self.rmse_log}
+        inside = [c.inside for c in self.checks if c.inside is not None]
+        return {"checks": [{**asdict(c), "error": c.error, "inside_interval": c.inside} for c in self.checks],
+                "unmatched": self.unmatched, "mean_abs_error": self.mean_abs_error, "rmse_log": self.rmse_log,
+                "inside_interval": sum(inside) if inside else None, "with_interval": len(inside)}
 
 
 def check_runs(laws: LawsFile, observations: list[Observation]) -> CheckReport:
@@ -72,9 +82,16 @@ def check_runs(laws: LawsFile, observations: list[Observation]) -> CheckReport:
             unmatched.append(f"{obs.source}: {label}" + (" has no law in the file" if law is None else
                                                          " lacks N, D or a finite loss"))
             continue
+        interval = None
+        if law.samples:
+            import numpy as np
+
+            lo, hi = np.quantile(law.predict_samples(obs.n, data), [(1 - INTERVAL_LEVEL) / 2, (1 + INTERVAL_LEVEL) / 2])
+            interval = (float(lo), float(hi))
         checks.append(Check(run=obs.source, law=law.label, n=obs.n, data=data, flops=obs.flops,
                             budget=obs.budget, predicted=float(law.predict(obs.n, data)), achieved=obs.loss,
-                            extrapolation=law.extrapolation(obs.n, data, factor=1.0)))
+                            extrapolation=law.extrapolation(obs.n, data, factor=1.0, flops=obs.flops),
+                            interval=interval))
     return CheckReport(checks, unmatched)
 
 
@@ -86,16 +103,20 @@ def _render(report: CheckReport, data_unit: str) -> None:
 
     console = wide_console()
     table = Table(title="Predicted against achieved held-out loss", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("run", "law", "N", data_unit, "FLOP", "predicted", "achieved", "error", "note"):
+    for name in ("run", "law", "N", data_unit, "FLOP", "predicted", "80% int.", "achieved", "error", "note"):
         table.add_column(name, justify="left" if name in ("run", "law", "note") else "right", no_wrap=True)
     for c in report.checks:
         run = c.run.replace(" (run ", " (").replace("record ", "#")
         table.add_row(run, c.law, si(c.n), si(c.data), f"{c.flops:.3g}" if c.flops else "-",
-                      f"{c.predicted:.4f}", f"{c.achieved:.4f}", f"{100 * c.error:+.1f}%",
-                      "outside the fitted range" if c.extrapolation else "")
+                      f"{c.predicted:.4f}", f"{c.interval[0]:.3f}-{c.interval[1]:.3f}" if c.interval else "-",
+                      f"{c.achieved:.4f}", f"{100 * c.error:+.1f}%",
+                      ", ".join(x for x in ("outside the fitted range" if c.extrapolation else "",
+                                            "outside the interval" if c.inside is False else "") if x))
     console.print(table)
+    inside = [c.inside for c in report.checks if c.inside is not None]
+    covered = f"; {sum(inside)} of {len(inside)} inside the 80% interval" if inside else ""
     console.print(f"{len(report.checks)} run(s): mean |error| {100 * report.mean_abs_error:.2f}%, "
-                  f"RMSE of log L {report.rmse_log:.4f}.", highlight=False)
+                  f"RMSE of log L {report.rmse_log:.4f}{covered}.", highlight=False)
     for c in report.checks:
         if c.extrapolation:
             console.print(f"{c.run}: {c.extrapolation}", highlight=False)

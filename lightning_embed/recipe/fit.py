@@ -1,6 +1,11 @@
 """Fitting scaling laws to run records (``lightning-embed laws fit``).
 
-The fit follows Hoffmann et al. (2022, Approach 3): minimise the Huber loss (delta 1e-3) between the
+The default, anchored form (it starts at the measured untrained loss L0) is fitted jointly across methods
+in :mod:`lightning_embed.recipe.anchored`; this module reads the runs, builds L0(N), dispatches, stores
+bootstrap refits (runs resampled with replacement, each refit started from the full fit's optimum) and
+writes the file. The chinchilla and power forms are fitted here, per method.
+
+The chinchilla fit follows Hoffmann et al. (2022, Approach 3): minimise the Huber loss (delta 1e-3) between the
 predicted and observed *log* loss, with the law written in log space so every term stays positive::
 
     log L = logsumexp(a - alpha * log N,  b - beta * log D,  e)      A = exp(a), B = exp(b), E = exp(e)
@@ -31,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from lightning_embed.errors import UserError
-from lightning_embed.recipe.laws import FORMS, DataUnit, FormName, Law, LawsFile, save_laws, setting_label
+from lightning_embed.recipe.laws import (
+    FORMS, DataUnit, FormName, InitialLoss, Law, LawsFile, save_laws, setting_label,
+)
 from lightning_embed.recipe.records import Observation, group_key, read_observations
 
 HUBER_DELTA = 1e-3
@@ -46,6 +53,10 @@ class FitResult:
     coefficients: dict[str, float]
     quality: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    #: Bootstrap refits: coefficient vectors in the form's order.
+    samples: list[list[float]] = field(default_factory=list)
+    #: log(observed / predicted) of each run by the fit without it.
+    loo_residuals: list[float] = field(default_factory=list)
 
 
 # ---- the objective --------------------------------------------------------------------------------------
@@ -138,7 +149,7 @@ def _minimise(x, y, t, with_e: bool, delta: float, inits: np.ndarray) -> np.ndar
 
 def fit_arrays(
     n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, form: FormName = "chinchilla", delta: float = HUBER_DELTA,
-    starts: int = 32, leave_one_out: bool = True,
+    starts: int = 32, leave_one_out: bool = True, resamples: int = 0, seed: int = 0,
 ) -> FitResult:
     """Fits one law to arrays of model sizes, data quantities and losses.
 
@@ -150,15 +161,23 @@ def fit_arrays(
         delta: Huber delta on log-loss residuals.
         starts: how many of the best grid points L-BFGS-B refines.
         leave_one_out: also refit without each run in turn and report the held-out error.
+        resamples: bootstrap refits on runs drawn with replacement (from the full fit's optimum).
+        seed: seed of the bootstrap draws.
 
     Returns:
         Coefficients in the file's convention and the fit quality (R^2 and RMSE of log L, LOO RMSE).
     """
     with _single_thread_blas():
-        return _fit_arrays(n, d, loss, form, delta, starts, leave_one_out)
+        return _fit_arrays(n, d, loss, form, delta, starts, leave_one_out, resamples, seed)
 
 
-def _fit_arrays(n, d, loss, form: str, delta: float, starts: int, leave_one_out: bool) -> FitResult:
+def _coefficients(p: np.ndarray, x0: float, y0: float, with_e: bool) -> dict[str, float]:
+    out = {"A": math.exp(p[0] + p[1] * x0), "alpha": float(p[1]), "B": math.exp(p[2] + p[3] * y0), "beta": float(p[3])}
+    return {"E": math.exp(p[4]), **out} if with_e else out
+
+
+def _fit_arrays(n, d, loss, form: str, delta: float, starts: int, leave_one_out: bool, resamples: int = 0,
+                seed: int = 0) -> FitResult:
     with_e = form == "chinchilla"
     x0, y0 = float(np.mean(np.log(n))), float(np.mean(np.log(d)))
     x, y, t = np.log(n) - x0, np.log(d) - y0, np.log(loss)
@@ -186,17 +205,20 @@ def _fit_arrays(n, d, loss, form: str, delta: float, starts: int, leave_one_out:
             loo[i] = t[i] - _predict_log(q[None, :], x[i:i + 1], y[i:i + 1], with_e)[0][0, 0]
         quality["loo_rmse_log"] = float(np.sqrt(np.mean(loo**2)))
         quality["loo_max_abs_log"] = float(np.max(np.abs(loo)))
-    coefficients = {
-        "A": math.exp(p[0] + p[1] * x0), "alpha": float(p[1]),
-        "B": math.exp(p[2] + p[3] * y0), "beta": float(p[3]),
-    }
-    if with_e:
-        coefficients = {"E": math.exp(p[4]), **coefficients}
+    coefficients = _coefficients(p, x0, y0, with_e)
+    samples = []
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        i = rng.integers(0, len(t), len(t))
+        q = _minimise(x[i], y[i], t[i], with_e, delta, p[None, :])
+        c = _coefficients(q, x0, y0, with_e)
+        samples.append([c[k] for k in FORMS[form].coefficients])
     notes = []
     for name, value in (("alpha", p[1]), ("beta", p[3])):
         if value <= _BOUNDS_EXPONENT[0] + 1e-6 or value >= _BOUNDS_EXPONENT[1] - 1e-6:
             notes.append(f"{name} hit its bound ({value:.3g}): the data barely constrain it")
-    return FitResult({k: coefficients[k] for k in FORMS[form].coefficients}, quality, notes)
+    return FitResult({k: coefficients[k] for k in FORMS[form].coefficients}, quality, notes, samples,
+                     loo.tolist() if leave_one_out and len(t) > 2 else [])
 
 
 # ---- from run records to laws ---------------------------------------------------------------------------
@@ -229,9 +251,22 @@ def _common_hparams(obs: list[Observation]) -> dict[str, Any]:
 
 def fit_laws(
     observations: list[Observation], *, form: FormName = "chinchilla", data_unit: DataUnit = "examples",
-    min_runs: int = 5, delta: float = HUBER_DELTA, starts: int = 32,
+    min_runs: int = 5, delta: float = HUBER_DELTA, starts: int = 32, initial: InitialLoss | None = None,
+    resamples: int = 0, seed: int = 0, leave_one_out: bool = True,
 ) -> tuple[list[Law], list[dict[str, Any]], dict[str, list[str]]]:
-    """Fits one law per method setting.
+    """Fits one law per method setting (jointly across settings for the anchored form).
+
+    Args:
+        observations: the completed runs.
+        form: the law's form (``anchored`` needs ``initial``).
+        data_unit: what D counts.
+        min_runs: fewest runs a method setting needs.
+        delta: Huber delta of the chinchilla and power fits.
+        starts: grid points refined by the chinchilla and power fits.
+        initial: L0(N), the loss before training of each model.
+        resamples: bootstrap refits stored with each law (0: none).
+        seed: seed of the bootstrap draws.
+        leave_one_out: compute the leave-one-out error (``laws validate`` refits without it, for speed).
 
     Returns:
         ``(laws, skipped, notes)``: the fitted laws, ``{method, setting, reason}`` of every refused group,
@@ -240,29 +275,122 @@ def fit_laws(
     groups: dict[tuple, list[Observation]] = {}
     for o in observations:
         groups.setdefault(group_key(o.method, o.setting), []).append(o)
-    laws, skipped, notes = [], [], {}
-    for key, obs in groups.items():
-        method, setting = obs[0].method, obs[0].setting
+    kept, skipped = [], []
+    for obs in groups.values():
         reason = check_group(obs, min_runs, data_unit)
         if reason:
-            skipped.append({"method": method, "setting": dict(setting), "reason": reason})
-            continue
-        n = np.array([o.n for o in obs], dtype=float)
-        d = np.array([o.data(data_unit) for o in obs], dtype=float)
-        result = fit_arrays(n, d, np.array([o.loss for o in obs]), form=form, delta=delta, starts=starts)
-        flops = [o.flops for o in obs if o.flops]
-        ratio = [o.flops / (o.examples * o.n) for o in obs if o.flops and o.examples]
-        rng = {"N": [n.min(), n.max()], "D": [d.min(), d.max()]}
-        if flops:
-            rng["flops"] = [min(flops), max(flops)]
-        law = Law(
-            method=method, setting=dict(setting), form=form, coefficients=result.coefficients, range=rng,
-            quality=result.quality, flops_per_example_per_param=float(np.median(ratio)) if ratio else None,
-            hparams=_common_hparams(obs),
-        )
+            skipped.append({"method": obs[0].method, "setting": dict(obs[0].setting), "reason": reason})
+        else:
+            kept.append(obs)
+    if FORMS[form].anchored:
+        if initial is None:
+            raise UserError("the anchored form needs L0, the loss of each model before training: give "
+                            "--initial-losses FILE (from `lightning-embed laws baseline`), or --form chinchilla.")
+        return _fit_anchored(kept, data_unit, initial, resamples, seed, leave_one_out), skipped, {}
+    laws, notes = [], {}
+    for obs in kept:
+        n, d, loss = _arrays(obs, data_unit)
+        result = fit_arrays(n, d, loss, form=form, delta=delta, starts=starts, resamples=resamples, seed=seed,
+                            leave_one_out=leave_one_out)
+        law = _law(obs, form, result.coefficients, result.quality, data_unit, samples=result.samples,
+                   loo_residuals=result.loo_residuals)
+        law.initial = initial
         laws.append(law)
         notes[law.label] = result.notes
     return laws, skipped, notes
+
+
+def _arrays(obs: list[Observation], data_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = np.array([o.n for o in obs], dtype=float)
+    d = np.array([o.data(data_unit) for o in obs], dtype=float)
+    return n, d, np.array([o.loss for o in obs], dtype=float)
+
+
+def _law(obs: list[Observation], form: str, coefficients: dict[str, float], quality: dict[str, float],
+         data_unit: str, **extra: Any) -> Law:
+    n, d, _ = _arrays(obs, data_unit)
+    flops = [o.flops for o in obs if o.flops]
+    ratio = [o.flops / (o.examples * o.n) for o in obs if o.flops and o.examples]
+    rng = {"N": [n.min(), n.max()], "D": [d.min(), d.max()]}
+    if flops:
+        rng["flops"] = [min(flops), max(flops)]
+    return Law(
+        method=obs[0].method, setting=dict(obs[0].setting), form=form, coefficients=coefficients, range=rng,
+        quality=quality, flops_per_example_per_param=float(np.median(ratio)) if ratio else None,
+        hparams=_common_hparams(obs), **extra,
+    )
+
+
+def _quality(t: np.ndarray, resid: np.ndarray, sizes: int, loo: np.ndarray | None) -> dict[str, float]:
+    ss_tot = float(np.sum((t - t.mean()) ** 2))
+    out = {
+        "runs": int(len(t)), "model_sizes": sizes,
+        "r2_log": 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else 1.0,
+        "rmse_log": float(np.sqrt(np.mean(resid**2))), "max_abs_log": float(np.max(np.abs(resid))),
+    }
+    if loo is not None:
+        out["loo_rmse_log"] = float(np.sqrt(np.mean(loo**2)))
+        out["loo_max_abs_log"] = float(np.max(np.abs(loo)))
+    return out
+
+
+def _fit_anchored(kept: list[list[Observation]], data_unit: str, initial: InitialLoss, resamples: int, seed: int,
+                  leave_one_out: bool) -> list[Law]:
+    from lightning_embed.recipe import anchored
+
+    runs = [o for obs in kept for o in obs]
+    missing = sorted({o.n for o in runs if o.initial_loss is None and initial.covers(o.n)})
+    if missing:
+        raise UserError("L0 (the loss before training) is not known for the runs' model size(s) N = "
+                        + ", ".join(f"{n:,.0f}" for n in missing) + "; measure them with `lightning-embed laws "
+                        "baseline CONFIG --models ...` and pass --initial-losses.")
+    arrays = [_arrays(obs, data_unit) for obs in kept]
+    data = anchored.AnchoredData(
+        group=np.concatenate([np.full(len(obs), g) for g, obs in enumerate(kept)]),
+        n=np.concatenate([a[0] for a in arrays]), d=np.concatenate([a[1] for a in arrays]),
+        loss=np.concatenate([a[2] for a in arrays]),
+        l0=np.array([o.initial_loss if o.initial_loss is not None else float(initial(o.n)) for o in runs]),
+        groups=len(kept),
+    )
+    with _single_thread_blas():
+        full = anchored.fit_anchored(data)
+        loo = anchored.leave_one_out(data, full) if leave_one_out else None
+        boot = anchored.bootstrap(data, full, resamples, seed) if resamples else []
+    resid = np.log(data.loss) - np.log(full.predict(data))
+    laws = []
+    for g, obs in enumerate(kept):
+        mine = data.group == g
+        quality = _quality(np.log(data.loss[mine]), resid[mine], len({o.n for o in obs}),
+                           loo[mine] if loo is not None else None)
+        samples = [[fit.coefficients(g)[k] for k in FORMS["anchored"].coefficients] for fit in boot]
+        law = _law(obs, "anchored", full.coefficients(g), quality, data_unit, shared=list(anchored.SHARED),
+                   samples=samples, loo_residuals=loo[mine].tolist() if loo is not None else [])
+        law.initial = initial
+        laws.append(law)
+    return laws
+
+
+def _fit_provenance(form: str, starts: int) -> dict[str, Any]:
+    if FORMS[form].anchored:
+        from lightning_embed.recipe.anchored import SHARED
+
+        return {"objective": "least squares of log L", "optimizer": "scipy least_squares (trust region)",
+                "grid_points": 18, "shared": list(SHARED), "leave_one_out": True}
+    return {"objective": "huber(log L)", "delta": HUBER_DELTA, "optimizer": "L-BFGS-B",
+            "grid_points": int(len(_grid(np.zeros(1), form == "chinchilla"))), "starts": starts, "leave_one_out": True}
+
+
+def _train_examples(laws: list[Law]) -> int | None:
+    """Training pairs of the source every law's runs used (``recipe`` flags budgets that repeat it)."""
+    sources = {law.hparams.get("train") for law in laws}
+    if len(sources) != 1 or None in sources:
+        return None
+    try:
+        from lightning_embed.data import read_examples
+
+        return len(read_examples(str(sources.pop())))
+    except (UserError, OSError, ImportError):
+        return None  # a source that moved or needs the network: recipe then asks for --available-examples
 
 
 def _sha256(path: Path) -> str:
@@ -301,7 +429,10 @@ def _print_report(laws: LawsFile, notes: dict[str, list[str]], output: Path) -> 
 def laws_fit(
     runs: list[Path],
     output: Path = Path("laws.yaml"),
-    form: FormName = "chinchilla",
+    form: FormName | None = None,
+    initial_losses: Path | None = None,
+    bootstrap: int = 200,
+    seed: int = 0,
     data_unit: DataUnit = "examples",
     min_runs: int = 5,
     min_steps: int = 0,
@@ -312,14 +443,22 @@ def laws_fit(
 ) -> LawsFile:
     """Fits a scaling law per fine-tuning method and setting to run records and writes a laws file.
 
-    Each law is L(N, D) = E + A/N^alpha + B/D^beta (N: non-embedding parameters, D: training examples),
-    fitted as Hoffmann et al.: Huber loss (delta 1e-3) on log L, L-BFGS-B from many grid starting points.
-    Reports R² and RMSE of log L and a leave-one-out error. Only completed runs are used.
+    The default law starts where the model starts: L = E + (L0(N) - E) / (1 + (D / (k N^a))^beta), with
+    L0(N) the held-out loss before training (from the records' ``initial_val_loss`` or --initial-losses),
+    E, a and beta shared by the methods and k per method, fitted by least squares of log L. Without L0 it
+    falls back to ``chinchilla`` (E + A/N^alpha + B/D^beta per method, Huber loss on log L, L-BFGS-B from a
+    grid, as Hoffmann et al.). Reports R² and RMSE of log L and the leave-one-out error, and stores
+    bootstrap refits (runs resampled with replacement) that ``recipe`` turns into intervals.
 
     Args:
         runs: run-record files (JSON lines, one record per finished fit).
-        output: the laws file to write (YAML, schema_version 1).
-        form: ``chinchilla`` (E + A/N^alpha + B/D^beta) or ``power`` (without the floor E).
+        output: the laws file to write (YAML, schema_version 2).
+        form: ``anchored`` (starts at L0; the default when L0 is known), ``chinchilla``
+            (E + A/N^alpha + B/D^beta; the default otherwise) or ``power`` (without the floor E).
+        initial_losses: L0 per model from ``lightning-embed laws baseline``, for runs recorded without
+            ``initial_val_loss``.
+        bootstrap: bootstrap refits to store (0: none; ``recipe`` then shows no intervals).
+        seed: seed of the bootstrap draws.
         data_unit: what D counts: ``examples`` (query-document pairs) or ``tokens``.
         min_runs: fewest completed runs a method setting needs to be fitted (at least 5 is sensible).
         min_steps: leave out runs of fewer optimizer steps (listed): with a warm-up and a decay to zero, a
@@ -345,8 +484,12 @@ def laws_fit(
         problems.append(f"min_runs must be at least 2, got {min_runs}")
     if starts < 1:
         problems.append(f"starts must be at least 1, got {starts}")
-    if form not in FORMS:
+    if form is not None and form not in FORMS:
         problems.append(f"form must be one of {', '.join(FORMS)}, not {form!r}")
+    if bootstrap < 0:
+        problems.append(f"bootstrap must be 0 or more, got {bootstrap}")
+    if initial_losses is not None and not Path(initial_losses).is_file():
+        problems.append(f"initial-loss file {str(initial_losses)!r} does not exist")
     if data_unit not in ("examples", "tokens"):
         problems.append(f"data_unit must be 'examples' or 'tokens', not {data_unit!r}")
     if Path(output).is_dir():
@@ -366,7 +509,18 @@ def laws_fit(
     if short and not quiet:
         print(f"left out {len(short)} run(s) of fewer than {min_steps} steps: "
               + ", ".join(f"{setting_label(o.method, o.setting)} N={o.n:.3g} ({o.steps} steps)" for o in short))
-    laws, skipped, notes = fit_laws(observations, form=form, data_unit=data_unit, min_runs=min_runs, starts=starts)
+    from lightning_embed.recipe.baseline import initial_loss_table, read_initial_losses
+
+    rows = read_initial_losses(initial_losses) if initial_losses is not None else []
+    initial = initial_loss_table(observations, rows)
+    if form is None:
+        known = initial is not None and not any(initial.covers(o.n) for o in observations)
+        form = "anchored" if known else "chinchilla"
+        if form == "chinchilla" and not quiet:
+            print("laws fit: the runs carry no initial_val_loss and no --initial-losses was given: fitting the "
+                  "chinchilla form (measure L0 with `lightning-embed laws baseline` for the anchored form).")
+    laws, skipped, notes = fit_laws(observations, form=form, data_unit=data_unit, min_runs=min_runs, starts=starts,
+                                    initial=initial, resamples=bootstrap, seed=seed)
     if not laws or (strict and skipped):
         reasons = "; ".join(f"{setting_label(s['method'], s['setting'])}: {s['reason']}" for s in skipped)
         raise UserError(f"laws fit: the runs cannot support a law for {'any' if not laws else 'every'} method "
@@ -385,13 +539,15 @@ def laws_fit(
         "accounting": sorted({o.accounting for o in observations if o.accounting}),
         "tokens_per_example": float(np.median(tokens_per_example)) if tokens_per_example else None,
         **({"min_steps": min_steps, "left_out_short_runs": len(short)} if min_steps else {}),
-        "fit": {"objective": "huber(log L)", "delta": HUBER_DELTA, "optimizer": "L-BFGS-B",
-                "grid_points": int(len(_grid(np.zeros(1), form == "chinchilla"))), "starts": starts,
-                "leave_one_out": True},
+        **({"initial_losses": {"path": str(initial_losses), "sha256": _sha256(Path(initial_losses))}}
+           if initial_losses is not None else {}),
+        **({"train_examples": count} if (count := _train_examples(laws)) else {}),
+        "fit": _fit_provenance(form, starts),
     }
     result = LawsFile(
         laws=laws, data_unit=data_unit, provenance=provenance, skipped=skipped,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), lightning_embed_version=pkg_version,
+        initial_loss=initial, bootstrap={"resamples": bootstrap, "seed": seed, "unit": "run"} if bootstrap else {},
     )
     save_laws(result, output)
     result.path = Path(output)

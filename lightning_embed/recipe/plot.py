@@ -40,6 +40,9 @@ def _data(laws: LawsFile, law: Law, budget: np.ndarray, n: np.ndarray) -> np.nda
 
 def _n_grid(law: Law) -> np.ndarray:
     lo, hi = law.range.get("N", (1e6, 1e10))
+    if law.initial is not None and law.form == "anchored":
+        # L0 is unknown beyond the measured models: the anchored law is drawn only where it is known.
+        return np.logspace(math.log10(law.initial.n[0]), math.log10(law.initial.n[-1]), 200)
     return np.logspace(math.log10(lo / 3), math.log10(hi * 3), 200)
 
 

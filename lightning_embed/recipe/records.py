@@ -47,6 +47,8 @@ class Observation:
     source: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
+    initial_loss: float | None = None
+    seed: int | None = None
 
     def data(self, unit: str) -> float | None:
         """The data quantity in ``unit`` (``examples`` or ``tokens``)."""
@@ -139,6 +141,8 @@ def observation(record: Any, source: str) -> Observation | None:
         source=source,
         hparams=hparams,
         steps=_get(record, "steps"),
+        initial_loss=_number(_get(record, "initial_val_loss")),
+        seed=_get(record, "seed"),
     )
 
 

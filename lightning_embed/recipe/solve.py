@@ -22,6 +22,7 @@ import yaml
 from lightning_embed.errors import UserError
 from lightning_embed.recipe.catalogue import ModelEntry, load_shipped_family, resolve_models, shipped_families
 from lightning_embed.recipe.costs import PAPER_METHODS, Accounting, flops_per_example, trainable_params, tuning_spec
+from lightning_embed.recipe import decide
 from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws
 
 #: The study's crossover: full fine-tuning is compute-optimal up to here, LoRA above (Ziarko et al. 2024).
@@ -49,10 +50,16 @@ class Candidate:
     loss: float | None = None
     note: str | None = None
     extrapolation: str | None = None
+    #: Central interval of the bootstrap refits' predictions (``decide.INTERVAL_LEVEL``).
+    interval: tuple[float, float] | None = None
+    #: Share of bootstrap refits in which the winner's predicted loss is lower than this candidate's.
+    p_winner_better: float | None = None
+    #: Passes over the training data the budget buys, when more than ``max_passes``.
+    repeats: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
-        return {
+        return {**decide.uncertainty_dict(self),
             "method": self.law.method, "setting": self.law.setting, "label": self.law.label,
             "model": self.model.name, "family": self.model.family, "backbone": self.model.backbone,
             "num_layers": self.model.num_layers, "non_embedding_params": self.model.counts.non_embedding,
@@ -78,10 +85,17 @@ class Recipe:
     rule_method: str | None = None
     warnings: list[str] = field(default_factory=list)
     laws_path: str | None = None
+    #: The options the laws cannot separate from the winner, cheapest to run first (empty: no tie).
+    tie: list[Candidate] = field(default_factory=list)
+    extrapolate: bool = False
+    available_examples: int | None = None
+    max_passes: float = decide.DEFAULT_MAX_PASSES
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``recipe --json``)."""
         return {
+            "tie": bool(self.tie), "tied": [c.to_dict() for c in self.tie], "extrapolate": self.extrapolate,
+            "available_examples": self.available_examples, "max_passes": self.max_passes,
             "budget": self.budget, "accounting": self.accounting, "query_tokens": self.query_tokens,
             "document_tokens": self.document_tokens, "batch_size": self.batch_size, "data_unit": self.data_unit,
             "laws": self.laws_path, "winner": self.winner.to_dict(),
@@ -108,7 +122,8 @@ def default_family(laws: LawsFile) -> str:
 def solve(
     budget: float, laws: LawsFile, models: list[ModelEntry], *, accounting: Accounting = "paper",
     query_tokens: int = 14, document_tokens: int = 64, batch_size: int | None = None,
-    rule: Literal["paper"] | None = None,
+    rule: Literal["paper"] | None = None, extrapolate: bool = False, available_examples: int | None = None,
+    max_passes: float = decide.DEFAULT_MAX_PASSES,
 ) -> Recipe:
     """Ranks every method setting x model under a FLOP budget by the loss the laws predict.
 
@@ -121,12 +136,18 @@ def solve(
         document_tokens: tokens of an average document (the study's data: 64).
         batch_size: examples per step; None takes the batch size the laws' runs used, else 32.
         rule: ``paper`` also reports the study's Algorithm 1 decision.
+        extrapolate: answer even when the winner lies far outside the laws' evidence (marked, warned).
+        available_examples: training pairs the data holds; candidates buying more than ``max_passes``
+            passes over them are marked and ranked after those that do not. None: not checked.
+        max_passes: passes over the data a candidate may buy before it counts as repeating data.
 
     Returns:
-        The recipe. Far extrapolation of a law is reported in ``warnings`` (and as ExtrapolationWarning).
+        The recipe, with intervals and P(winner better) where the laws carry bootstrap samples. An
+        extrapolated winner is reported in ``warnings`` (and as ExtrapolationWarning).
 
     Raises:
-        UserError: a budget too small to buy one batch for any candidate.
+        UserError: a budget too small to buy one batch for any candidate, or (without ``extrapolate``) a
+            winner more than 4x outside the fitted N, D or FLOP range or without a measured L0.
     """
     batch = batch_size or _shared_hparam(laws.laws, "batch_size") or DEFAULT_BATCH_SIZE
     pairs = [(law, m) for law in laws.laws for m in models]
@@ -148,9 +169,11 @@ def solve(
             else:
                 c.data = float(c.examples) if laws.data_unit == "examples" else c.examples * tokens_per_example
                 c.loss = float(law.predict(model.counts.non_embedding, c.data))
-                c.extrapolation = law.extrapolation(model.counts.non_embedding, c.data)
+                c.extrapolation = law.extrapolation(model.counts.non_embedding, c.data, flops=budget,
+                                                    backbone=model.backbone)
         candidates.append(c)
-    feasible = sorted((c for c in candidates if c.loss is not None), key=lambda c: c.loss)
+    decide.mark_repeats(candidates, available_examples, max_passes)
+    feasible = sorted((c for c in candidates if c.loss is not None), key=decide.rank_key)
     if not feasible:
         cheapest = min((c for c in candidates if c.flops_per_example), key=lambda c: c.flops_per_example, default=None)
         need = f" The smallest useful budget is {cheapest.flops_per_example * batch:.3g} FLOP ({cheapest.law.label} " \
@@ -159,7 +182,12 @@ def solve(
                         f"candidate.{need} Raise --budget, lower the batch size, or add smaller models.")
     ordered = feasible + [c for c in candidates if c.loss is None]
     result = Recipe(budget, accounting, query_tokens, document_tokens, batch, laws.data_unit, ordered, feasible[0],
-                    laws_path=str(laws.path) if laws.path else None)
+                    laws_path=str(laws.path) if laws.path else None, extrapolate=extrapolate,
+                    available_examples=available_examples, max_passes=max_passes)
+    if result.winner.extrapolation and not extrapolate:
+        raise decide.refuse(result.winner, budget, laws)
+    decide.add_uncertainty(feasible, result.winner)
+    result.tie = decide.tied(feasible, result.winner)
     if rule == "paper":
         result.rule_method = "full" if budget <= PAPER_CROSSOVER_FLOPS else "lora"
         picks = [c for c in feasible if c.law.method == result.rule_method]
@@ -171,6 +199,16 @@ def solve(
             result.warnings.append(msg)
             warnings.warn(msg, ExtrapolationWarning, stacklevel=2)
     return result
+
+
+def _available(train: str | None, laws: LawsFile) -> int | None:
+    """Training pairs to check repeats against: counted from ``train``, else the laws' recorded count."""
+    if train:
+        from lightning_embed.data import read_examples  # imports torch: only when --train is given
+
+        return len(read_examples(train))
+    recorded = laws.provenance.get("train_examples")
+    return int(recorded) if recorded else None
 
 
 def _shared_hparam(laws: list[Law], key: str) -> Any:
@@ -254,9 +292,26 @@ def si(x: float | None) -> str:
 def summary(recipe: Recipe) -> str:
     """One paragraph: the winner, and the rule's decision beside it."""
     w = recipe.winner
+    interval = (f" ({100 * decide.INTERVAL_LEVEL:.0f}% interval {w.interval[0]:.3f}-{w.interval[1]:.3f})"
+                if w.interval else " (no interval: the laws carry no bootstrap samples)")
     text = (f"Budget {recipe.budget:.3g} FLOP ({recipe.accounting} accounting): {w.law.label} on {w.model.name} "
             f"(N = {w.model.counts.non_embedding:,}), {w.examples:,} examples = {w.steps:,} steps of "
-            f"{recipe.batch_size}; predicted loss {w.loss:.4f}.")
+            f"{recipe.batch_size}; predicted loss {w.loss:.4f}{interval}.")
+    if recipe.tie:
+        text += (f"\nTie: the laws cannot separate {len(recipe.tie)} options (P(winner better) < "
+                 f"{decide.TIE_PROBABILITY:g}); cheapest to run first: "
+                 + "; ".join(f"{c.law.label} on {c.model.name} ({c.loss:.4f})" for c in recipe.tie) + ".")
+    else:
+        close = [c for c in recipe.candidates if c.p_winner_better is not None
+                 and c.p_winner_better < decide.CLOSE_PROBABILITY][:3]
+        if close:
+            text += "\nClose: " + "; ".join(f"{c.law.label} on {c.model.name} (P(winner better) = "
+                                             f"{c.p_winner_better:.2f})" for c in close) + "."
+    if w.extrapolation:
+        text += f"\nExtrapolated (--extrapolate): {w.extrapolation}; the choice is a guess outside the laws' evidence."
+    if w.repeats:
+        text += (f"\nEvery candidate repeats data: the winner buys {w.repeats:.1f} passes over "
+                 f"{recipe.available_examples:,} training pairs (limit --max-passes {recipe.max_passes:g}).")
     if recipe.rule_method:
         side = "at or below" if recipe.rule_method == "full" else "above"
         text += f"\nStudy's Algorithm 1: {recipe.rule_method} ({side} {PAPER_CROSSOVER_FLOPS:.3g} FLOP)"
@@ -272,11 +327,11 @@ def summary(recipe: Recipe) -> str:
 
 
 def wide_console():
-    """A rich console; 120 columns when writing to a file or pipe (rich would assume 80)."""
+    """A rich console; 150 columns when writing to a file or pipe (rich would assume 80)."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=120)
+    return console if console.is_terminal else Console(width=150)
 
 
 def render(recipe: Recipe, console=None, max_rows: int = 20) -> None:
@@ -295,12 +350,15 @@ def render(recipe: Recipe, console=None, max_rows: int = 20) -> None:
     compact = console.width < 100
     rows = []
     for c in shown:
-        mark = "★" if c is recipe.winner else ("rule" if c is recipe.rule else "")
+        # An extrapolated winner loses its star: it is the laws' guess, not a recommendation.
+        mark = ("?" if c.extrapolation else "★") if c is recipe.winner else ("rule" if c is recipe.rule else "")
         cells = [mark, c.law.label, c.model.name, si(c.model.counts.non_embedding), si(c.trainable),
                  si(c.flops_per_example), si(c.examples) if c.examples else "-", si(c.steps) if c.steps else "-",
-                 "-" if c.loss is None else f"{c.loss:.4f}", c.note or ("extrapolated" if c.extrapolation else "")]
+                 "-" if c.loss is None else f"{c.loss:.4f}",
+                 f"{c.interval[0]:.3f}-{c.interval[1]:.3f}" if c.interval else "-", _note(c, recipe)]
         rows.append((cells, "bold green" if c is recipe.winner else ("cyan" if c is recipe.rule else None)))
-    header = ["", "method", "model", "N", "N_t", "FLOP/ex", "examples", "steps", "loss", "note"]
+    header = ["", "method", "model", "N", "N_t", "FLOP/ex", "examples", "steps", "loss",
+              f"{100 * decide.INTERVAL_LEVEL:.0f}% int.", "note"]
     keep = [i for i, h in enumerate(header) if not (compact and h in ("N_t", "FLOP/ex"))]
     for i in keep:
         width = max(len(header[i]), *(len(r[0][i]) for r in rows))
@@ -314,7 +372,22 @@ def render(recipe: Recipe, console=None, max_rows: int = 20) -> None:
     console.print(table)
     if len(recipe.candidates) > len(shown):
         console.print(f"... and {len(recipe.candidates) - len(shown)} more candidates (--json lists all).")
+    if any(c.p_winner_better is not None for c in shown):
+        console.print("P: the share of the laws' bootstrap refits in which the winner beats that candidate.")
     console.print(summary(recipe), highlight=False)
+
+
+def _note(c: Candidate, recipe: Recipe) -> str:
+    notes = [c.note] if c.note else []
+    if c.extrapolation:
+        notes.append("extrapolated")
+    if c.repeats:
+        notes.append(f"repeats data x{c.repeats:.1f}")
+    if c in recipe.tie:
+        notes.append("tie")
+    if c.p_winner_better is not None and c.p_winner_better < decide.CLOSE_PROBABILITY:
+        notes.append(f"P={c.p_winner_better:.2f}")
+    return ", ".join(notes)
 
 
 def recipe(
@@ -330,11 +403,19 @@ def recipe(
     batch_size: int | None = None,
     train: str | None = None,
     methods: list[str] | None = None,
+    extrapolate: bool = False,
+    available_examples: int | None = None,
+    max_passes: float = decide.DEFAULT_MAX_PASSES,
 ) -> Recipe:
     """Recommends the model, data quantity and fine-tuning method for a FLOP budget.
 
     Ranks every fitted method setting on every candidate model by the held-out loss its law predicts at
     the data the budget buys, prints the ranking and the winner, and optionally writes the config to fit.
+    Shows how sure it is: the winner's 80% interval over the laws' bootstrap refits, P(winner better) for
+    close alternatives, and "tie" (cheapest first) when the laws cannot separate the top options. Refuses
+    a winner more than 4x outside the N, D or FLOP range the laws were fitted on (or on a model whose
+    untrained loss was not measured) unless --extrapolate; ranks candidates that would repeat the
+    training data more than --max-passes times after those that do not.
 
     Args:
         budget: training compute in FLOP (e.g. 1e17).
@@ -356,6 +437,12 @@ def recipe(
             builtin:stdlib-code).
         methods: only these tuning methods (e.g. ``lora`` when full fine-tuning does not fit in memory);
             default: every method the laws file has.
+        extrapolate: answer even when the winner lies far outside the laws' evidence: every extrapolated
+            candidate is marked, the winner loses its star and the written config starts with the caveat.
+        available_examples: training pairs your data holds (default: counted from --train, else the count
+            the laws file recorded for its runs' data).
+        max_passes: passes over the training data a budget may buy before its candidate counts as
+            repeating data (ranked after those that do not).
 
     Returns:
         The recipe.
@@ -375,6 +462,10 @@ def recipe(
             problems.append(f"--{name} must be a positive integer, got {value!r}")
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
         problems.append(f"--batch_size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(max_passes, (int, float)) and math.isfinite(max_passes) and max_passes > 0):
+        problems.append(f"--max-passes must be a positive number of passes over the data, got {max_passes!r}")
+    if available_examples is not None and not (isinstance(available_examples, int) and available_examples > 0):
+        problems.append(f"--available-examples must be a positive integer, got {available_examples!r}")
     laws_path = Path(laws) if laws is not None else DEFAULT_LAWS_FILE
     if laws is None and not laws_path.is_file() and SHIPPED_LAWS_FILE.is_file():
         laws_path = SHIPPED_LAWS_FILE
@@ -401,10 +492,12 @@ def recipe(
     scale = measured / 78.0 if (measured and query_tokens is None and document_tokens is None) else 1.0
     query_tokens = query_tokens or max(1, round(14 * scale))
     document_tokens = document_tokens or max(1, round(64 * scale))
+    available = available_examples or _available(train, law_file)
     with warnings.catch_warnings(record=True):  # shown once below, not also as a Python warning
         warnings.simplefilter("always")
         result = solve(budget, law_file, candidates, accounting=accounting, query_tokens=query_tokens,
-                       document_tokens=document_tokens, batch_size=batch_size, rule=rule)
+                       document_tokens=document_tokens, batch_size=batch_size, rule=rule, extrapolate=extrapolate,
+                       available_examples=available, max_passes=max_passes)
     if json:
         print(jsonlib.dumps(result.to_dict(), indent=2))
     else:
@@ -413,7 +506,8 @@ def recipe(
         print(f"warning: {msg}", file=sys.stderr)
     if write_config is not None:
         cfg = fit_config(result.winner, budget, batch_size=result.batch_size, accounting=accounting, train=train)
-        save_config(cfg, Path(write_config), header=summary(result).splitlines()[0]
+        top = decide.caveat(result.winner, law_file) + "\n" if result.winner.extrapolation else ""
+        save_config(cfg, Path(write_config), header=top + summary(result).splitlines()[0]
                     + "\nWritten by `lightning-embed recipe`; run with `lightning-embed fit --config "
                     f"{Path(write_config).name}`.\nThe FLOP callback measures the step cost on the data and "
                     "sets the steps the budget buys.")
