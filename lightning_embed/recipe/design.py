@@ -8,13 +8,13 @@
 - :func:`focus`: with a fitted laws file, keep for each budget and method setting only the model sizes
   nearest the size the law predicts best (the iso-FLOP minimum), ``k`` on each side of it.
 - :func:`seed_order`: which points get repeated with extra seeds first: the predicted optimum (or the
-  middle size) of each budget and method setting, taken in turn across budgets, then their neighbours.
+  middle size) of each budget and method setting, spread over budgets and methods, then neighbours.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,17 +156,26 @@ def focus(candidates: list[Candidate], k: int) -> tuple[list[Candidate], list[st
     return [c for c in candidates if id(c) in keep], dropped
 
 
-def seed_order(candidates: list[Candidate], key: Callable[[Candidate], Any] = id) -> list[Candidate]:
-    """Candidates in the order they get extra seeds: each group's centre first, across budgets in turn.
+def seed_order(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates in the order they get extra seeds: group centres first, spread over budgets and methods.
 
-    The centre is the predicted optimum when the candidates carry predictions, else the middle size;
-    then its nearer neighbours, alternating below and above.
+    A group is one budget and method setting; its centre is the predicted optimum when the candidates
+    carry predictions, else the middle size, followed by its nearer neighbours. The first round takes
+    each group's centre, walking budgets and method settings diagonally (the first setting at the first
+    budget, the second at the second, ...), so the first few repeats cover different budgets *and*
+    methods; later rounds take the neighbours the same way.
     """
-    ranked: list[list[Candidate]] = []
-    for members in _groups(candidates).values():
+    groups = _groups(candidates)
+    budgets = sorted({g[0] for g in groups})
+    settings = list(dict.fromkeys(g[1:] for g in groups))
+    ranked: list[tuple[tuple[int, int], list[Candidate]]] = []
+    for g, members in groups.items():
         centre = _centre(members)
-        ranked.append(sorted(members, key=lambda c: (abs(members.index(c) - centre), members.index(c))))
+        order = sorted(range(len(members)), key=lambda i: (abs(i - centre), i))
+        b, m = budgets.index(g[0]), settings.index(g[1:])
+        ranked.append((((m - b) % len(settings), b), [members[i] for i in order]))
+    ranked.sort(key=lambda item: item[0])
     out = []
-    for depth in range(max((len(r) for r in ranked), default=0)):
-        out += [r[depth] for r in ranked if depth < len(r)]
+    for depth in range(max((len(r) for _, r in ranked), default=0)):
+        out += [r[depth] for _, r in ranked if depth < len(r)]
     return out
