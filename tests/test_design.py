@@ -140,7 +140,8 @@ def test_settings_come_from_each_strategys_keys(tmp_path):
     # Every problem at once: a key no method has, a value the strategy rejects, a malformed item.
     assert "'oops' is not KEY=VALUE" in msg
     with pytest.raises(UserError) as err:
-        sweep_plan(tmp_path / "c", budgets=[1e14], models=SMOLLM2, methods=["full", "lora"], settings=["rnak=4", "rank=0"])
+        sweep_plan(tmp_path / "c", budgets=[1e14], models=SMOLLM2, methods=["full", "lora"],
+                   settings=["rnak=4", "rank=0"])
     msg = str(err.value)
     assert "rnak" in msg and "lora: rank" in msg and "lora(rank=0)" in msg and "rank must be a positive integer" in msg
 
@@ -252,6 +253,7 @@ def test_sweep_plan_help_documents_the_design_options(tmp_path):
     for flag in ("--seeds", "--seed-points", "--laws", "--focus", "--settings", "iso-FLOP minimum"):
         assert flag in text
     bad = subprocess.run([sys.executable, "-m", "lightning_embed.cli", "sweep", "plan", str(tmp_path / "x"),
-                          "--budgets", "1e14", "--seeds", "1", "1"], capture_output=True, text=True, env=env, timeout=120)
+                          "--budgets", "1e14", "--seeds", "1", "1"],
+                         capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     assert "distinct" in bad.stderr and not (tmp_path / "x").exists()

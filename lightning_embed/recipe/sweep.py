@@ -226,6 +226,9 @@ def sweep_plan(
         if focus is not None:
             chosen, dropped = design_focus(chosen, focus)
             skipped += dropped
+            unfocused = sorted({setting_label(c.method, c.setting) for c in chosen if c.loss is None})
+            if unfocused:
+                print(f"no law in {laws} for {', '.join(unfocused)}: every model size kept for them")
     if not chosen:
         raise UserError("sweep plan: no grid point buys enough steps: " + "; ".join(skipped) + ".")
     runs = [(c, seeds[0] if seeds else None) for c in chosen]
