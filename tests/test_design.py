@@ -257,3 +257,10 @@ def test_sweep_plan_help_documents_the_design_options(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     assert "distinct" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_failed_overwrite_keeps_the_old_plan(tmp_path):
+    points = sweep_plan(tmp_path, budgets=[1e14], models=SMOLLM2, methods=["full"])
+    with pytest.raises(UserError, match="no grid point buys enough steps"):
+        sweep_plan(tmp_path, budgets=[1e9], models=SMOLLM2, methods=["full"], overwrite=True)
+    assert load_manifest(tmp_path) == points and all((tmp_path / p.config).is_file() for p in points)
