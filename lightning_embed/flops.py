@@ -56,13 +56,12 @@ def paper_flops_per_token(method: str, non_embedding_params: int, trainable_para
         UserError: an unknown method, a strategy whose formula needs the tuned module (use
             :meth:`FlopModel.from_module`), or negative counts.
     """
-    from lightning_embed.strategy import StrategyError, strategy_class, strategy_names
+    from lightning_embed.strategy import strategy_class, strategy_names
 
-    try:
-        cls = strategy_class(method)
-    except StrategyError as err:
-        raise UserError(f"paper FLOP accounting knows the methods {', '.join(strategy_names())}, not {method!r} "
-                        f"({err})") from None
+    if method not in strategy_names():
+        raise UserError(f"paper FLOP accounting knows the methods {', '.join(strategy_names())} (the installed "
+                        f"tuning strategies), not {method!r}.")
+    cls = strategy_class(method)  # a plugin that fails to import says so (StrategyError, a UserError)
     if non_embedding_params < 0 or trainable_params < 0:
         raise UserError("parameter counts must be non-negative.")
     per_token = cls.paper_flops_per_token(non_embedding_params, trainable_params)

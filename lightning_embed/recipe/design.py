@@ -89,7 +89,7 @@ def method_settings(methods: Sequence[str], values: dict[str, list[Any]]) -> tup
 
 
 @dataclass
-class Candidate:
+class GridPoint:
     """A grid point before it is written: budget, model (a catalogue entry), method setting, examples."""
 
     budget: float
@@ -104,7 +104,7 @@ class Candidate:
         return (self.budget, self.method, tuple(sorted(self.setting.items())))
 
 
-def predict(candidates: list[Candidate], laws: LawsFile, tokens_per_example: float) -> None:
+def predict(candidates: list[GridPoint], laws: LawsFile, tokens_per_example: float) -> None:
     """Fills each candidate's ``loss`` with its method setting's law (left None where there is none)."""
     by_key = {(law.method, tuple(sorted(law.setting.items()))): law for law in laws.laws}
     per_example = laws.provenance.get("tokens_per_example") or tokens_per_example
@@ -115,8 +115,8 @@ def predict(candidates: list[Candidate], laws: LawsFile, tokens_per_example: flo
             c.loss = float(law.predict(c.model.counts.non_embedding, data))
 
 
-def _groups(candidates: list[Candidate]) -> dict[tuple, list[Candidate]]:
-    groups: dict[tuple, list[Candidate]] = {}
+def _groups(candidates: list[GridPoint]) -> dict[tuple, list[GridPoint]]:
+    groups: dict[tuple, list[GridPoint]] = {}
     for c in candidates:
         groups.setdefault(c.group, []).append(c)
     for members in groups.values():
@@ -124,7 +124,7 @@ def _groups(candidates: list[Candidate]) -> dict[tuple, list[Candidate]]:
     return groups
 
 
-def _centre(members: list[Candidate]) -> int:
+def _centre(members: list[GridPoint]) -> int:
     """Index of the predicted best size of a group (by N), or of its middle size without a law."""
     losses = [c.loss for c in members]
     if all(v is not None for v in losses):
@@ -132,7 +132,7 @@ def _centre(members: list[Candidate]) -> int:
     return (len(members) - 1) // 2
 
 
-def focus(candidates: list[Candidate], k: int) -> tuple[list[Candidate], list[str]]:
+def focus(candidates: list[GridPoint], k: int) -> tuple[list[GridPoint], list[str]]:
     """Keeps, per budget and method setting, the predicted best size and ``k`` sizes on each side of it.
 
     Candidates need ``loss`` (:func:`predict`); a group without a law keeps every size.
@@ -156,7 +156,7 @@ def focus(candidates: list[Candidate], k: int) -> tuple[list[Candidate], list[st
     return [c for c in candidates if id(c) in keep], dropped
 
 
-def seed_order(candidates: list[Candidate]) -> list[Candidate]:
+def seed_order(candidates: list[GridPoint]) -> list[GridPoint]:
     """Candidates in the order they get extra seeds: group centres first, spread over budgets and methods.
 
     A group is one budget and method setting; its centre is the predicted optimum when the candidates
@@ -168,7 +168,7 @@ def seed_order(candidates: list[Candidate]) -> list[Candidate]:
     groups = _groups(candidates)
     budgets = sorted({g[0] for g in groups})
     settings = list(dict.fromkeys(g[1:] for g in groups))
-    ranked: list[tuple[tuple[int, int], list[Candidate]]] = []
+    ranked: list[tuple[tuple[int, int], list[GridPoint]]] = []
     for g, members in groups.items():
         centre = _centre(members)
         order = sorted(range(len(members)), key=lambda i: (abs(i - centre), i))

@@ -33,7 +33,7 @@ import yaml
 from lightning_embed.errors import UserError
 from lightning_embed.recipe.catalogue import resolve_models
 from lightning_embed.recipe.costs import Accounting, flops_per_example, method_problem
-from lightning_embed.recipe.design import Candidate, method_settings, parse_setting_values, predict, seed_order
+from lightning_embed.recipe.design import GridPoint, method_settings, parse_setting_values, predict, seed_order
 from lightning_embed.recipe.design import focus as design_focus
 from lightning_embed.recipe.laws import load_laws, setting_label
 from lightning_embed.recipe.solve import DEFAULT_TRAIN, FLOP_CALLBACK, build_fit_config, save_config
@@ -220,7 +220,7 @@ def sweep_plan(
         elif max_examples is not None and examples > max_examples:
             skipped.append(f"{label}: buys {examples:,} examples (> max_examples {max_examples:,})")
         else:
-            chosen.append(Candidate(float(budget), model, method, setting, examples))
+            chosen.append(GridPoint(float(budget), model, method, setting, examples))
     if fitted is not None:
         predict(chosen, fitted, query_tokens + document_tokens)
         if focus is not None:
@@ -257,7 +257,7 @@ def sweep_plan(
     return points
 
 
-def _write_point(directory: Path, c: Candidate, seed: int | None, base: dict[str, Any], rates: dict[str, float], *,
+def _write_point(directory: Path, c: GridPoint, seed: int | None, base: dict[str, Any], rates: dict[str, float], *,
                  batch_size: int, accounting: Accounting, train: str, checkpoints_per_run: int) -> SweepPoint:
     """Writes one point's fit config and returns its manifest entry."""
     label = f"{setting_label(c.method, c.setting)} on {c.model.name} at {c.budget:.3g} FLOP"
