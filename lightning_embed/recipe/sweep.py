@@ -111,8 +111,8 @@ def sweep_plan(
     Noise floor: ``--seeds 0 1 2 --seed-points 6`` plans every point with seed 0 and repeats 6 of them
     with seeds 1 and 2 (different initialisation of the trained parameters and data order; every point's
     name ends in ``_seedS`` and its run record carries the seed). The repeated points are each budget and
-    method setting's predicted optimum (with ``--laws``; else its middle size), taken across budgets in
-    turn, then their neighbours. Without ``--seed-points`` every point runs with every seed.
+    method setting's predicted optimum (with ``--laws``; else its middle size), spread over budgets and
+    methods, then their neighbours. Without ``--seed-points`` every point runs with every seed.
 
     Args:
         directory: where the manifest, configs, runs and run records go.
