@@ -17,7 +17,9 @@ embeddings), no backward for matmuls whose output does not reach ``last_hidden_s
 then costed exactly from its per-row lengths (sum of ``L`` and of ``L^2``) with no further forward.
 
 ``paper`` accounting reproduces the study (6N / 2N+4N_t / 4N+2N_t per token, N without embeddings) so
-published budgets can be replayed; hardware FLOP stays exact in both modes.
+published budgets can be replayed; hardware FLOP stays exact in both modes. Each tuning strategy declares
+its formula (:meth:`lightning_embed.strategy.TuningStrategy.paper_flops_per_token`); one that does not gets
+it derived from which of its parameters train (:func:`backward_reach`).
 """
 
 from __future__ import annotations
@@ -35,35 +37,38 @@ from lightning_embed.flop_probe import PROBE_LENGTHS, MatmulOp, Poly, probe_matm
 
 Accounting = Literal["exact", "paper"]
 ACCOUNTINGS: tuple[str, ...] = ("exact", "paper")
-PaperMethod = Literal["full", "freeze", "lora", "qlora", "bias"]
-PAPER_METHODS: tuple[str, ...] = ("full", "freeze", "lora", "qlora", "bias")
-
+BackwardReach = Literal["all", "top", "through"]
 
 
 # ---------------------------------------------------------------------------------------------- paper
 
 
 def paper_flops_per_token(method: str, non_embedding_params: int, trainable_params: int) -> float:
-    """Training FLOP per token as the study counts them (attention ignored).
+    """Training FLOP per token as the study counts them (attention ignored), by the method's strategy.
 
     Args:
-        method: ``full`` (6N), ``freeze`` (2N + 4N_t), ``lora``, ``qlora`` or ``bias`` (4N + 2N_t).
+        method: a registered tuning strategy: ``full`` (6N), ``freeze`` (2N + 4N_t), ``lora``, ``qlora``
+            or ``bias`` (4N + 2N_t), or a third party's that declares its formula.
         non_embedding_params: N, every parameter whose name lacks ``emb``.
         trainable_params: N_t, the parameters that train (ignored for ``full``).
 
     Raises:
-        UserError: an unknown method or negative counts.
+        UserError: an unknown method, a strategy whose formula needs the tuned module (use
+            :meth:`FlopModel.from_module`), or negative counts.
     """
-    if method not in PAPER_METHODS:
-        raise UserError(f"paper FLOP accounting knows the methods {', '.join(PAPER_METHODS)}, not {method!r}.")
+    from lightning_embed.strategy import strategy_class, strategy_names
+
+    if method not in strategy_names():
+        raise UserError(f"paper FLOP accounting knows the methods {', '.join(strategy_names())} (the installed "
+                        f"tuning strategies), not {method!r}.")
+    cls = strategy_class(method)  # a plugin that fails to import says so (StrategyError, a UserError)
     if non_embedding_params < 0 or trainable_params < 0:
         raise UserError("parameter counts must be non-negative.")
-    n, n_t = float(non_embedding_params), float(trainable_params)
-    if method == "full":
-        return 6.0 * n
-    if method == "freeze":
-        return 2.0 * n + 4.0 * n_t
-    return 4.0 * n + 2.0 * n_t
+    per_token = cls.paper_flops_per_token(non_embedding_params, trainable_params)
+    if per_token is None:
+        raise UserError(f"tuning strategy {method!r} declares no paper FLOP formula; it is derived from the tuned "
+                        "module: use FlopModel.from_module(tuned, accounting='paper').")
+    return float(per_token)
 
 
 # ---------------------------------------------------------------------------------------------- counts
@@ -182,6 +187,8 @@ class FlopModel:
     params: ParameterCounts
     accounting: Accounting = "exact"
     paper_method: str = "full"
+    #: The paper formula's FLOP per token for these counts, as the strategy gave it (None: ask by name).
+    paper_flops: float | None = None
     _sums: dict[str, Poly] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -213,21 +220,31 @@ class FlopModel:
         Args:
             backbone: what the tuning strategy's ``apply`` returned; weights may be on ``meta``.
             accounting: ``exact`` or ``paper`` (the study's per-token formulas for model FLOP).
-            method: the paper formula to use (``full``, ``freeze``, ``lora``, ``qlora``, ``bias``); other
-                names or None infer it from which parameters train.
+            method: the registered tuning strategy that tuned it, whose paper formula to use; None or an
+                unregistered name derives the formula from which parameters train (:func:`backward_reach`).
             probe_lengths: three distinct sequence lengths for the probe forwards.
 
         Raises:
             UserError: the backbone's forward cannot be probed (reported with the reason).
         """
+        from lightning_embed.strategy import StrategyError, TuningStrategy, strategy_class
+
         ops = probe_matmuls(backbone, probe_lengths)
         params = parameter_counts(backbone)
-        paper = method if method in PAPER_METHODS else infer_paper_method(backbone)
-        return cls(tuple(ops), params, accounting, paper)
+        strategy: type[TuningStrategy] = TuningStrategy  # the base class's default: derived from the module
+        paper = infer_paper_method(backbone)
+        if method:
+            try:
+                strategy, paper = strategy_class(method), method
+            except StrategyError:
+                pass  # e.g. a strategy given as an instance of an unregistered class: derive the formula
+        per_token = strategy.paper_flops_per_token(params.non_embedding, params.trainable_non_embedding, backbone)
+        return cls(tuple(ops), params, accounting, paper, None if per_token is None else float(per_token))
 
     def with_accounting(self, accounting: Accounting, method: str | None = None) -> FlopModel:
-        """The same model with another accounting (and optionally another paper method)."""
-        method = method if method in PAPER_METHODS else self.paper_method
+        """The same model with another accounting (and optionally another strategy's paper formula)."""
+        if not method or method == self.paper_method:
+            return FlopModel(self.ops, self.params, accounting, self.paper_method, self.paper_flops)
         return FlopModel(self.ops, self.params, accounting, method)
 
     # -- costs ----------------------------------------------------------------------------------------
@@ -237,6 +254,8 @@ class FlopModel:
         """The study's training FLOP per token for this model (2N when nothing trains)."""
         if self.params.trainable == 0:
             return 2.0 * self.params.non_embedding
+        if self.paper_flops is not None:
+            return self.paper_flops
         return paper_flops_per_token(self.paper_method, self.params.non_embedding, self.params.trainable_non_embedding)
 
     def count(self, stats: TokenStats, *, train: bool = True, gradcache: bool = False,
@@ -355,13 +374,13 @@ def parameter_counts(backbone: nn.Module) -> ParameterCounts:
     return ParameterCounts(total, non_emb, trainable, trainable_non_emb)
 
 
-def infer_paper_method(backbone: nn.Module) -> str:
-    """Which of the study's formulas fits the way this module trains.
+def backward_reach(backbone: nn.Module) -> BackwardReach:
+    """How far the backward pass of a tuned module reaches, as the study's formulas tell them apart.
 
-    ``full`` when every base non-embedding parameter trains; ``lora`` when adapters train; ``bias`` when
-    only biases train; ``freeze`` when only whole trailing blocks (and what follows them) train. Anything
-    else (a third party's norm-only tuning, say) gets the LoRA form 4N + 2N_t: its backward still runs
-    through the whole network, which is what that formula assumes.
+    ``all`` when every base non-embedding parameter trains (6N); ``top`` when only whole top blocks (and
+    what follows them) train, so the backward stops at the lowest trained block (2N + 4N_t); ``through``
+    otherwise (adapters, biases, norms spread over the blocks): input gradients flow through the whole
+    network (4N + 2N_t). A module where nothing trains counts as ``all`` (FlopModel costs it 2N).
     """
     from lightning_embed.models import find_blocks
 
@@ -369,27 +388,44 @@ def infer_paper_method(backbone: nn.Module) -> str:
     named = [(n, p) for n, p in backbone.named_parameters() if "emb" not in n]
     trainable = [(n, p) for n, p in named if p.requires_grad]
     if not trainable:
-        return "full"
+        return "all"
     if any(id(p) in adapters for _, p in trainable):
-        return "lora"
-    base = [(n, p) for n, p in named if id(p) not in adapters]
-    if all(p.requires_grad for _, p in base):
-        return "full"
-    if all(n.endswith("bias") for n, _ in trainable):
-        return "bias"
+        return "through"
+    if all(p.requires_grad for n, p in named if id(p) not in adapters):
+        return "all"
     try:
         _, blocks = find_blocks(backbone)
     except UserError:
-        return "lora"
+        return "through"
     flags = [all(p.requires_grad for p in b.parameters()) for b in blocks]
     partial_blocks = [not f and any(p.requires_grad for p in b.parameters()) for f, b in zip(flags, blocks)]
     first = flags.index(True) if True in flags else len(flags)
     if not any(partial_blocks) and all(flags[first:]) and first < len(flags):
+        return "top"
+    return "through"
+
+
+def infer_paper_method(backbone: nn.Module) -> str:
+    """Which of the study's methods the way this module trains looks like (a label for reports).
+
+    ``full`` when every base non-embedding parameter trains; ``lora`` when adapters train; ``bias`` when
+    only biases train; ``freeze`` when only whole trailing blocks (and what follows them) train. Anything
+    else (a third party's norm-only tuning, say) is labelled ``lora``: its backward still runs through the
+    whole network, as with adapters. The cost itself comes from :func:`backward_reach`.
+    """
+    reach = backward_reach(backbone)
+    if reach == "all":
+        return "full"
+    if reach == "top":
         return "freeze"
+    adapters = _adapter_param_ids(backbone)
+    trainable = [(n, p) for n, p in backbone.named_parameters() if "emb" not in n and p.requires_grad]
+    if not any(id(p) in adapters for _, p in trainable) and all(n.endswith("bias") for n, _ in trainable):
+        return "bias"
     return "lora"
 
 
 __all__ = [
-    "ACCOUNTINGS", "Accounting", "FlopCount", "FlopModel", "MatmulOp", "PAPER_METHODS", "ParameterCounts",
-    "Poly", "TokenStats", "infer_paper_method", "paper_flops_per_token", "parameter_counts",
+    "ACCOUNTINGS", "Accounting", "BackwardReach", "FlopCount", "FlopModel", "MatmulOp", "ParameterCounts",
+    "Poly", "TokenStats", "backward_reach", "infer_paper_method", "paper_flops_per_token", "parameter_counts",
 ]

@@ -10,8 +10,15 @@ in its ``pyproject.toml``::
     [project.entry-points."lightning_embed.strategies"]
     norm = "my_package.norm:NormTuning"
 
-The FLOP model derives the backward cost from which parameters require gradients, so a strategy never
-reports its own cost.
+The exact FLOP model derives the backward cost from which parameters require gradients, so a strategy
+never reports its own cost. What the scaling-law tooling needs to know about a *method* (its per-token FLOP
+formula under the study's ``paper`` accounting, the "setting" a law is fitted per, how many parameters it
+trains on a model of given counts) is declared by classmethods of the strategy, each with a default, so a
+third-party strategy is costed, swept, fitted and recommended without declaring anything; see
+:class:`TuningStrategy`.
+
+Importing this module (and a strategy that needs torch only inside its methods) does not import torch:
+``recipe`` asks the strategies and must answer in well under a second.
 
 Helpers for strategy authors (the built-ins use them too): :func:`raise_if_problems` (value checks in
 ``__init__``, all reported at once), :func:`apply_strategy` (validate, then apply), :func:`backbone_parts`
@@ -26,12 +33,15 @@ import inspect
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lightning_embed.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the recipe consults strategies without it
+    import torch
+    from torch import nn
+
+    from lightning_embed.recipe.catalogue import ModelCounts
 
 ENTRY_POINT_GROUP = "lightning_embed.strategies"
 
@@ -92,6 +102,83 @@ class TuningStrategy:
         """Modules FSDP should shard on their own (default: none beyond the transformer blocks)."""
         return []
 
+    # -- method knowledge: what FLOP accounting, laws, sweeps and the recipe ask of a method ------------
+    # Classmethods, because they answer for a method *setting* (the options a law is fitted per) without
+    # an instance or a model. Each has a default, so a strategy that declares nothing still works.
+
+    #: The keys of the method's law setting with the values ``sweep plan`` tries when none are given
+    #: (LoRA: ``{"rank": (16,)}``); empty for a method with no setting (full tuning).
+    setting_defaults: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    @classmethod
+    def paper_flops_per_token(
+        cls, non_embedding: float, trainable: float, tuned: nn.Module | None = None,
+    ) -> float | None:
+        """Training FLOP per token as the study counts them (attention ignored), for ``paper`` accounting.
+
+        The default derives the formula from which parameters of ``tuned`` train
+        (:func:`lightning_embed.flops.backward_reach`): 6N when every base parameter trains; 2N + 4N_t when
+        only whole top blocks (and what follows them) train, since the backward pass stops at the lowest
+        trained block; otherwise 4N + 2N_t, the backward pass running through the whole network with
+        weight gradients only for N_t. Built-in strategies override it with their fixed formula.
+
+        Args:
+            non_embedding: N, the base model's parameters whose name lacks ``emb``.
+            trainable: N_t, the trainable parameters whose name lacks ``emb``.
+            tuned: the module this strategy's :meth:`apply` returned (weights may be on ``meta``).
+
+        Returns:
+            FLOP per token, or None when the formula needs ``tuned`` and none was given (the recipe then
+            builds the candidate on the ``meta`` device, tunes it and asks again).
+        """
+        if tuned is None:
+            return None
+        from lightning_embed.flops import backward_reach
+
+        n, n_t = float(non_embedding), float(trainable)
+        reach = backward_reach(tuned)
+        if reach == "all":
+            return 6.0 * n
+        if reach == "top":
+            return 2.0 * n + 4.0 * n_t
+        return 4.0 * n + 2.0 * n_t
+
+    @classmethod
+    def law_setting(cls, options: dict[str, Any], record: Any = None) -> dict[str, Any]:
+        """The setting a scaling law is fitted per, from the strategy's options (a run record's tuning args).
+
+        Runs with equal settings share one law. The default keeps every scalar option that differs from
+        its ``__init__`` default, so runs with the default options have the setting ``{}``.
+
+        Args:
+            options: the options as given to ``__init__`` (missing ones take their defaults).
+            record: the run record they come from, if any (for depth-dependent settings).
+        """
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                    if k != "self" and p.default is not p.empty}
+        return {k: v for k, v in sorted(options.items())
+                if isinstance(v, (int, float, str, bool)) and (k not in defaults or defaults[k] != v)}
+
+    @classmethod
+    def tuning_spec(cls, setting: dict[str, Any]) -> str | dict[str, Any]:
+        """The ``model.tuning`` config value that trains with a law setting (default: the setting as options)."""
+        return {"name": cls.name, **setting}
+
+    @classmethod
+    def trainable_params(cls, counts: ModelCounts, setting: dict[str, Any]) -> int | None:
+        """N_t, the non-embedding parameters a setting trains on a model with these counts, without building it.
+
+        Args:
+            counts: the candidate's parameter counts (:class:`lightning_embed.recipe.catalogue.ModelCounts`).
+            setting: the law setting.
+
+        Returns:
+            The count, or None when it cannot be said from the counts. The default is None: the recipe
+            then builds the candidate on the ``meta`` device, applies the strategy and counts (once, cached),
+            and reports the candidate as "cannot tune" when the strategy rejects the model.
+        """
+        return None
+
     def hparams(self) -> dict[str, Any]:
         """The strategy's options as given to ``__init__`` (recorded in run records and checkpoints)."""
         out = {}
@@ -117,18 +204,28 @@ class StrategyEntry:
 
 
 @lru_cache(maxsize=1)
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> StrategyEntry:
+    # One entry point at a time: asking about one strategy imports only that one (and not a plugin's torch).
+    ep = _entry_points()[name]
+    package = ep.dist.name if getattr(ep, "dist", None) is not None else "?"
+    try:
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, TuningStrategy)):
+            raise TypeError(f"{ep.value} is not a TuningStrategy subclass")
+        if not cls.name:  # documented: the name defaults to the entry-point name
+            cls.name = ep.name
+        return StrategyEntry(ep.name, ep.value, package, cls, None)
+    except Exception as err:  # a broken plugin must not take the others down
+        return StrategyEntry(ep.name, ep.value, package, None, f"{type(err).__name__}: {err}")
+
+
 def _entries() -> dict[str, StrategyEntry]:
-    found: dict[str, StrategyEntry] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        package = ep.dist.name if ep.dist is not None else "?"
-        try:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, TuningStrategy)):
-                raise TypeError(f"{ep.value} is not a TuningStrategy subclass")
-            found[ep.name] = StrategyEntry(ep.name, ep.value, package, cls, None)
-        except Exception as err:  # a broken plugin must not take the others down
-            found[ep.name] = StrategyEntry(ep.name, ep.value, package, None, f"{type(err).__name__}: {err}")
-    return found
+    return {name: _load(name) for name in _entry_points()}
 
 
 def available_strategies() -> dict[str, StrategyEntry]:
@@ -136,9 +233,15 @@ def available_strategies() -> dict[str, StrategyEntry]:
     return dict(_entries())
 
 
+def strategy_names() -> list[str]:
+    """Names of every registered strategy, sorted, without importing any of them."""
+    return sorted(_entry_points())
+
+
 def refresh_strategies() -> None:
     """Forgets the cached registry (after installing a plugin in a running process)."""
-    _entries.cache_clear()
+    _entry_points.cache_clear()
+    _load.cache_clear()
 
 
 def strategy_class(name: str) -> type[TuningStrategy]:
@@ -147,13 +250,13 @@ def strategy_class(name: str) -> type[TuningStrategy]:
     Raises:
         StrategyError: unknown name (listing the known ones) or a plugin that failed to import.
     """
-    entries = _entries()
-    entry = entries.get(name)
-    if entry is None:
-        known = ", ".join(sorted(entries)) or "none installed"
-        close = difflib.get_close_matches(name, list(entries), n=1)
+    names = _entry_points()
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none installed"
+        close = difflib.get_close_matches(name, list(names), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise StrategyError(f"unknown tuning strategy {name!r}.{hint} Available: {known}.")
+    entry = _load(name)
     if entry.cls is None:
         raise StrategyError(
             f"tuning strategy {name!r} ({entry.value}, from package {entry.package!r}) failed to import: "
@@ -274,6 +377,8 @@ def is_norm(module: nn.Module) -> bool:
 
     Model families define their own RMSNorm classes, so the class name decides, not ``isinstance``.
     """
+    from torch import nn
+
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(module).__name__
 
 
@@ -318,6 +423,8 @@ class BackboneParts:
 
 def is_linear(module: nn.Module) -> bool:
     """``nn.Linear`` (bitsandbytes' 4-bit layers included) or transformers' ``Conv1D`` (GPT-2 family)."""
+    from torch import nn
+
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Any
+
 
 from lightning_embed.strategy import (
     TuningStrategy,
@@ -12,6 +13,11 @@ from lightning_embed.strategy import (
     raise_if_problems,
     set_trainable,
 )
+
+if TYPE_CHECKING:  # torch only inside methods: the recipe reads these classes without it
+    from torch import nn
+
+    from lightning_embed.recipe.catalogue import ModelCounts
 
 
 class BiasTuning(TuningStrategy):
@@ -29,6 +35,21 @@ class BiasTuning(TuningStrategy):
     """
 
     name = "bias"
+
+    @classmethod
+    def paper_flops_per_token(cls, non_embedding: float, trainable: float, tuned: nn.Module | None = None) -> float:
+        """4N + 2N_t, as the study counts it: the backward pass runs through the whole network."""
+        return 4.0 * float(non_embedding) + 2.0 * float(trainable)
+
+    @classmethod
+    def law_setting(cls, options: dict[str, Any], record: Any = None) -> dict[str, Any]:
+        """Bias tuning has no setting: one law."""
+        return {}
+
+    @classmethod
+    def trainable_params(cls, counts: ModelCounts, setting: dict[str, Any]) -> int | None:
+        """The biases outside head and embeddings; None where there are none (Llama-style models)."""
+        return counts.bias or None
 
     def __init__(self, norm_biases: bool = True) -> None:
         """Configures bias-only tuning.

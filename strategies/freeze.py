@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+
+import math
 
 from lightning_embed.strategy import (
     TuningStrategy,
@@ -13,6 +14,11 @@ from lightning_embed.strategy import (
     raise_if_problems,
     set_trainable,
 )
+
+if TYPE_CHECKING:  # torch only inside methods: the recipe reads these classes without it
+    from torch import nn
+
+    from lightning_embed.recipe.catalogue import ModelCounts
 
 
 class FreezeTuning(TuningStrategy):
@@ -29,6 +35,46 @@ class FreezeTuning(TuningStrategy):
     """
 
     name = "freeze"
+    setting_defaults = {"share": (0.25,)}
+
+    @classmethod
+    def paper_flops_per_token(cls, non_embedding: float, trainable: float, tuned: nn.Module | None = None) -> float:
+        """2N + 4N_t: forward 2N; the backward pass stops at the lowest trained block (4N_t)."""
+        return 2.0 * float(non_embedding) + 4.0 * float(trainable)
+
+    @classmethod
+    def law_setting(cls, options: dict[str, Any], record: Any = None) -> dict[str, Any]:
+        """``{share: s}``, the share of blocks trained, so one law covers models of different depths.
+
+        ``blocks`` given as a fraction is the share; a count is divided by the record's depth. Without the
+        depth, the trained share of N stands in (the top blocks dominate it).
+        """
+        blocks = options.get("blocks", 0.5)
+        if isinstance(blocks, float) and 0 < blocks <= 1:
+            return {"share": round(blocks, 4)}
+        depth = _number(_field(record, "num_blocks", "backbone_info.num_blocks", "num_layers"))
+        if depth:
+            return {"share": round(int(blocks) / depth, 4)}
+        n, n_t = (_number(_field(record, k)) for k in ("non_embedding_params", "trainable_params"))
+        return {"share": round(n_t / n, 2)} if n and n_t else {"blocks": int(blocks)}
+
+    @classmethod
+    def tuning_spec(cls, setting: dict[str, Any]) -> str | dict[str, Any]:
+        """``{name: freeze, blocks: share}``: a float is a fraction of the depth, so one spec fits every model."""
+        if "share" in setting:
+            return {"name": "freeze", "blocks": float(setting["share"])}
+        return super().tuning_spec(setting)
+
+    @classmethod
+    def trainable_params(cls, counts: ModelCounts, setting: dict[str, Any]) -> int | None:
+        """The top k blocks (k from the share as :meth:`num_trained_blocks` rounds it) and the final norm."""
+        if "share" in setting:
+            k = _top_blocks(float(setting["share"]), counts.num_blocks)
+        elif "blocks" in setting:
+            k = min(int(setting["blocks"]), counts.num_blocks)
+        else:
+            return None
+        return k * counts.block // counts.num_blocks + counts.final_norm
 
     def __init__(
         self,
@@ -68,9 +114,7 @@ class FreezeTuning(TuningStrategy):
 
     def num_trained_blocks(self, depth: int) -> int:
         """How many top blocks train on a backbone with ``depth`` blocks (a fraction rounds half up)."""
-        if isinstance(self.blocks, float):
-            return min(depth, max(1, math.floor(self.blocks * depth + 0.5)))
-        return self.blocks
+        return _top_blocks(self.blocks, depth) if isinstance(self.blocks, float) else self.blocks
 
     def trainable_names(self, backbone: nn.Module) -> list[str]:
         """Names of the parameters this strategy trains on ``backbone`` (before :meth:`apply`)."""
@@ -105,3 +149,28 @@ class FreezeTuning(TuningStrategy):
         raise_if_problems(self.name, self.validate(backbone))
         set_trainable(backbone, set(self.trainable_names(backbone)))
         return backbone
+
+
+def _top_blocks(share: float, depth: int) -> int:
+    """Blocks a share of the depth trains: rounded half up, at least one, at most all."""
+    return min(depth, max(1, math.floor(share * depth + 0.5)))
+
+
+def _field(record: Any, *names: str) -> Any:
+    """The first present field among ``names`` of a run record or mapping (dotted names reach inside)."""
+    for name in names:
+        value = record
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+            if value is None:
+                break
+        if value is not None:
+            return value
+    return None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-from typing import Literal
 
-from torch import nn
+import copy
+from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_embed.strategy import (
     TuningStrategy,
@@ -13,6 +12,11 @@ from lightning_embed.strategy import (
     backbone_parts,
     raise_if_problems,
 )
+
+if TYPE_CHECKING:  # torch only inside methods: the recipe reads these classes without it
+    from torch import nn
+
+    from lightning_embed.recipe.catalogue import ModelCounts
 
 
 class LoRATuning(TuningStrategy):
@@ -30,6 +34,23 @@ class LoRATuning(TuningStrategy):
     """
 
     name = "lora"
+    setting_defaults = {"rank": (16,)}
+
+    @classmethod
+    def paper_flops_per_token(cls, non_embedding: float, trainable: float, tuned: nn.Module | None = None) -> float:
+        """4N + 2N_t: forward 2N, input gradients through the whole network 2N, adapter weight gradients 2N_t."""
+        return 4.0 * float(non_embedding) + 2.0 * float(trainable)
+
+    @classmethod
+    def law_setting(cls, options: dict[str, Any], record: Any = None) -> dict[str, Any]:
+        """``{rank: r}``: one law per rank (alpha, dropout and the like do not split the runs)."""
+        return {"rank": int(options.get("rank", options.get("r", 8)))}
+
+    @classmethod
+    def trainable_params(cls, counts: ModelCounts, setting: dict[str, Any]) -> int | None:
+        """r * (in + out) summed over every linear layer of the blocks (the default targets)."""
+        rank = setting.get("rank")
+        return int(rank) * counts.lora_in_out if isinstance(rank, int) and rank > 0 else None
 
     def __init__(
         self,

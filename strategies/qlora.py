@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from lightning_embed.strategy import backbone_parts, raise_if_problems
 
 from strategies.lora import LoRATuning
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # torch only inside methods: the recipe reads these classes without it
+    from torch import nn
+
+_DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 
 
 class QLoRATuning(LoRATuning):
@@ -106,6 +106,8 @@ class QLoRATuning(LoRATuning):
 
     def _quantise(self, layer: nn.Module) -> nn.Module:
         import bitsandbytes as bnb
+        import torch
+        from torch import nn
 
         weight = layer.weight.detach()
         if type(layer).__name__ == "Conv1D":  # GPT-2 stores (in, out); Linear4bit wants (out, in)
@@ -115,7 +117,7 @@ class QLoRATuning(LoRATuning):
             in_features,
             out_features,
             bias=layer.bias is not None,
-            compute_dtype=_DTYPES[self.compute_dtype],
+            compute_dtype=getattr(torch, self.compute_dtype),
             compress_statistics=self.double_quant,
             quant_type=self.quant_type,
             device="meta",  # no throw-away fp32 allocation: both tensors are replaced below
@@ -143,6 +145,7 @@ class QLoRATuning(LoRATuning):
         by float rounding: the 4-bit codes dequantise to exactly the weights the forward pass used.
         """
         import bitsandbytes as bnb
+        import torch
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
 
@@ -192,6 +195,7 @@ def _linear4bit_class() -> type[nn.Module]:
 
 def _dequantised(layer: nn.Module) -> nn.Linear:
     import bitsandbytes.functional as F
+    from torch import nn
 
     weight = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
     out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")

@@ -566,3 +566,114 @@ def test_smollm2_trainable_counts(smollm2):
 
     full = apply_strategy(build_strategy("full"), copy.deepcopy(smollm2))
     assert parameter_summary(full).trainable == total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Method knowledge: what FLOP accounting, laws, sweeps and the recipe ask of a strategy
+
+
+def _meta(arch: str, layers: int = 4):
+    from lightning_embed.recipe.catalogue import meta_model
+    from lightning_embed.testing import tiny_config
+
+    return meta_model(tiny_config(arch, 512, layers=layers).to_dict())
+
+
+class _TopBlock(registry.TuningStrategy):
+    """A strategy that declares nothing: trains the top block, or every norm with ``spread``."""
+
+    name = "topblock"
+
+    def __init__(self, spread: bool = False, scale: float = 1.0) -> None:
+        self.spread, self.scale = spread, scale
+
+    def apply(self, backbone):
+        parts = registry.backbone_parts(backbone)
+        names = set(parts.block_params[-1]) if not self.spread else {
+            n for n, _ in backbone.named_parameters() if "norm" in n}
+        registry.set_trainable(backbone, names)
+        return backbone
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_base_class_defaults_derive_the_method_from_what_trains(arch):
+    from lightning_embed.flops import FlopModel, parameter_counts
+
+    assert _TopBlock.paper_flops_per_token(100, 10) is None  # needs a tuned module to say
+    assert _TopBlock.trainable_params(None, {}) is None  # unknown from counts: the recipe measures it
+    # Setting: the scalar options that differ from their defaults; the spec builds it back.
+    assert _TopBlock.law_setting({"spread": False, "scale": 1.0}) == {}
+    assert _TopBlock.law_setting({"spread": True, "scale": 2.0, "names": ["x"]}) == {"scale": 2.0, "spread": True}
+    assert _TopBlock.tuning_spec({"spread": True}) == {"name": "topblock", "spread": True}
+    for spread, form in [(False, (2, 4)), (True, (4, 2))]:
+        tuned = _TopBlock(spread).apply(_meta(arch))
+        c = parameter_counts(tuned)
+        n, n_t = c.non_embedding, c.trainable_non_embedding
+        # Only the top block trains: the backward stops there (2N + 4N_t); norms in every block: it runs
+        # through the whole network (4N + 2N_t).
+        assert _TopBlock.paper_flops_per_token(n, n_t, tuned) == form[0] * n + form[1] * n_t
+        flops = FlopModel.from_module(tuned, accounting="paper", method="not-registered")
+        assert flops.paper_per_token == form[0] * n + form[1] * n_t
+    everything = build_strategy("full").apply(_meta(arch))
+    n = parameter_counts(everything).non_embedding
+    assert _TopBlock.paper_flops_per_token(n, n, everything) == 6 * n
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama", "bert"])
+def test_builtin_settings_round_trip_through_their_specs(arch):
+    """A law setting -> ``model.tuning`` -> the options a run records -> the same law setting."""
+    from lightning_embed.recipe.catalogue import count_model
+
+    counts = count_model(_meta(arch))
+    for method, setting in [("full", {}), ("lora", {"rank": 4}), ("qlora", {"rank": 16}), ("freeze", {"share": 0.5}),
+                            ("bias", {})]:
+        cls = strategy_class(method)
+        options = build_strategy(cls.tuning_spec(setting)).hparams()
+        assert cls.law_setting(options, {"num_blocks": counts.num_blocks}) == setting, (method, options)
+        n_t = cls.trainable_params(counts, setting)
+        if method == "bias" and arch == "llama":
+            assert n_t is None
+            continue
+        n = counts.non_embedding
+        expected = {"full": 6 * n, "freeze": 2 * n + 4 * n_t}.get(method, 4 * n + 2 * n_t)
+        assert cls.paper_flops_per_token(n, n_t) == expected
+    # A count of frozen blocks in a record becomes a share of that record's depth.
+    assert strategy_class("freeze").law_setting({"blocks": 2}, {"num_blocks": 8}) == {"share": 0.25}
+
+
+def test_asking_a_builtin_imports_neither_torch_nor_other_plugins():
+    """The recipe consults strategies in a torch-free process: one name loads one entry point."""
+    package = REPO / "lightning_embed"
+    code = (
+        "import sys, types\n"
+        f"pkg = types.ModuleType('lightning_embed'); pkg.__path__ = [{str(package)!r}]\n"
+        "sys.modules['lightning_embed'] = pkg\n"
+        "from lightning_embed.strategy import strategy_class, strategy_names\n"
+        "for name in ('full', 'lora', 'qlora', 'freeze', 'bias'):\n"
+        "    cls = strategy_class(name); cls.paper_flops_per_token(100, 10); cls.tuning_spec({})\n"
+        "print(sorted(strategy_names()), [m for m in ('torch', 'lightning_embed_norm') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("[]"), proc.stdout
+
+
+def test_paper_formula_by_name_asks_the_registry(monkeypatch):
+    from lightning_embed.errors import UserError
+    from lightning_embed.flops import paper_flops_per_token
+
+    real = registry.entry_points
+    plugin = SimpleNamespace(name="topblock", value="tests:_TopBlock", dist=SimpleNamespace(name="t"),
+                             load=lambda: _TopBlock)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*real(group=group), plugin])
+    registry.refresh_strategies()
+    try:
+        assert paper_flops_per_token("freeze", 100, 10) == 240
+        with pytest.raises(UserError, match="'topblock' declares no paper FLOP formula"):
+            paper_flops_per_token("topblock", 100, 10)
+        with pytest.raises(UserError, match="knows the methods .*topblock"):
+            paper_flops_per_token("prefix", 100, 10)
+    finally:
+        monkeypatch.undo()
+        registry.refresh_strategies()

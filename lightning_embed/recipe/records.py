@@ -4,13 +4,10 @@ Run records are JSON lines written by ``fit`` (the FLOP callback; schema in ``li
 read with its ``read_runs``). This module is the one place that knows their field names, so the fitting
 code depends only on :class:`Observation`; a record may be a ``RunRecord`` or a plain mapping.
 
-The method *setting* a law is fitted per is derived from the tuning arguments:
-
-- ``lora`` / ``qlora``: ``{rank: r}``;
-- ``freeze``: ``{share: s}``, the share of blocks trained (``blocks`` given as a fraction is taken as is;
-  a count is divided by the backbone's depth), so one law covers models of different depths;
-- ``full`` / ``bias``: ``{}``;
-- any other strategy: its scalar arguments.
+The method *setting* a law is fitted per is the method's tuning strategy's to say
+(:meth:`lightning_embed.strategy.TuningStrategy.law_setting`, from the tuning arguments): ``{rank: r}`` for
+``lora``/``qlora``, ``{share: s}`` (the share of blocks trained) for ``freeze``, ``{}`` for ``full`` and
+``bias``; a strategy that declares nothing gets its scalar options that differ from their defaults.
 """
 
 from __future__ import annotations
@@ -84,22 +81,17 @@ def _number(value: Any) -> float | None:
 
 
 def method_setting(name: str, args: dict[str, Any], record: Any = None) -> dict[str, Any]:
-    """The method setting a law is fitted per (see the module docstring)."""
-    if name in ("lora", "qlora"):
-        return {"rank": int(args.get("rank", args.get("r", 8)))}
-    if name == "freeze":
-        blocks = args.get("blocks", 0.5)
-        if isinstance(blocks, float) and 0 < blocks <= 1:
-            return {"share": round(blocks, 4)}
-        depth = _number(_get(record, "num_blocks", "backbone_info.num_blocks", "num_layers")) if record else None
-        if depth:
-            return {"share": round(int(blocks) / depth, 4)}
-        # Without the depth, the trained share of N is the best stand-in (top blocks dominate it).
-        n, nt = (_number(_get(record, k)) for k in ("non_embedding_params", "trainable_params"))
-        return {"share": round(nt / n, 2)} if n and nt else {"blocks": int(blocks)}
-    if name in ("full", "bias"):
-        return {}
-    return {k: v for k, v in sorted(args.items()) if isinstance(v, (int, float, str, bool))}
+    """The method setting a law is fitted per, as the method's strategy reads it (see the module docstring).
+
+    A method whose strategy is not installed keeps its scalar arguments, so its runs still group.
+    """
+    from lightning_embed.strategy import StrategyError, strategy_class
+
+    try:
+        cls = strategy_class(name)
+    except StrategyError:
+        return {k: v for k, v in sorted(args.items()) if isinstance(v, (int, float, str, bool))}
+    return cls.law_setting(dict(args), record)
 
 
 def observation(record: Any, source: str) -> Observation | None:

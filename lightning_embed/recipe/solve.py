@@ -21,8 +21,8 @@ import yaml
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe.catalogue import ModelEntry, load_shipped_family, resolve_models, shipped_families
-from lightning_embed.recipe.costs import PAPER_METHODS, Accounting, flops_per_example, trainable_params, tuning_spec
 from lightning_embed.recipe import decide
+from lightning_embed.recipe.costs import Accounting, flops_per_example, method_problem, trainable_on, tuning_spec
 from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws
 
 #: The study's crossover: full fine-tuning is compute-optimal up to here, LoRA above (Ziarko et al. 2024).
@@ -154,11 +154,12 @@ def solve(
     costs = flops_per_example([(m, law.method, law.setting) for law, m in pairs], accounting, query_tokens,
                               document_tokens)
     tokens_per_example = laws.provenance.get("tokens_per_example") or (query_tokens + document_tokens)
+    trainable = trainable_on([(m, law.method, law.setting) for law, m in pairs])
     candidates = []
-    for (law, model), cost in zip(pairs, costs):
-        c = Candidate(law, model, trainable_params(model.counts, law.method, law.setting), cost)
-        if cost is None and accounting == "paper" and law.method not in PAPER_METHODS:
-            c.note = f"no paper FLOP formula for {law.method}; use --accounting exact"
+    for (law, model), cost, n_t in zip(pairs, costs, trainable):
+        c = Candidate(law, model, n_t, cost)
+        if cost is None and method_problem(law.method):
+            c.note = method_problem(law.method)
         elif cost is None:
             c.note = f"{law.method} cannot tune {model.name}" + (" (no biases)" if law.method == "bias" else "")
         else:

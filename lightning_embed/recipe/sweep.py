@@ -32,8 +32,10 @@ import yaml
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe.catalogue import resolve_models
-from lightning_embed.recipe.costs import Accounting, flops_per_example
-from lightning_embed.recipe.laws import setting_label
+from lightning_embed.recipe.costs import Accounting, flops_per_example, method_problem
+from lightning_embed.recipe.design import GridPoint, method_settings, parse_setting_values, predict, seed_order
+from lightning_embed.recipe.design import focus as design_focus
+from lightning_embed.recipe.laws import load_laws, setting_label
 from lightning_embed.recipe.solve import DEFAULT_TRAIN, FLOP_CALLBACK, build_fit_config, save_config
 
 MANIFEST = "sweep.yaml"
@@ -53,24 +55,14 @@ class SweepPoint:
     examples: int
     steps: int
     config: str
+    #: The run's seed (``seed_everything`` and the data order) when the plan was given seeds, else None.
+    seed: int | None = None
 
 
-def _settings(methods: list[str], lora_ranks: list[int], freeze_shares: list[float]) -> list[tuple[str, dict]]:
-    out: list[tuple[str, dict]] = []
-    for method in methods:
-        if method in ("lora", "qlora"):
-            out += [(method, {"rank": int(r)}) for r in lora_ranks]
-        elif method == "freeze":
-            out += [(method, {"share": float(s)}) for s in freeze_shares]
-        else:
-            out.append((method, {}))
-    return out
-
-
-def point_name(budget: float, model: str, method: str, setting: dict[str, Any]) -> str:
-    """``1e16_pythia-70m_lora-rank16``: a file-system-safe name of a grid point."""
+def point_name(budget: float, model: str, method: str, setting: dict[str, Any], seed: int | None = None) -> str:
+    """``1e16_pythia-70m_lora-rank16`` (``..._seed1`` with a seed): a file-system-safe name of a grid point."""
     tag = "-".join([method, *(f"{k}{v}" for k, v in sorted(setting.items()))])
-    raw = f"{budget:.3g}".replace("+", "") + f"_{model}_{tag}"
+    raw = f"{budget:.3g}".replace("+", "") + f"_{model}_{tag}" + ("" if seed is None else f"_seed{seed}")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw)
 
 
@@ -88,6 +80,7 @@ def sweep_plan(
     methods: list[str] | None = None,
     lora_ranks: list[int] | None = None,
     freeze_shares: list[float] | None = None,
+    settings: list[str] | None = None,
     learning_rates: list[str] | None = None,
     accounting: Accounting = "paper",
     query_tokens: int = 14,
@@ -97,6 +90,10 @@ def sweep_plan(
     base_config: Path | None = None,
     min_steps: int = 10,
     max_examples: int | None = None,
+    laws: Path | None = None,
+    focus: int | None = None,
+    seeds: list[int] | None = None,
+    seed_points: int | None = None,
     checkpoints_per_run: int = 10,
     overwrite: bool = False,
 ) -> list[SweepPoint]:
@@ -104,15 +101,29 @@ def sweep_plan(
 
     Each point's config trains for the examples its budget buys (``max_steps``) and stops at the budget
     (the FLOP callback), appending a run record to DIRECTORY/runs.jsonl; then run them with
-    ``lightning-embed sweep run DIRECTORY`` and fit laws with ``lightning-embed laws fit``.
+    ``lightning-embed sweep run DIRECTORY`` and fit laws with ``lightning-embed laws fit``. Any installed
+    tuning strategy can be swept (``--methods norm``): its strategy costs the points and names its setting.
+
+    Denser near the optimum: ``--laws LAWS.yaml --focus 1`` keeps, for each budget and method setting,
+    only the model size the laws predict best at that budget (its iso-FLOP minimum) and one size on each
+    side (``--focus K``: K on each side); method settings without a law keep every size.
+
+    Noise floor: ``--seeds 0 1 2 --seed-points 6`` plans every point with seed 0 and repeats 6 of them
+    with seeds 1 and 2 (different initialisation of the trained parameters and data order; every point's
+    name ends in ``_seedS`` and its run record carries the seed). The repeated points are each budget and
+    method setting's predicted optimum (with ``--laws``; else its middle size), spread over budgets and
+    methods, then their neighbours. Without ``--seed-points`` every point runs with every seed.
 
     Args:
         directory: where the manifest, configs, runs and run records go.
         budgets: FLOP budgets, e.g. ``[1e15, 3e15, 1e16]``.
         models: candidate families or models, comma-separated (as ``recipe --models``).
-        methods: tuning methods (default: full, lora, freeze, bias).
-        lora_ranks: LoRA ranks to try (default: 16).
-        freeze_shares: shares of blocks that train with block freezing (default: 0.25).
+        methods: tuning strategies (default: full, lora, freeze, bias); any installed one works.
+        lora_ranks: LoRA ranks to try (default: 16); the same as ``--settings rank=...``.
+        freeze_shares: shares of blocks that train with block freezing (default: 0.25); the same as
+            ``--settings share=...``.
+        settings: values of any strategy's setting keys, as ``KEY=V1,V2`` (``rank=8,32``); each applies
+            to every method whose strategy has that key (``lightning-embed strategies`` lists options).
         learning_rates: a learning rate per method, as ``METHOD=LR`` (``full=5e-5 lora=5e-4``); methods
             not named keep the base config's (or 1e-4). Adapters usually want about ten times full
             fine-tuning's rate, and each law records the rate its runs used.
@@ -127,6 +138,10 @@ def sweep_plan(
         max_examples: points whose budget buys more examples are left out (and listed): set it to the
             training set's size times the passes over it you accept (the laws assume fresh data; the
             study trained one pass).
+        laws: a fitted laws file whose predictions place ``--focus`` and ``--seed-points``.
+        focus: with ``--laws``, the model sizes kept on each side of each budget's predicted optimum.
+        seeds: seeds of the runs (``--seeds 0 1 2``); the first is every point's, the others repeat points.
+        seed_points: how many points the extra seeds repeat (default: all).
         checkpoints_per_run: how often a run saves ``last.ckpt`` to resume from (evenly over its steps);
             0 saves only when a run is interrupted (Ctrl+C, an error), which spares the disk writes of a
             full fine-tuning checkpoint (weights and optimizer state) on a sweep of short runs.
@@ -139,16 +154,19 @@ def sweep_plan(
         UserError: every bad argument at once, or an existing plan without ``overwrite``.
     """
     methods = list(methods or ["full", "lora", "freeze", "bias"])
-    lora_ranks = list(lora_ranks or [16])
-    freeze_shares = list(freeze_shares or [0.25])
     directory = Path(directory)
     problems = []
     if not budgets:
         problems.append("give at least one budget")
     problems += [f"budget {b!r} is not a positive number" for b in budgets if not (isinstance(b, (int, float)) and b > 0)]
-    problems += [f"LoRA rank {r!r} is not a positive integer" for r in lora_ranks if not (isinstance(r, int) and r > 0)]
-    problems += [f"freeze share {s!r} is not in (0, 1]" for s in freeze_shares
+    problems += [f"LoRA rank {r!r} is not a positive integer" for r in lora_ranks or []
+                 if not (isinstance(r, int) and r > 0)]
+    problems += [f"freeze share {s!r} is not in (0, 1]" for s in freeze_shares or []
                  if not (isinstance(s, (int, float)) and 0 < s <= 1)]
+    values, bad_values = parse_setting_values(settings or [])
+    problems += bad_values
+    values = {**({"rank": [int(r) for r in lora_ranks]} if lora_ranks else {}),
+              **({"share": [float(s) for s in freeze_shares]} if freeze_shares else {}), **values}
     rates: dict[str, float] = {}
     for item in learning_rates or []:
         method, _, value = str(item).partition("=")
@@ -161,85 +179,123 @@ def sweep_plan(
                             "positive rate")
         else:
             rates[method] = rate
-    if accounting == "paper":
-        from lightning_embed.recipe.costs import PAPER_METHODS
-
-        problems += [f"method {m!r} has no paper FLOP formula; use accounting exact" for m in methods
-                     if m not in PAPER_METHODS]
     if batch_size < 1 or min_steps < 1:
         problems.append("batch_size and min_steps must be positive")
     if max_examples is not None and max_examples < 1:
         problems.append("max_examples must be positive")
     if checkpoints_per_run < 0:
         problems.append("checkpoints_per_run must be 0 or more")
+    if focus is not None and (focus < 0 or laws is None):
+        problems.append("focus needs a laws file (--laws) and a count of sizes of 0 or more on each side")
+    seeds = list(seeds or [])
+    if len(set(seeds)) != len(seeds) or any(not isinstance(x, int) or x < 0 for x in seeds):
+        problems.append(f"seeds must be distinct integers of 0 or more, got {seeds}")
+    if seed_points is not None and (seed_points < 1 or len(seeds) < 2):
+        problems.append("seed_points needs two or more --seeds and a count of 1 or more")
     if base_config is not None and not Path(base_config).is_file():
         problems.append(f"base config {str(base_config)!r} does not exist")
     if (directory / MANIFEST).exists() and not overwrite:
         problems.append(f"{directory / MANIFEST} exists (a planned sweep); pass overwrite to replace it")
     if problems:
         raise UserError("sweep plan: " + "; ".join(problems) + ".")
+    grid_settings, problems = method_settings(methods, values)
+    if problems:
+        raise UserError("sweep plan: " + "; ".join(problems) + ".")
+    fitted = load_laws(laws) if laws is not None else None
     base = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
     candidates = resolve_models(models)
-    if overwrite:  # the old plan's configs would otherwise linger beside the new ones
-        for old in (directory / "configs").glob("*.yaml"):
-            old.unlink()
-    grid = [(b, m, method, setting) for b in sorted(budgets) for m in candidates
-            for method, setting in _settings(methods, lora_ranks, freeze_shares)]
+    grid = [(b, m, method, setting) for b in sorted(budgets) for m in candidates for method, setting in grid_settings]
     costs = flops_per_example([(m, method, setting) for _, m, method, setting in grid], accounting, query_tokens,
                               document_tokens)
-    points, skipped = [], []
-    (directory / "configs").mkdir(parents=True, exist_ok=True)
+    chosen, skipped = [], []
     for (budget, model, method, setting), cost in zip(grid, costs):
         label = f"{setting_label(method, setting)} on {model.name} at {budget:.3g} FLOP"
         if cost is None:
-            skipped.append(f"{label}: {method} cannot tune {model.name}")
+            skipped.append(f"{label}: {method_problem(method) or f'{method} cannot tune {model.name}'}")
             continue
         examples = int(budget // cost)
         steps = examples // batch_size
         if steps < min_steps:
             skipped.append(f"{label}: buys {steps} steps (< {min_steps})")
-            continue
-        if max_examples is not None and examples > max_examples:
+        elif max_examples is not None and examples > max_examples:
             skipped.append(f"{label}: buys {examples:,} examples (> max_examples {max_examples:,})")
-            continue
-        name = point_name(budget, model.name, method, setting)
-        # The base config's model settings (learning rate, temperature, lengths) are the points' own,
-        # a per-method learning rate over them.
-        hparams = {**(base.get("model") or {}), **({"learning_rate": rates[method]} if method in rates else {})}
-        config = build_fit_config(model, method, setting, budget, batch_size=batch_size, accounting=accounting,
-                                  hparams=hparams, train=train, runs_file="runs.jsonl")
-        config = _merge(base, config)
-        base_callbacks = [c for c in (base.get("trainer") or {}).get("callbacks") or []
-                          if not (isinstance(c, dict) and c.get("class_path") in (FLOP_CALLBACK, CHECKPOINT_CALLBACK))]
-        config["trainer"]["default_root_dir"] = f"runs/{name}"
-        every = max(1, steps // checkpoints_per_run) if checkpoints_per_run else 0
-        config["trainer"]["callbacks"] = base_callbacks + [{
-            # last.ckpt only, `checkpoints_per_run` times per run and on an exception: what `sweep run`
-            # resumes from (every_n_epochs 0: no extra save at epoch ends).
-            "class_path": CHECKPOINT_CALLBACK,
-            "init_args": {"dirpath": f"runs/{name}/checkpoints", "save_top_k": 0, "save_last": True,
-                          "every_n_train_steps": every, "every_n_epochs": 0 if not every else None,
-                          "save_on_exception": True},
-        }]
-        path = directory / "configs" / f"{name}.yaml"
-        save_config(config, path, header=f"Sweep point {label}: {examples:,} examples, {steps:,} steps.\n"
-                    "Paths are relative to the sweep directory; `lightning-embed sweep run` runs it from there.")
-        points.append(SweepPoint(name, float(budget), model.name, method, setting, examples, steps,
-                                 f"configs/{name}.yaml"))
-    if not points:
+        else:
+            chosen.append(GridPoint(float(budget), model, method, setting, examples))
+    if fitted is not None:
+        predict(chosen, fitted, query_tokens + document_tokens)
+        if focus is not None:
+            chosen, dropped = design_focus(chosen, focus)
+            skipped += dropped
+            unfocused = sorted({setting_label(c.method, c.setting) for c in chosen if c.loss is None})
+            if unfocused:
+                print(f"no law in {laws} for {', '.join(unfocused)}: every model size kept for them")
+    if not chosen:
         raise UserError("sweep plan: no grid point buys enough steps: " + "; ".join(skipped) + ".")
+    runs = [(c, seeds[0] if seeds else None) for c in chosen]
+    if len(seeds) > 1:
+        repeated = seed_order(chosen)[:seed_points or len(chosen)]
+        runs += [(c, seed) for seed in seeds[1:] for c in repeated]
+    if overwrite:  # the old plan's configs would otherwise linger beside the new ones
+        for old in (directory / "configs").glob("*.yaml"):
+            old.unlink()
+    (directory / "configs").mkdir(parents=True, exist_ok=True)
+    points = [_write_point(directory, c, seed, base, rates, batch_size=batch_size, accounting=accounting,
+                           train=train, checkpoints_per_run=checkpoints_per_run) for c, seed in runs]
     manifest = {
         "schema_version": SCHEMA_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "accounting": accounting, "batch_size": batch_size, "query_tokens": query_tokens,
         "document_tokens": document_tokens, "runs_file": "runs.jsonl",
+        "design": {"laws": str(laws) if laws is not None else None, "focus": focus, "seeds": seeds or None,
+                   "seed_points": seed_points},
         "points": [asdict(p) for p in points], "skipped": skipped,
     }
-    (directory / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False, width=110))
+    _write_atomic(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, width=110))
     print(f"planned {len(points)} runs in {directory} ({len(skipped)} grid points left out); "
           f"run them with: lightning-embed sweep run {directory}")
     for reason in skipped:
         print(f"  left out: {reason}")
     return points
+
+
+def _write_point(directory: Path, c: GridPoint, seed: int | None, base: dict[str, Any], rates: dict[str, float], *,
+                 batch_size: int, accounting: Accounting, train: str, checkpoints_per_run: int) -> SweepPoint:
+    """Writes one point's fit config and returns its manifest entry."""
+    label = f"{setting_label(c.method, c.setting)} on {c.model.name} at {c.budget:.3g} FLOP"
+    steps = c.examples // batch_size
+    name = point_name(c.budget, c.model.name, c.method, c.setting, seed)
+    # The base config's model settings (learning rate, temperature, lengths) are the points' own,
+    # a per-method learning rate over them.
+    hparams = {**(base.get("model") or {}), **({"learning_rate": rates[c.method]} if c.method in rates else {})}
+    config = build_fit_config(c.model, c.method, c.setting, c.budget, batch_size=batch_size, accounting=accounting,
+                              hparams=hparams, train=train, runs_file="runs.jsonl",
+                              **({"seed": seed} if seed is not None else {}))
+    if seed is not None:  # a seed changes the data order too, not only the initialisation
+        config["data"]["seed"] = seed
+    config = _merge(base, config)
+    base_callbacks = [x for x in (base.get("trainer") or {}).get("callbacks") or []
+                      if not (isinstance(x, dict) and x.get("class_path") in (FLOP_CALLBACK, CHECKPOINT_CALLBACK))]
+    config["trainer"]["default_root_dir"] = f"runs/{name}"
+    every = max(1, steps // checkpoints_per_run) if checkpoints_per_run else 0
+    config["trainer"]["callbacks"] = base_callbacks + [{
+        # last.ckpt only, `checkpoints_per_run` times per run and on an exception: what `sweep run`
+        # resumes from (every_n_epochs 0: no extra save at epoch ends).
+        "class_path": CHECKPOINT_CALLBACK,
+        "init_args": {"dirpath": f"runs/{name}/checkpoints", "save_top_k": 0, "save_last": True,
+                      "every_n_train_steps": every, "every_n_epochs": 0 if not every else None,
+                      "save_on_exception": True},
+    }]
+    path = directory / "configs" / f"{name}.yaml"
+    seeded = "" if seed is None else f", seed {seed}"
+    save_config(config, path, header=f"Sweep point {label}: {c.examples:,} examples, {steps:,} steps{seeded}.\n"
+                "Paths are relative to the sweep directory; `lightning-embed sweep run` runs it from there.")
+    return SweepPoint(name, c.budget, c.model.name, c.method, c.setting, c.examples, steps, f"configs/{name}.yaml",
+                      seed)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ---- running --------------------------------------------------------------------------------------------
