@@ -16,6 +16,8 @@ from typing import Literal
 from lightning_embed.errors import UserError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+#: ckpt_path values Lightning resolves itself (to the best, last, SLURM or registry checkpoint).
+_LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
 
 def _quiet_third_party() -> None:
@@ -49,6 +51,7 @@ def embedding_cli_class():
     from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
+    from lightning_embed.faults import FaultTolerance
     from lightning_embed.flop_callback import FlopCallback
 
     class EmbeddingCLI(LightningCLI):
@@ -61,12 +64,16 @@ def embedding_cli_class():
             )
             # Every fit is counted and recorded: the FLOP callback is a group of its own (--flops.max_flops).
             parser.add_lightning_class_args(FlopCallback, "flops")
+            # Every fit writes last.ckpt periodically and on a stop signal (--faults.checkpoint_every).
+            parser.add_lightning_class_args(FaultTolerance, "faults")
 
         def _instantiate_trainer(self, config, callbacks):
             user = list(config.get("callbacks") or [])
             if any(isinstance(c, FlopCallback) for c in user):
                 # A FlopCallback in trainer.callbacks replaces the `flops` group's (never count twice).
                 callbacks = [c for c in callbacks if not isinstance(c, FlopCallback)]
+            if any(isinstance(c, FaultTolerance) for c in user):
+                callbacks = [c for c in callbacks if not isinstance(c, FaultTolerance)]
             if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in [*callbacks, *user]
             ):
@@ -74,12 +81,18 @@ def embedding_cli_class():
             return super()._instantiate_trainer(config, callbacks)
 
         def before_fit(self) -> None:
+            _check_fit(self.trainer, self.model, self.config[self.subcommand].get("ckpt_path"))
             for callback in self.trainer.callbacks:
                 if isinstance(callback, FlopCallback) and callback.config is None:
                     callback.config = _plain(self.config[self.subcommand])
             self._before = None
             if self.config[self.subcommand].get("compare_before_after"):
                 self._before = _validate_metrics(self.trainer, self.model, self.datamodule)
+
+        def before_validate(self) -> None:
+            _check_checkpoint_file(self.config[self.subcommand].get("ckpt_path"))
+
+        before_test = before_predict = before_validate
 
         def after_fit(self) -> None:
             if getattr(self, "_before", None) is None or self.trainer.interrupted:
@@ -92,6 +105,26 @@ def embedding_cli_class():
 
     _CLI_CLASS = EmbeddingCLI
     return EmbeddingCLI
+
+
+def _check_fit(trainer, model, ckpt_path: str | None) -> None:
+    """Refusals before a fit starts: nothing to train, nowhere to write, a checkpoint of another model."""
+    from lightning_embed.faults import check_resume
+    from lightning_embed.outputs import check_output
+
+    if trainer.max_steps == 0 or trainer.max_epochs == 0:
+        raise UserError("trainer.max_steps=0 / max_epochs=0 trains nothing; give a positive number (or -1 / null "
+                        "for no limit), or use `lightning-embed validate` to score a model without training.")
+    check_output(trainer.default_root_dir, "trainer.default_root_dir", "folder")
+    if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_NAMES:
+        check_resume(ckpt_path, dict(model.hparams))
+
+
+def _check_checkpoint_file(ckpt_path: str | None) -> None:
+    if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_NAMES and not Path(ckpt_path).is_dir():
+        from lightning_embed.encoder import read_checkpoint
+
+        read_checkpoint(ckpt_path)
 
 
 def _plain(namespace) -> dict:
@@ -116,7 +149,9 @@ def _trainer_cli(args: list[str] | None, **kwargs):
         # bf16 mixed precision where the hardware has it: same held-out loss, about twice the speed.
         trainer_defaults={"enable_model_summary": False, "precision": default_precision()},
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "Contrastive fine-tuning of language models into embedding models."},
+        # Parse errors are raised (and printed as one line by main), not printed under a full usage.
+        parser_kwargs={"description": "Contrastive fine-tuning of language models into embedding models.",
+                       "exit_on_error": False, **{c: {"exit_on_error": False} for c in TRAINER_COMMANDS}},
         **kwargs,
     )
 
@@ -185,8 +220,13 @@ def main(argv: list[str] | None = None) -> None:
         print("\nTraining: fit, validate, test, predict (LightningCLI; see `lightning-embed fit --help`).")
         print("Other: " + ", ".join(commands))
         raise SystemExit(0 if args else 2)
+    from jsonargparse import ArgumentError
+
+    from lightning_embed import faults
+
     try:
         if args[0] in TRAINER_COMMANDS:
+            _check_config_files(args)
             _quiet_third_party()
             # LightningCLI reads sys.argv itself when given None (it warns when given both).
             _trainer_cli(None if argv is None else args)
@@ -196,12 +236,56 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"unknown command {args[0]!r}. {_usage(commands)}")
     except UserError as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail("interrupted", code=130)
+    except ArgumentError as err:
+        _fail(f"{_one_line(str(err))}; see `lightning-embed {args[0]} --help`")
+    except (KeyboardInterrupt, SystemExit) as err:
+        # Lightning turns Ctrl+C into sys.exit(1) and SIGTERM into SystemExit(None): exit as a shell expects.
+        stop = faults.last_stop()
+        if stop is not None:
+            _fail(stop.message(), code=stop.exit_code, prefix="")
+        if isinstance(err, KeyboardInterrupt):
+            _fail("interrupted", code=130)
+        raise
 
 
-def _fail(message: str, code: int = 2) -> None:
-    print(f"lightning-embed: error: {message}", file=sys.stderr)
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = " ".join(lines).removeprefix("error: ")
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def _check_config_files(args: list[str]) -> None:
+    """Each ``--config`` file exists and is YAML; a syntax error is named by file, line and column."""
+    import yaml
+
+    for path in _config_paths(args):
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise UserError(f"config file {path!r} does not exist.")
+        try:
+            yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read config file {path}: {getattr(err, 'strerror', None) or err}.") from None
+        except yaml.YAMLError as err:
+            marks = [(getattr(err, "context", None), getattr(err, "context_mark", None)),
+                     (getattr(err, "problem", None), getattr(err, "problem_mark", None))]
+            parts = [f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else text
+                     for text, mark in marks if text]
+            raise UserError(f"config file {path} is not valid YAML: {'; '.join(parts) or err}.") from None
+
+
+def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
+    print(f"lightning-embed: {prefix}{message}", file=sys.stderr)
     raise SystemExit(code)
 
 
