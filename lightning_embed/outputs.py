@@ -65,4 +65,25 @@ def check_output(path: str | os.PathLike, option: str, kind: Literal["file", "fo
     return target
 
 
-__all__ = ["check_output"]
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``.
+
+    Raises:
+        UserError: the file could not be written (a full disk, ...); an earlier ``path`` is left as it was.
+    """
+    target = Path(path).expanduser()
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {target}: {err.strerror or err}.") from None
+    return target
+
+
+__all__ = ["check_output", "write_text_atomically"]
