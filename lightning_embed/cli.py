@@ -80,19 +80,34 @@ def embedding_cli_class():
                 callbacks = [*callbacks, RichProgressBar()]
             return super()._instantiate_trainer(config, callbacks)
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI parses a checkpoint's hyper-parameters over the model config: a fit would silently
+            # train the checkpoint's model (and take its trust_remote_code). A fit keeps its config, and is
+            # refused if the checkpoint is of another model; validate/test/predict take the checkpoint's
+            # model, but never its trust_remote_code.
+            subcommand = self.config.get("subcommand")
+            config = self.config.get(subcommand) if subcommand else None
+            ckpt_path = config.get("ckpt_path") if config is not None else None
+            if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_NAMES or Path(ckpt_path).expanduser().is_dir():
+                return
+            from lightning_embed.faults import check_resume
+
+            if subcommand == "fit":
+                check_resume(ckpt_path, _plain(config["model"]))
+                return
+            _check_checkpoint_file(ckpt_path)
+            trust = config["model"].get("trust_remote_code", False)
+            super()._parse_ckpt_path()
+            self.config[subcommand]["model"]["trust_remote_code"] = trust
+
         def before_fit(self) -> None:
-            _check_fit(self.trainer, self.model, self.config[self.subcommand].get("ckpt_path"))
+            _check_fit(self.trainer)
             for callback in self.trainer.callbacks:
                 if isinstance(callback, FlopCallback) and callback.config is None:
                     callback.config = _plain(self.config[self.subcommand])
             self._before = None
             if self.config[self.subcommand].get("compare_before_after"):
                 self._before = _validate_metrics(self.trainer, self.model, self.datamodule)
-
-        def before_validate(self) -> None:
-            _check_checkpoint_file(self.config[self.subcommand].get("ckpt_path"))
-
-        before_test = before_predict = before_validate
 
         def after_fit(self) -> None:
             if getattr(self, "_before", None) is None or self.trainer.interrupted:
@@ -107,24 +122,22 @@ def embedding_cli_class():
     return EmbeddingCLI
 
 
-def _check_fit(trainer, model, ckpt_path: str | None) -> None:
-    """Refusals before a fit starts: nothing to train, nowhere to write, a checkpoint of another model."""
-    from lightning_embed.faults import check_resume
+def _check_fit(trainer) -> None:
+    """Refusals before a fit starts: nothing to train, nowhere to write."""
     from lightning_embed.outputs import check_output
 
     if trainer.max_steps == 0 or trainer.max_epochs == 0:
         raise UserError("trainer.max_steps=0 / max_epochs=0 trains nothing; give a positive number (or -1 / null "
                         "for no limit), or use `lightning-embed validate` to score a model without training.")
     check_output(trainer.default_root_dir, "trainer.default_root_dir", "folder")
-    if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_NAMES:
-        check_resume(ckpt_path, dict(model.hparams))
 
 
-def _check_checkpoint_file(ckpt_path: str | None) -> None:
-    if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_NAMES and not Path(ckpt_path).is_dir():
-        from lightning_embed.encoder import read_checkpoint
+def _check_checkpoint_file(ckpt_path: str) -> None:
+    from lightning_embed.encoder import read_checkpoint
 
-        read_checkpoint(ckpt_path)
+    if not Path(ckpt_path).expanduser().exists():
+        raise UserError(f"--ckpt_path {ckpt_path!r} does not exist.")
+    read_checkpoint(ckpt_path)
 
 
 def _plain(namespace) -> dict:

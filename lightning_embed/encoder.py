@@ -215,7 +215,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is a folder, not a checkpoint file.")
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
+        # (the safe unpickler raises KeyError/IndexError on some bytes that are not a pickle at all)
         raise UserError(f"{path}: not a PyTorch checkpoint that loads safely ({_first_line(err)}).") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in ckpt:

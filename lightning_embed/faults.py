@@ -328,12 +328,25 @@ def check_resume(ckpt_path: str | os.PathLike, hparams: dict[str, Any]) -> None:
         raise UserError(f"--ckpt_path {str(ckpt_path)!r} does not exist; give a checkpoint written by "
                         "lightning-embed fit (e.g. its checkpoints/last.ckpt).")
     saved = read_checkpoint(path)["hyper_parameters"]
-    differences = [f"{key}: checkpoint {saved.get(key)!r}, config {hparams.get(key)!r}" for key in RESUME_KEYS
-                   if _plain(saved.get(key)) != _plain(hparams.get(key))]
+    wanted = {**hparams, "tuning": _tuning_spec(hparams.get("tuning", "full"))}
+    differences = [f"{key}: checkpoint {_plain(saved.get(key))!r}, config {_plain(wanted.get(key))!r}"
+                   for key in RESUME_KEYS if _plain(saved.get(key)) != _plain(wanted.get(key))]
     if differences:
         raise UserError(f"--ckpt_path {path} was trained with other settings than the config ("
                         + "; ".join(differences) + "); resume with the run's own config (fit --config "
                         "<its config.yaml> --ckpt_path ...) or start a new run without --ckpt_path.")
+
+
+def _tuning_spec(tuning: Any) -> Any:
+    # The config names a strategy in any accepted form ("lora", {"name": "lora", "rank": 8}, a class path);
+    # the checkpoint holds the strategy's full spec. Compare specs.
+    from lightning_embed.module import _strategy_spec
+    from lightning_embed.strategy import build_strategy
+
+    try:
+        return _strategy_spec(build_strategy(tuning))
+    except UserError:
+        return tuning
 
 
 def _plain(value: Any) -> Any:
