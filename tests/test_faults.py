@@ -291,3 +291,15 @@ def test_trust_remote_code_is_never_read_from_a_checkpoint_or_export(setup, stra
                         lambda *a, **k: asked.append(k.get("trust_remote_code")) or real_auto(*a, **k))
     load(folder, device="cpu")
     assert asked == [False]
+
+
+def test_slurm_requeue_signal_writes_last_ckpt_and_training_goes_on(setup, tmp_path, monkeypatch):
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "faults", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol: Lightning's requeue fails with a warning, harmlessly
+    main(fit_args(setup, tmp_path, "--trainer.plugins=lightning.fabric.plugins.environments.SLURMEnvironment",
+                  "--trainer.callbacks+=test_faults.SignalAt", "--trainer.callbacks.step=2",
+                  "--trainer.callbacks.signal=SIGUSR1"))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] in (2, 3)
+    assert read_runs(tmp_path / "runs.jsonl")[-1].status == "completed"  # the requeue signal does not stop the run
