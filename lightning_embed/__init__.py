@@ -28,12 +28,14 @@ _EXPORTS = {
     "RunRecord": "lightning_embed.runs",
     "read_runs": "lightning_embed.runs",
     "dry_run": "lightning_embed.flop_budget",
+    "FaultTolerance": "lightning_embed.faults",
 }
 
 if TYPE_CHECKING:
     from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
     from lightning_embed.encoder import Encoder, load
     from lightning_embed.errors import UserError
+    from lightning_embed.faults import FaultTolerance
     from lightning_embed.flop_budget import dry_run
     from lightning_embed.flop_callback import FlopCallback
     from lightning_embed.flops import FlopCount, FlopModel, paper_flops_per_token
@@ -58,6 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EmbeddingModule",
     "Encoder",
+    "FaultTolerance",
     "FlopCallback",
     "FlopCount",
     "FlopModel",
