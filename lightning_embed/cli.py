@@ -7,6 +7,7 @@ docstrings are their ``--help``.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -16,6 +17,8 @@ from typing import Literal
 from lightning_embed.errors import UserError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+#: OSErrors that come from the machine, not from a bug: reported in one line.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 #: ckpt_path values Lightning resolves itself (to the best, last, SLURM or registry checkpoint).
 _LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
@@ -251,6 +254,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(err))
     except ArgumentError as err:
         _fail(f"{_one_line(str(err))}; see `lightning-embed {args[0]} --help`")
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # A full disk or a read-only folder met mid-run (e.g. by a checkpoint); the run record says "failed".
+        where = f" ({err.filename})" if err.filename else ""
+        _fail(f"{err.strerror or err}{where}; free space or choose another output, then resume from the last "
+              "checkpoint.")
     except (KeyboardInterrupt, SystemExit) as err:
         # Lightning turns Ctrl+C into sys.exit(1) and SIGTERM into SystemExit(None): exit as a shell expects.
         stop = faults.last_stop()

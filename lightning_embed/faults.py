@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -130,20 +131,28 @@ def write_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
     Raises:
         UserError: the checkpoint could not be written (the previous one is kept).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # the same name on every rank (sharded checkpoints are folders)
     problem = None
     try:
-        trainer.save_checkpoint(tmp)  # every rank takes part; only rank zero writes
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank zero (or each shard's owner) writes
+        trainer.strategy.barrier()
         if trainer.is_global_zero:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            if tmp.is_dir():  # a sharded checkpoint: a folder cannot be renamed over a folder
+                old = path.with_name(f".{path.name}.old")
+                if path.exists():
+                    os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
     except OSError as err:
         problem = f"cannot write checkpoint {path}: {err.strerror or err}; the previous one is kept. Free space " \
                   "or choose another trainer.default_root_dir, then resume."
     finally:
         if trainer.is_global_zero and tmp.exists():
-            tmp.unlink()
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
     if problem:
         raise UserError(problem)
 
@@ -301,6 +310,10 @@ class FaultTolerance(Callback):
             checkpoint = Path(trainer.ckpt_path)
         _last_stop = Stop(name, trainer.global_step, checkpoint,
                           self.resume_hint(checkpoint) if checkpoint is not None else None)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # No step left to finish: a Ctrl+C from here on (the final validation) stops at once.
+        self._restore_handlers()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()

@@ -39,7 +39,7 @@ class SignalAt(Callback):
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 
-def write_pairs(path: Path, n: int = 32) -> Path:
+def write_pairs(path: Path, n: int = 24) -> Path:
     with path.open("w") as f:
         for i in range(n):
             a, b = WORDS[i % len(WORDS)], WORDS[(i * 7 + 3) % len(WORDS)]
@@ -54,14 +54,14 @@ def setup(tmp_path_factory, tiny_backbones):
 
 
 def fit_args(setup: dict, root: Path, *extra: str) -> list[str]:
-    """8 steps: 2 epochs of 4 batches; step checkpoints every 3 steps (mid-epoch) and one per epoch."""
+    """6 steps: 2 epochs of 3 batches; step checkpoints every 2 steps (mid-epoch) and one per epoch."""
     return [
         "fit", f"--model.backbone={setup['backbone']}", "--model.learning_rate=1e-3", "--model.query_max_length=16",
         "--model.document_max_length=24", f"--data.train={setup['train']}", f"--data.val={setup['train']}",
-        "--data.batch_size=8", "--trainer.max_epochs=2", "--trainer.precision=32-true", "--trainer.logger=false",
+        "--data.batch_size=8", "--data.max_val_examples=16", "--trainer.max_epochs=2", "--trainer.precision=32-true", "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}",
         "--trainer.num_sanity_val_steps=0", f"--flops.runs_file={root}/runs.jsonl",
-        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=3",
+        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=2",
         "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename=mid-{step}",
         "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_top_k=-1",
         "--trainer.callbacks.filename=end-{epoch}", *extra,
@@ -101,7 +101,7 @@ TUNINGS = {"full": [], "lora": ["--model.tuning.name=lora", "--model.tuning.rank
 def test_resume_is_bit_identical_from_mid_epoch_and_end_of_epoch(setup, tmp_path, tuning):
     extra = TUNINGS[tuning]
     main(fit_args(setup, tmp_path / "straight", *extra))
-    mid = next((tmp_path / "straight").rglob("mid-step=3*.ckpt"))  # step 3 of 4 in epoch 0
+    mid = next((tmp_path / "straight").rglob("mid-step=2*.ckpt"))  # step 2 of 3 in epoch 0
     end = next((tmp_path / "straight").rglob("end-epoch=0*.ckpt"))  # after epoch 0 and its validation
     for name, ckpt in (("mid", mid), ("end", end)):
         main(fit_args(setup, tmp_path / name, *extra, f"--ckpt_path={ckpt}"))
@@ -132,12 +132,12 @@ def test_sigkill_mid_run_then_resume_from_last_ckpt_equals_the_straight_run(setu
 
 def test_sigint_writes_last_ckpt_exits_130_and_the_printed_command_resumes_exactly(setup, straight, tmp_path):
     result = run_cli(fit_args(setup, tmp_path, "--trainer.callbacks+=test_faults.SignalAt",
-                              "--trainer.callbacks.step=3", "--trainer.callbacks.signal=SIGINT"))
+                              "--trainer.callbacks.step=2", "--trainer.callbacks.signal=SIGINT"))
     assert result.returncode == 130, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = tmp_path / "checkpoints" / "last.ckpt"
     step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-    assert step in (3, 4)  # the step under way when the signal came is finished, then saved
+    assert step in (2, 3)  # the step under way when the signal came is finished, then saved
     record = read_runs(tmp_path / "runs.jsonl")[-1]
     assert record.status == "interrupted" and str(last) in record.error and record.steps == step
     command = result.stderr.split("resume with: ")[-1].strip()
@@ -156,7 +156,9 @@ def test_sigterm_writes_last_ckpt_and_exits_143(setup, tmp_path, capsys):
     assert read_runs(tmp_path / "runs.jsonl")[-1].status == "interrupted"
 
 
-def test_a_full_disk_loses_no_earlier_checkpoint_or_run_record(setup, straight, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("failing", [2, 3])  # saves: 1 last.ckpt@1, 2 last.ckpt@2, 3 ModelCheckpoint's mid-step=2
+def test_a_full_disk_loses_no_earlier_checkpoint_or_run_record(setup, straight, tmp_path, monkeypatch, capsys,
+                                                               failing):
     import shutil
 
     root = tmp_path / "run"
@@ -165,9 +167,9 @@ def test_a_full_disk_loses_no_earlier_checkpoint_or_run_record(setup, straight, 
     before = (root / "runs.jsonl").read_bytes()
     real_save, calls = torch.save, []
 
-    def save(obj, f, *args, **kwargs):  # the second checkpoint hits a full disk
+    def save(obj, f, *args, **kwargs):  # from the `failing`-th checkpoint on, the disk is full
         calls.append(f)
-        if len(calls) >= 2:
+        if len(calls) >= failing:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
@@ -178,7 +180,7 @@ def test_a_full_disk_loses_no_earlier_checkpoint_or_run_record(setup, straight, 
     error = capsys.readouterr().err
     assert "No space left on device" in error and "Traceback" not in error
     monkeypatch.setattr(torch, "save", real_save)
-    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == failing - 1
     assert (root / "runs.jsonl").read_bytes().startswith(before)
     assert [r.status for r in read_runs(root / "runs.jsonl")][-1] == "failed"
 
@@ -199,7 +201,7 @@ def expect_user_error(args: list[str], capsys, *fragments: str) -> str:
 
 
 def test_ckpt_path_of_another_model_is_refused_listing_the_differences(setup, straight, tmp_path, capsys):
-    ckpt = str(next(straight.rglob("mid-step=3*.ckpt")))
+    ckpt = str(next(straight.rglob("mid-step=2*.ckpt")))
     expect_user_error(fit_args(setup, tmp_path, f"--ckpt_path={ckpt}", "--model.pooling=cls",
                                "--model.tuning.name=lora"), capsys, "pooling: checkpoint 'mean', config 'cls'",
                       "tuning:")
@@ -210,7 +212,7 @@ def test_ckpt_path_of_another_model_is_refused_listing_the_differences(setup, st
 def test_bad_ckpt_path_is_one_line(setup, straight, tmp_path, capsys, kind):
     path = tmp_path / "bad.ckpt"
     if kind == "truncated":
-        data = next(straight.rglob("mid-step=3*.ckpt")).read_bytes()
+        data = next(straight.rglob("mid-step=2*.ckpt")).read_bytes()
         path.write_bytes(data[: len(data) // 2])
     elif kind == "not a checkpoint":
         path.write_text("hello\n")
@@ -221,7 +223,7 @@ def test_unwritable_outputs_are_refused_before_any_work(setup, straight, tmp_pat
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     expect_user_error(fit_args(setup, blocker / "run"), capsys, "trainer.default_root_dir")
-    ckpt = str(next(straight.rglob("mid-step=3*.ckpt")))
+    ckpt = str(next(straight.rglob("mid-step=2*.ckpt")))
     expect_user_error(["export", ckpt, "-o", str(blocker / "model")], capsys, "--output")
     import lightning_embed.evaluate as evaluate
 
@@ -270,7 +272,7 @@ def test_trust_remote_code_is_never_read_from_a_checkpoint_or_export(setup, stra
     from lightning_embed import load
     from lightning_embed.export import export_checkpoint
 
-    ckpt = torch.load(next(straight.rglob("mid-step=3*.ckpt")), map_location="cpu", weights_only=True)
+    ckpt = torch.load(next(straight.rglob("mid-step=2*.ckpt")), map_location="cpu", weights_only=True)
     ckpt["hyper_parameters"]["trust_remote_code"] = True  # a crafted checkpoint
     crafted = tmp_path / "crafted.ckpt"
     torch.save(ckpt, crafted)
