@@ -134,7 +134,7 @@ def write_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")  # the same name on every rank (sharded checkpoints are folders)
     problem = None
     try:
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank zero (or each shard's owner) writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank zero (or shard owners) write
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             if tmp.is_dir():  # a sharded checkpoint: a folder cannot be renamed over a folder
