@@ -236,12 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         print("\nTraining: fit, validate, test, predict (LightningCLI; see `lightning-embed fit --help`).")
         print("Other: " + ", ".join(commands))
         raise SystemExit(0 if args else 2)
-    from jsonargparse import ArgumentError
-
-    from lightning_embed import faults
-
+    parse_errors: tuple[type[Exception], ...] = ()  # jsonargparse's, for the trainer commands only (light start)
     try:
         if args[0] in TRAINER_COMMANDS:
+            from jsonargparse import ArgumentError
+
+            parse_errors = (ArgumentError,)
             _check_config_files(args)
             _quiet_third_party()
             # LightningCLI reads sys.argv itself when given None (it warns when given both).
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"unknown command {args[0]!r}. {_usage(commands)}")
     except UserError as err:
         _fail(str(err))
-    except ArgumentError as err:
+    except parse_errors as err:
         _fail(f"{_one_line(str(err))}; see `lightning-embed {args[0]} --help`")
     except OSError as err:
         if err.errno not in _ENVIRONMENT_ERRNOS:
@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
               "checkpoint.")
     except (KeyboardInterrupt, SystemExit) as err:
         # Lightning turns Ctrl+C into sys.exit(1) and SIGTERM into SystemExit(None): exit as a shell expects.
-        stop = faults.last_stop()
+        faults = sys.modules.get("lightning_embed.faults")  # not imported: no fit ran, nothing was stopped
+        stop = faults.last_stop() if faults is not None else None
         if stop is not None:
             _fail(stop.message(), code=stop.exit_code, prefix="")
         if isinstance(err, KeyboardInterrupt):
