@@ -83,8 +83,8 @@ class Stop:
 
     def message(self) -> str:
         """One line for the user: what happened and how to go on."""
-        where = (f"saved {self.checkpoint}" if self.checkpoint is not None
-                 else "no checkpoint was written (stopped before training started)")
+        where = (f"checkpoint {self.checkpoint}" if self.checkpoint is not None
+                 else "this run wrote no checkpoint to resume from")
         resume = f"; resume with: {self.resume_command}" if self.resume_command and self.checkpoint else ""
         return f"interrupted by {self.signal} after step {self.step}; {where}{resume}"
 
