@@ -38,7 +38,8 @@ from lightning_embed.errors import UserError
 EXPORT_FORMAT_VERSION = 1
 
 
-def export(checkpoint: str, output: str | None = None, overwrite: bool = False, trust_remote_code: bool = False) -> None:
+def export(checkpoint: str, output: str | None = None, overwrite: bool = False,
+           trust_remote_code: bool = False) -> None:
     """Export a checkpoint as a Hugging Face and sentence-transformers model folder.
 
     The folder loads with ``transformers.AutoModel.from_pretrained(DIR)`` (adapters merged),

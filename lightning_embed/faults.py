@@ -177,7 +177,8 @@ class FaultTolerance(Callback):
         self.checkpoint_every = checkpoint_every
         self.dirpath = dirpath
         self.on_signal = on_signal
-        #: The command that resumes this run (the CLI sets it; None: only the checkpoint's path is printed).
+        #: The command that resumes this run, ``{ckpt}`` standing for the checkpoint; None: the one that reruns
+        #: the config LightningCLI saved, else the ``trainer.fit`` call.
         self.resume_command: str | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._requested: str | None = None  # the signal that asked for a stop, or "requeue"
@@ -231,12 +232,13 @@ class FaultTolerance(Callback):
         requeue = _slurm_requeue_signal(trainer)
         if requeue is not None:
             self._handlers[requeue] = signal.signal(requeue, self._on_requeue_signal)
-        if trainer.is_global_zero:
+        when = [f"every {self.every_steps} steps" if self.every_steps else
+                f"every {self.every_seconds / 60:g} min" if self.every_seconds else "",
+                "on Ctrl+C/SIGTERM" if self.on_signal else ""]
+        if trainer.is_global_zero and any(when):
             path = self.checkpoint_path(trainer)
-            every = (f"every {self.every_steps} steps" if self.every_steps else
-                     f"every {self.every_seconds / 60:g} min" if self.every_seconds else "only")
             # A plain print: a console would wrap the command the user is meant to copy.
-            print(f"checkpoint: {path} {every} and on Ctrl+C/SIGTERM; resume with: {self.resume_hint(path)}",
+            print(f"checkpoint: {path} {' and '.join(w for w in when if w)}; resume with: {self.resume_hint(path)}",
                   flush=True)
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
@@ -244,8 +246,9 @@ class FaultTolerance(Callback):
         if self._requested in EXIT_CODES and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl+C: quit now
         self._requested = name
-        print(f"\n{name}: finishing the step under way, then writing {LAST_CHECKPOINT} "
-              "(press Ctrl+C again to quit without it)", file=sys.stderr, flush=True)
+        # os.write, not print: a handler that prints while the interrupted code prints raises "reentrant call".
+        os.write(sys.stderr.fileno(), f"\n{name}: finishing the step under way, then writing {LAST_CHECKPOINT} "
+                 "(press Ctrl+C again to quit without it)\n".encode())
 
     def _on_requeue_signal(self, signum: int, frame: Any) -> None:
         if self._requested is None:

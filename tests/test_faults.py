@@ -58,7 +58,8 @@ def fit_args(setup: dict, root: Path, *extra: str) -> list[str]:
     return [
         "fit", f"--model.backbone={setup['backbone']}", "--model.learning_rate=1e-3", "--model.query_max_length=16",
         "--model.document_max_length=24", f"--data.train={setup['train']}", f"--data.val={setup['train']}",
-        "--data.batch_size=8", "--data.max_val_examples=16", "--trainer.max_epochs=2", "--trainer.precision=32-true", "--trainer.logger=false",
+        "--data.batch_size=8", "--data.max_val_examples=16", "--trainer.max_epochs=2", "--trainer.precision=32-true",
+        "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}",
         "--trainer.num_sanity_val_steps=0", f"--flops.runs_file={root}/runs.jsonl",
         "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=2",
