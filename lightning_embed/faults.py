@@ -25,7 +25,6 @@ import re
 import shlex
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -247,7 +246,7 @@ class FaultTolerance(Callback):
             raise KeyboardInterrupt  # the second Ctrl+C: quit now
         self._requested = name
         # os.write, not print: a handler that prints while the interrupted code prints raises "reentrant call".
-        os.write(sys.stderr.fileno(), f"\n{name}: finishing the step under way, then writing {LAST_CHECKPOINT} "
+        os.write(2, f"\n{name}: finishing the step under way, then writing {LAST_CHECKPOINT} "
                  "(press Ctrl+C again to quit without it)\n".encode())
 
     def _on_requeue_signal(self, signum: int, frame: Any) -> None:
