@@ -30,12 +30,14 @@ _EXPORTS = {
     "dry_run": "lightning_embed.flop_budget",
     "builtin_fingerprint": "lightning_embed.fingerprints",
     "source_fingerprint": "lightning_embed.fingerprints",
+    "FaultTolerance": "lightning_embed.faults",
 }
 
 if TYPE_CHECKING:
     from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
     from lightning_embed.encoder import Encoder, load
     from lightning_embed.errors import UserError
+    from lightning_embed.faults import FaultTolerance
     from lightning_embed.flop_budget import dry_run
     from lightning_embed.fingerprints import builtin_fingerprint, source_fingerprint
     from lightning_embed.flop_callback import FlopCallback
@@ -61,6 +63,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EmbeddingModule",
     "Encoder",
+    "FaultTolerance",
     "FlopCallback",
     "FlopCount",
     "FlopModel",

@@ -7,6 +7,7 @@ docstrings are their ``--help``.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -16,6 +17,10 @@ from typing import Literal
 from lightning_embed.errors import UserError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+#: OSErrors that come from the machine, not from a bug: reported in one line.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+#: ckpt_path values Lightning resolves itself (to the best, last, SLURM or registry checkpoint).
+_LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
 
 def _quiet_third_party() -> None:
@@ -49,6 +54,7 @@ def embedding_cli_class():
     from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
+    from lightning_embed.faults import FaultTolerance
     from lightning_embed.flop_callback import FlopCallback
 
     class EmbeddingCLI(LightningCLI):
@@ -61,19 +67,44 @@ def embedding_cli_class():
             )
             # Every fit is counted and recorded: the FLOP callback is a group of its own (--flops.max_flops).
             parser.add_lightning_class_args(FlopCallback, "flops")
+            # Every fit writes last.ckpt periodically and on a stop signal (--faults.checkpoint_every).
+            parser.add_lightning_class_args(FaultTolerance, "faults")
 
         def _instantiate_trainer(self, config, callbacks):
             user = list(config.get("callbacks") or [])
             if any(isinstance(c, FlopCallback) for c in user):
                 # A FlopCallback in trainer.callbacks replaces the `flops` group's (never count twice).
                 callbacks = [c for c in callbacks if not isinstance(c, FlopCallback)]
+            if any(isinstance(c, FaultTolerance) for c in user):
+                callbacks = [c for c in callbacks if not isinstance(c, FaultTolerance)]
             if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in [*callbacks, *user]
             ):
                 callbacks = [*callbacks, RichProgressBar()]
             return super()._instantiate_trainer(config, callbacks)
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI parses a checkpoint's hyper-parameters over the model config: a fit would silently
+            # train the checkpoint's model (and take its trust_remote_code). A fit keeps its config, and is
+            # refused if the checkpoint is of another model; validate/test/predict take the checkpoint's
+            # model, but never its trust_remote_code.
+            subcommand = self.config.get("subcommand")
+            config = self.config.get(subcommand) if subcommand else None
+            ckpt_path = config.get("ckpt_path") if config is not None else None
+            if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_NAMES or Path(ckpt_path).expanduser().is_dir():
+                return
+            from lightning_embed.faults import check_resume
+
+            if subcommand == "fit":
+                check_resume(ckpt_path, _plain(config["model"]))
+                return
+            _check_checkpoint_file(ckpt_path)
+            trust = config["model"].get("trust_remote_code", False)
+            super()._parse_ckpt_path()
+            self.config[subcommand]["model"]["trust_remote_code"] = trust
+
         def before_fit(self) -> None:
+            _check_fit(self.trainer)
             for callback in self.trainer.callbacks:
                 if isinstance(callback, FlopCallback) and callback.config is None:
                     callback.config = _plain(self.config[self.subcommand])
@@ -92,6 +123,24 @@ def embedding_cli_class():
 
     _CLI_CLASS = EmbeddingCLI
     return EmbeddingCLI
+
+
+def _check_fit(trainer) -> None:
+    """Refusals before a fit starts: nothing to train, nowhere to write."""
+    from lightning_embed.outputs import check_output
+
+    if trainer.max_steps == 0 or trainer.max_epochs == 0:
+        raise UserError("trainer.max_steps=0 / max_epochs=0 trains nothing; give a positive number (or -1 / null "
+                        "for no limit), or use `lightning-embed validate` to score a model without training.")
+    check_output(trainer.default_root_dir, "trainer.default_root_dir", "folder")
+
+
+def _check_checkpoint_file(ckpt_path: str) -> None:
+    from lightning_embed.encoder import read_checkpoint
+
+    if not Path(ckpt_path).expanduser().exists():
+        raise UserError(f"--ckpt_path {ckpt_path!r} does not exist.")
+    read_checkpoint(ckpt_path)
 
 
 def _plain(namespace) -> dict:
@@ -116,7 +165,9 @@ def _trainer_cli(args: list[str] | None, **kwargs):
         # bf16 mixed precision where the hardware has it: same held-out loss, about twice the speed.
         trainer_defaults={"enable_model_summary": False, "precision": default_precision()},
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "Contrastive fine-tuning of language models into embedding models."},
+        # Parse errors are raised (and printed as one line by main), not printed under a full usage.
+        parser_kwargs={"description": "Contrastive fine-tuning of language models into embedding models.",
+                       "exit_on_error": False, **{c: {"exit_on_error": False} for c in TRAINER_COMMANDS}},
         **kwargs,
     )
 
@@ -185,8 +236,13 @@ def main(argv: list[str] | None = None) -> None:
         print("\nTraining: fit, validate, test, predict (LightningCLI; see `lightning-embed fit --help`).")
         print("Other: " + ", ".join(commands))
         raise SystemExit(0 if args else 2)
+    parse_errors: tuple[type[Exception], ...] = ()  # jsonargparse's, for the trainer commands only (light start)
     try:
         if args[0] in TRAINER_COMMANDS:
+            from jsonargparse import ArgumentError
+
+            parse_errors = (ArgumentError,)
+            _check_config_files(args)
             _quiet_third_party()
             # LightningCLI reads sys.argv itself when given None (it warns when given both).
             _trainer_cli(None if argv is None else args)
@@ -196,12 +252,64 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"unknown command {args[0]!r}. {_usage(commands)}")
     except UserError as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail("interrupted", code=130)
+    except parse_errors as err:
+        _fail(f"{_one_line(str(err))}; see `lightning-embed {args[0]} --help`")
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # A full disk or a read-only folder met mid-run (e.g. by a checkpoint); the run record says "failed".
+        where = f" ({err.filename})" if err.filename else ""
+        _fail(f"{err.strerror or err}{where}; free space or choose another output, then resume from the last "
+              "checkpoint.")
+    except (KeyboardInterrupt, SystemExit) as err:
+        # Lightning turns Ctrl+C into sys.exit(1) and SIGTERM into SystemExit(None): exit as a shell expects.
+        faults = sys.modules.get("lightning_embed.faults")  # not imported: no fit ran, nothing was stopped
+        stop = faults.last_stop() if faults is not None else None
+        if stop is not None:
+            _fail(stop.message(), code=stop.exit_code, prefix="")
+        if isinstance(err, KeyboardInterrupt):
+            _fail("interrupted", code=130)
+        raise
 
 
-def _fail(message: str, code: int = 2) -> None:
-    print(f"lightning-embed: error: {message}", file=sys.stderr)
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = " ".join(lines).removeprefix("error: ")
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def _check_config_files(args: list[str]) -> None:
+    """Each ``--config`` file exists and is YAML; a syntax error is named by file, line and column."""
+    import yaml
+
+    for path in _config_paths(args):
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise UserError(f"config file {path!r} does not exist.")
+        try:
+            yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read config file {path}: {getattr(err, 'strerror', None) or err}.") from None
+        except yaml.YAMLError as err:
+            marks = [(getattr(err, "context", None), getattr(err, "context_mark", None)),
+                     (getattr(err, "problem", None), getattr(err, "problem_mark", None))]
+            parts = [f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else text
+                     for text, mark in marks if text]
+            raise UserError(f"config file {path} is not valid YAML: {'; '.join(parts) or err}.") from None
+
+
+def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
+    print(f"lightning-embed: {prefix}{message}", file=sys.stderr)
     raise SystemExit(code)
 
 

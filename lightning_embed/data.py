@@ -284,6 +284,8 @@ def _source_rows(spec: str, columns: _Columns, split: Literal["train", "val"]) -
                             f"use {_FORMATS}.")
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; re-save it as UTF-8.") from None
+    except OSError as err:  # a disk error, a file removed or made unreadable while it is read
+        raise UserError(f"cannot read data file {path}: {err.strerror or err}.") from None
 
 
 def _hf_rows(path: Path, columns: _Columns) -> Iterator[tuple[str, dict]]:
@@ -370,6 +372,19 @@ def read_examples(spec: str, *, query_column: str = "query", positive_column: st
         raw = [raw[i] for i in sorted(keep.tolist())]
     ids: dict[str, int] = {}
     return [PairExample(q, p, negs, ids.setdefault(p, len(ids))) for q, p, negs in raw]
+
+
+class _TrainLoader(DataLoader):
+    # Stateful in Lightning's sense (state_dict/load_state_dict), so Lightning knows the loader resumes
+    # mid-epoch and does not warn of "unreliable results". The position is restored through the data
+    # module's own checkpoint state, which Lightning loads before any loader is built (docs/bugs.md:
+    # the loader state comes back too late), so loading the loader's copy has nothing left to do.
+    def state_dict(self) -> dict[str, int]:
+        owner = getattr(self, "owner", None)
+        return owner.state_dict() if owner is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        return None
 
 
 class _BatchView(torch.utils.data.Dataset):
@@ -529,13 +544,15 @@ class PairDataModule(lightning.LightningDataModule):
                             "unique_positives_per_batch=False.")
         return sampler
 
-    def _loader(self, examples: list[PairExample], sampler: PairBatchSampler) -> DataLoader:
+    def _loader(self, examples: list[PairExample], sampler: PairBatchSampler, kind: type = DataLoader) -> DataLoader:
         if self.collator is None:
             raise UserError("the data module has no collator to tokenize batches: train it with an EmbeddingModule "
                             "(which provides make_collator()), or set datamodule.collator = PairCollator(tokenizer).")
-        return DataLoader(_BatchView(examples), sampler=sampler, batch_size=None, collate_fn=self.collator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        # A generator of its own: a loader otherwise draws its base seed from the global generator each
+        # epoch, so a resumed run (which starts its loaders at other times) would draw other dropout masks.
+        return kind(_BatchView(examples), sampler=sampler, batch_size=None, collate_fn=self.collator,
+                    num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                    pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
     def _eval_loader(self, examples: list[PairExample] | None) -> DataLoader | list:
         if examples is None:
@@ -552,17 +569,24 @@ class PairDataModule(lightning.LightningDataModule):
             self.setup("fit")
         self._train_sampler = self._make_train_sampler(self.train_examples)  # for the current process layout
         self._train_sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
-        if self._resume_position is not None:
-            epoch, done = self._resume_position
-            self._resume_position = None
-            if done >= len(self._train_sampler):
-                # Saved at the end of an epoch: Lightning goes on with the next one, and may iterate the
-                # loader before it calls set_epoch for it.
-                self._train_sampler.set_epoch(epoch + 1)
-            else:
-                self._train_sampler.set_epoch(epoch)
-                self._train_sampler.skip_once(epoch, done)
-        return self._loader(self.train_examples, self._train_sampler)
+        self.position_sampler(self._train_sampler)
+        loader = self._loader(self.train_examples, self._train_sampler, _TrainLoader)
+        loader.owner = self
+        return loader
+
+    def position_sampler(self, sampler: PairBatchSampler) -> None:
+        """Moves ``sampler`` to the position a checkpoint recorded (once; nothing when none was loaded)."""
+        if self._resume_position is None:
+            return
+        epoch, done = self._resume_position
+        self._resume_position = None
+        if done >= len(sampler):
+            # Saved at the end of an epoch: Lightning goes on with the next one, and may iterate the
+            # loader before it calls set_epoch for it.
+            sampler.set_epoch(epoch + 1)
+        else:
+            sampler.set_epoch(epoch)
+            sampler.skip_once(epoch, done)
 
     # Lightning restores the loop counters of a mid-epoch checkpoint but restarts a plain DataLoader at the
     # epoch's first batch, which would replay batches; the data module's own checkpoint state (restored

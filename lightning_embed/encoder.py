@@ -215,7 +215,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is a folder, not a checkpoint file.")
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
+        # (the safe unpickler raises KeyError/IndexError on some bytes that are not a pickle at all)
         raise UserError(f"{path}: not a PyTorch checkpoint that loads safely ({_first_line(err)}).") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in ckpt:
@@ -241,12 +242,13 @@ def module_hparams(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dic
     return hparams
 
 
-def load_module(path: str | Path, ckpt: dict[str, Any] | None = None):
+def load_module(path: str | Path, ckpt: dict[str, Any] | None = None, *, trust_remote_code: bool = False):
     """Rebuilds the trained :class:`~lightning_embed.module.EmbeddingModule` of a checkpoint, in eval mode.
 
     The module is built from the checkpoint's hyper-parameters (which loads the backbone), then its
     weights are loaded; frozen weights that the checkpoint leaves out are refilled from the backbone by
-    the module's own ``on_load_checkpoint``.
+    the module's own ``on_load_checkpoint``. ``trust_remote_code`` comes from the caller only: the
+    checkpoint's own setting is ignored, so a crafted file cannot switch on code it ships.
 
     Raises:
         UserError: not one of our checkpoints, a backbone that cannot be found, or weights that do not fit.
@@ -254,7 +256,7 @@ def load_module(path: str | Path, ckpt: dict[str, Any] | None = None):
     from lightning_embed.module import EmbeddingModule
 
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
-    hparams = module_hparams(ckpt, path)
+    hparams = {**module_hparams(ckpt, path), "trust_remote_code": trust_remote_code}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -297,7 +299,8 @@ def _encoder_from_module(module, name: str, info: dict[str, Any], max_length: in
                    device=device, info=info)
 
 
-def load(path: str | Path, device: str | torch.device | None = None, *, max_length: int | None = None) -> Encoder:
+def load(path: str | Path, device: str | torch.device | None = None, *, max_length: int | None = None,
+         trust_remote_code: bool = False) -> Encoder:
     """Loads a model for inference.
 
     Args:
@@ -306,6 +309,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
             mean pooling, normalised, no prompts).
         device: ``cpu``, ``cuda``, ...; None: the GPU when there is one.
         max_length: truncate texts to this many tokens; None: the run's longer max length (documents').
+        trust_remote_code: run code shipped with the model (hub models of custom architectures); only
+            the caller can turn it on, never the file or folder being loaded.
 
     Raises:
         UserError: a missing path, a checkpoint that is not ours, an unusable folder.
@@ -320,22 +325,22 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
     name = p.stem if p.suffix == ".ckpt" else (p.name or str(path))
     if p.is_file():
         ckpt = read_checkpoint(p)
-        module = load_module(p, ckpt)
+        module = load_module(p, ckpt, trust_remote_code=trust_remote_code)
         info = {"source": str(p), "kind": "checkpoint", "hparams": module_hparams(ckpt, p), **checkpoint_info(ckpt)}
         return _encoder_from_module(module, name, info, max_length, device)
     if p.is_dir():
         if (p / EXPORT_CONFIG).is_file():
-            return _load_export(p, device, max_length)
+            return _load_export(p, device, max_length, trust_remote_code)
         if (p / "config.json").is_file() or (p / "modules.json").is_file():
-            return load_pretrained(str(p), device=device, max_length=max_length)
+            return load_pretrained(str(p), device=device, max_length=max_length, trust_remote_code=trust_remote_code)
         raise UserError(f"{path!s} is a folder but not a model: it has no {EXPORT_CONFIG}, modules.json or "
                         "config.json.")
     if p.suffix in (".ckpt", ".pt", ".pth") or str(path).startswith((".", "/", "~")):
         raise UserError(f"{str(path)!r} does not exist.")
-    return load_pretrained(str(path), device=device, max_length=max_length)
+    return load_pretrained(str(path), device=device, max_length=max_length, trust_remote_code=trust_remote_code)
 
 
-def _load_export(folder: Path, device, max_length: int | None) -> Encoder:
+def _load_export(folder: Path, device, max_length: int | None, trust_remote_code: bool = False) -> Encoder:
     from transformers import AutoModel, AutoTokenizer
 
     try:
@@ -345,8 +350,9 @@ def _load_export(folder: Path, device, max_length: int | None) -> Encoder:
     h = meta.get("hparams") or {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModel.from_pretrained(str(folder), trust_remote_code=bool(h.get("trust_remote_code")))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        # The folder's own hparams never decide trust_remote_code: a crafted folder could switch on its code.
+        model = AutoModel.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     return Encoder(model, tokenizer, pooling=h.get("pooling", "mean"), normalize=h.get("normalize", True),
                    query_prompt=h.get("query_prompt", ""), document_prompt=h.get("document_prompt", ""),
                    max_length=max_length or int(meta.get("max_seq_length") or h.get("document_max_length", 256)),

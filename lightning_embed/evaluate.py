@@ -38,7 +38,7 @@ _LOCAL_HINT = ("evaluate local files instead, e.g. --tasks sts:pairs.jsonl retri
 
 def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"] | None = None,
              baseline: bool = False, output: str | None = None, batch_size: int = 32,
-             device: str | None = None) -> None:
+             device: str | None = None, trust_remote_code: bool = False) -> None:
     """Evaluate a model on MTEB tasks and print the main score of each.
 
     Args:
@@ -52,6 +52,8 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
         output: write the main scores to this JSON file.
         batch_size: texts per forward pass.
         device: cpu, cuda, ...; default: the GPU when there is one.
+        trust_remote_code: run code shipped with the model (custom architectures); only if you trust it.
+            Never taken from the checkpoint or folder itself.
     """
     from lightning_embed.cli import _quiet_third_party
 
@@ -63,8 +65,8 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
         raise UserError(f"batch_size={batch_size} must be at least 1.")
     out_path = _check_output(output)
     resolved = resolve_tasks(specs, english_only=set(SUITES[suite]) if suite else set())
-    encoder = load(model, device=device)
-    base = baseline_encoder(encoder) if baseline else None
+    encoder = load(model, device=device, trust_remote_code=trust_remote_code)
+    base = baseline_encoder(encoder, trust_remote_code=trust_remote_code) if baseline else None
     if baseline and base is None:
         from rich.console import Console
 
@@ -86,6 +88,9 @@ def _split_specs(tasks: str | list[str] | None) -> list[str]:
 
 
 def _check_output(output: str | None) -> Path | None:
+    # Before any scoring: a result that cannot be written must not cost the evaluation first.
+    from lightning_embed.outputs import check_output
+
     if output is None:
         return None
     path = Path(output).expanduser()
@@ -93,7 +98,7 @@ def _check_output(output: str | None) -> Path | None:
         raise UserError(f"--output {output} is a folder; give a file name such as results.json.")
     if not path.parent.exists():
         raise UserError(f"--output {output}: folder {path.parent} does not exist.")
-    return path
+    return check_output(path, "--output")
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -219,8 +224,11 @@ def mteb_encoder(encoder: Encoder, batch_size: int = 32, show_progress: bool | N
     return _adapter_class()(encoder, meta, batch_size, show_progress)
 
 
-def baseline_encoder(encoder: Encoder) -> Encoder | None:
-    """The untrained backbone of a trained encoder, embedding the same way (None if it has none)."""
+def baseline_encoder(encoder: Encoder, *, trust_remote_code: bool = False) -> Encoder | None:
+    """The untrained backbone of a trained encoder, embedding the same way (None if it has none).
+
+    ``trust_remote_code`` comes from the caller, never from the trained model's saved settings.
+    """
     hparams = encoder.info.get("hparams")
     if not hparams:
         return None  # already an untrained model: nothing to compare against
@@ -228,7 +236,7 @@ def baseline_encoder(encoder: Encoder) -> Encoder | None:
                            normalize=hparams.get("normalize", True), query_prompt=hparams.get("query_prompt", ""),
                            document_prompt=hparams.get("document_prompt", ""), max_length=encoder.max_length,
                            num_layers=hparams.get("num_layers"), device=encoder.device,
-                           trust_remote_code=bool(hparams.get("trust_remote_code")))
+                           trust_remote_code=trust_remote_code)
 
 
 def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
@@ -312,12 +320,18 @@ def _fmt(value) -> str:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}; the scores are printed above.") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
         os.replace(tmp, path)
+    except OSError as err:  # a full disk: the previous file, if any, is left as it was
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {err.strerror or err}; the scores are printed above.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

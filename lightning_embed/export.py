@@ -38,7 +38,8 @@ from lightning_embed.errors import UserError
 EXPORT_FORMAT_VERSION = 1
 
 
-def export(checkpoint: str, output: str | None = None, overwrite: bool = False) -> None:
+def export(checkpoint: str, output: str | None = None, overwrite: bool = False,
+           trust_remote_code: bool = False) -> None:
     """Export a checkpoint as a Hugging Face and sentence-transformers model folder.
 
     The folder loads with ``transformers.AutoModel.from_pretrained(DIR)`` (adapters merged),
@@ -49,19 +50,21 @@ def export(checkpoint: str, output: str | None = None, overwrite: bool = False) 
         checkpoint: a ``.ckpt`` file written by ``lightning-embed fit``.
         output: the folder to create.
         overwrite: replace ``output`` if it exists and is not empty.
+        trust_remote_code: run code shipped with the backbone (custom architectures); only if you trust it.
+            Never taken from the checkpoint itself.
     """
     from lightning_embed.cli import _quiet_third_party
 
     if not output:
         raise UserError("say where to write the model: lightning-embed export CHECKPOINT -o DIR")
     _quiet_third_party()  # loading bars and library warnings say nothing to the user of a command
-    folder = export_checkpoint(checkpoint, output, overwrite=overwrite)
+    folder = export_checkpoint(checkpoint, output, overwrite=overwrite, trust_remote_code=trust_remote_code)
     print(f"exported {checkpoint} to {folder} (loads with transformers, sentence-transformers and "
           "lightning_embed.load)")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False,
-                      runs_file: str | os.PathLike | None = None) -> Path:
+                      runs_file: str | os.PathLike | None = None, trust_remote_code: bool = False) -> Path:
     """Exports a checkpoint (see :func:`export`); returns the folder.
 
     Args:
@@ -70,6 +73,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         overwrite: replace an existing non-empty ``output``.
         runs_file: the runs file holding this run's record (for the model card); None: look for
             ``runs.jsonl`` beside the checkpoint, in its parents and in the working directory.
+        trust_remote_code: run code shipped with the backbone; from the caller only, never the checkpoint.
 
     Raises:
         UserError: a checkpoint that is not ours, an existing non-empty ``output`` without ``overwrite``.
@@ -77,7 +81,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     target = _check_target(Path(output).expanduser(), overwrite)
     ckpt = read_checkpoint(checkpoint)
     hparams = module_hparams(ckpt, checkpoint)
-    module = load_module(checkpoint, ckpt)
+    module = load_module(checkpoint, ckpt, trust_remote_code=trust_remote_code)
     info = checkpoint_info(ckpt)
     info["run"] = _find_run(Path(checkpoint), info.get("run_id"), runs_file)
     info["config"] = _find_config(Path(checkpoint))
@@ -115,6 +119,10 @@ def _check_target(target: Path, overwrite: bool) -> Path:
         if any(target.iterdir()) and not overwrite:
             raise UserError(f"{target} exists and is not empty; choose another --output or pass --overwrite "
                             "to replace it.")
+    from lightning_embed.outputs import check_output
+
+    # The export is written beside the target first, then moved: the parent must take new entries.
+    check_output(target.parent, "--output", "folder")
     return target
 
 

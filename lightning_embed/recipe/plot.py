@@ -14,6 +14,7 @@ the runs' own accounting; without it, the paper formula at 78 tokens per example
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -162,8 +163,15 @@ def plot_laws(laws: LawsFile, observations: list[Observation], output: Path, kin
     fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    tmp = output.with_name(f".{output.name}.tmp")  # written whole, then renamed: never a half PNG
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, output)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {output}: {err.strerror or err}.") from None
+    finally:
+        plt.close(fig)
     return output
 
 
@@ -198,6 +206,9 @@ def laws_plot(
         problems.append(f"output {str(output)!r} must be a .png file")
     if problems:
         raise UserError("laws plot: " + "; ".join(problems) + ".")
+    from lightning_embed.outputs import check_output
+
+    check_output(output, "laws plot -o")
     law_file = load_laws(laws)
     observations = read_observations([Path(p) for p in runs])[0] if runs else []
     observations = [o for o in observations if math.isfinite(o.loss) and o.loss > 0]

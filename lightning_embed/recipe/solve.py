@@ -270,11 +270,10 @@ def fit_config(candidate: Candidate, budget: float, *, batch_size: int, accounti
 
 def save_config(config: dict[str, Any], path: Path, header: str = "") -> Path:
     """Writes a fit config as YAML, with ``header`` as comment lines on top."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from lightning_embed.outputs import write_text_atomically
+
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    path.write_text(comment + yaml.safe_dump(config, sort_keys=False, width=110))
-    return path
+    return write_text_atomically(path, comment + yaml.safe_dump(config, sort_keys=False, width=110))
 
 
 # ---- presentation ---------------------------------------------------------------------------------------
@@ -481,6 +480,10 @@ def recipe(
         problems.append(f"--write_config {str(write_config)!r} is a directory; give a file name")
     if problems:
         raise UserError("recipe: " + "; ".join(problems) + ".")
+    if write_config is not None:  # before solving: the config must be writable
+        from lightning_embed.outputs import check_output
+
+        check_output(write_config, "recipe --write_config")
     law_file = load_laws(laws_path)
     if methods:
         unknown = sorted(set(methods) - set(law_file.methods()))
