@@ -503,6 +503,8 @@ class PairDataModule(lightning.LightningDataModule):
             self._train_sampler = self._make_train_sampler(self.train_examples)  # fails now if no batch fits
         if stage in (None, "fit", "validate") and self.val_examples is None and self.val_source is not None:
             self.val_examples = self._read(self.val_source, "val", self.max_val_examples)
+        if stage in (None, "fit", "validate") and self.val_examples is not None:
+            self._eval_sampler(self.val_examples, self.val_source)  # fails now, before training, if too few
         if stage in (None, "test") and self.test_examples is None and self.test is not None:
             self.test_examples = self._read(self.test, "val", None)
 
@@ -536,14 +538,33 @@ class PairDataModule(lightning.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
-    def _eval_loader(self, examples: list[PairExample] | None) -> DataLoader | list:
+    def _eval_loader(self, examples: list[PairExample] | None, where: str | None) -> DataLoader | list:
         if examples is None:
             return []  # Lightning skips a stage whose loader is empty
+        return self._loader(examples, self._eval_sampler(examples, where))
+
+    def _eval_sampler(self, examples: list[PairExample], where: str | None) -> PairBatchSampler:
+        """Held-out batches in file order, each pair on one rank once, and at least one batch on every rank.
+
+        A set smaller than one global batch (``val_batch_size`` x processes) is spread evenly in smaller
+        batches, since a rank without a batch fails inside Lightning and leaves the others waiting.
+
+        Raises:
+            UserError: fewer pairs (or distinct positives) than processes.
+        """
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        batch_size = self.val_batch_size
+        if world > 1 and len(examples) < batch_size * world:
+            batch_size = max(1, -(-len(examples) // world))
         # Distinct positives in every batch, whatever unique_positives_per_batch: the in-batch validation
         # loss would otherwise count a matching document as a negative.
-        sampler = PairBatchSampler(examples, self.val_batch_size, num_replicas=world, rank=rank)
-        return self._loader(examples, sampler)
+        sampler = PairBatchSampler(examples, batch_size, num_replicas=world, rank=rank)
+        last_rank_rows = (world - 1) * batch_size
+        if world > 1 and not any(len(b) > last_rank_rows for b in sampler.batches()):
+            raise UserError(f"{where or 'the held-out set'} has {len(examples)} pairs, too few to give each of the "
+                            f"{world} processes a batch: it needs at least {world} pairs with distinct positives; "
+                            "add held-out pairs or train on fewer processes.")
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (by seed and epoch), conflict-free, full batches."""
@@ -583,7 +604,7 @@ class PairDataModule(lightning.LightningDataModule):
         """Validation batches in file order, distinct positives per batch; empty when there is no val set."""
         if self.val_examples is None and self.val_source is not None:
             self.setup("validate")
-        return self._eval_loader(self.val_examples)
+        return self._eval_loader(self.val_examples, self.val_source)
 
     def test_dataloader(self) -> DataLoader:
         """Test batches in file order, distinct positives per batch."""
@@ -591,4 +612,4 @@ class PairDataModule(lightning.LightningDataModule):
             raise UserError("no test data: set the data module's test option to a file or builtin:NAME.")
         if self.test_examples is None:
             self.setup("test")
-        return self._eval_loader(self.test_examples)
+        return self._eval_loader(self.test_examples, self.test)
