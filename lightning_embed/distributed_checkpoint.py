@@ -1,7 +1,7 @@
 """Distributed (sharded) checkpoint folders of FSDP2 / ModelParallelStrategy runs, read as one checkpoint.
 
 Lightning's ``ModelParallelStrategy`` (``configs/fsdp2.yaml``) and ``FSDPStrategy`` with
-``state_dict_type: sharded`` save a checkpoint as a folder: ``torch.distributed.checkpoint`` shards
+``state_dict_type: sharded`` (``configs/fsdp.yaml``) save a checkpoint as a folder: ``torch.distributed.checkpoint`` shards
 (``__R_0.distcp``, one per process), their index ``.metadata`` (written last, once every shard is
 written) and Lightning's ``meta.pt`` (hyper-parameters, callback states, loop counters).
 
@@ -35,6 +35,8 @@ from lightning_embed.errors import UserError
 DCP_METADATA = ".metadata"
 #: Lightning's file of everything but weights and optimizer states (rank zero writes it after the shards).
 LIGHTNING_META = "meta.pt"
+#: Where the weights are in the folder: ModelParallelStrategy's and FSDPStrategy's (sharded) names.
+_WEIGHT_KEYS = ("state_dict", "model")
 
 
 def is_distributed_checkpoint(path: str | os.PathLike) -> bool:
@@ -118,7 +120,7 @@ def read_distributed_checkpoint(path: str | os.PathLike, *, weights_only_state: 
     state: dict[str, Any] = {}
     try:
         _load_state_dict(state, storage_reader=_safe_reader(folder), no_dist=True,
-                         planner=_EmptyStateDictLoadPlanner(keys={"state_dict"} if weights_only_state else None))
+                         planner=_EmptyStateDictLoadPlanner(keys=set(_WEIGHT_KEYS) if weights_only_state else None))
         meta = torch.load(folder / LIGHTNING_META, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -126,6 +128,8 @@ def read_distributed_checkpoint(path: str | os.PathLike, *, weights_only_state: 
     if not isinstance(meta, dict):
         raise UserError(f"{folder / LIGHTNING_META} holds no checkpoint fields; is it a Lightning checkpoint?")
     state.update(meta)
+    if "state_dict" not in state and "model" in state:
+        state["state_dict"] = state.pop("model")  # FSDPStrategy's name for the weights
     return state
 
 

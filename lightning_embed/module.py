@@ -341,9 +341,11 @@ class EmbeddingModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
+        matrices = getattr(self, "_matrix_params", None)
         for p in self.backbone.parameters():
             if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
+                is_matrix = id(p) in matrices if matrices is not None else p.ndim >= 2
+                (decay if is_matrix else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -401,6 +403,10 @@ class EmbeddingModule(L.LightningModule):
 
         Lightning calls this hook at every ``fit``/``validate``/``test``; it shards only once.
         """
+        # FSDP1 (use_orig_params) turns every parameter into a 1-D view of its shard: note the matrices now,
+        # while their shapes are still whole, for configure_optimizers' weight-decay groups.
+        if not hasattr(self, "_matrix_params"):
+            self._matrix_params = {id(p) for p in self.backbone.parameters() if p.ndim >= 2}
         mesh = self.device_mesh
         if mesh is not None:
             self._fully_shard(mesh)

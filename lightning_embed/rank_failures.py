@@ -26,7 +26,17 @@ def _note_path(runs_file: str | os.PathLike, rank: int) -> Path:
 
 
 def error_line(exception: BaseException) -> str:
-    """``Type: first line of the message``, as run records hold it."""
+    """``Type: first line of the message``, as run records hold it.
+
+    A failed distributed checkpoint save (``CheckpointException``, raised on every rank) names the
+    error of the first rank that failed to write, which its own first line does not.
+    """
+    failures = getattr(exception, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, wrapped = min(failures.items(), key=lambda item: item[0])
+        cause = getattr(wrapped, "exc", wrapped)
+        if isinstance(cause, BaseException):
+            return f"{type(exception).__name__} (rank {rank}): {error_line(cause)}"
     message = str(exception).strip().splitlines()
     return f"{type(exception).__name__}: {message[0] if message else ''}".strip()
 
