@@ -341,11 +341,10 @@ class EmbeddingModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        matrices = getattr(self, "_matrix_params", None)
-        for p in self.backbone.parameters():
+        matrices = getattr(self, "_matrix_params", set())
+        for name, p in self.backbone.named_parameters():
             if p.requires_grad:
-                is_matrix = id(p) in matrices if matrices is not None else p.ndim >= 2
-                (decay if is_matrix else no_decay).append(p)
+                (decay if p.ndim >= 2 or _unwrapped_name(name) in matrices else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -406,7 +405,7 @@ class EmbeddingModule(L.LightningModule):
         # FSDP1 (use_orig_params) turns every parameter into a 1-D view of its shard: note the matrices now,
         # while their shapes are still whole, for configure_optimizers' weight-decay groups.
         if not hasattr(self, "_matrix_params"):
-            self._matrix_params = {id(p) for p in self.backbone.parameters() if p.ndim >= 2}
+            self._matrix_params = {_unwrapped_name(n) for n, p in self.backbone.named_parameters() if p.ndim >= 2}
         mesh = self.device_mesh
         if mesh is not None:
             self._fully_shard(mesh)
@@ -588,3 +587,9 @@ def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_rat
         problems.append(f"query_max_length={qlen} and document_max_length={dlen} must be >= 1")
     if problems:
         raise UserError("model options: " + "; ".join(problems) + ".")
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name without the wrappers' path segments (FSDP1, activation checkpointing)."""
+    wrappers = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+    return ".".join(part for part in name.split(".") if part not in wrappers)

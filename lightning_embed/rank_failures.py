@@ -34,7 +34,7 @@ def error_line(exception: BaseException) -> str:
     failures = getattr(exception, "failures", None)
     if isinstance(failures, dict) and failures:
         rank, wrapped = min(failures.items(), key=lambda item: item[0])
-        cause = getattr(wrapped, "exc", wrapped)
+        cause = wrapped[0] if isinstance(wrapped, tuple) and wrapped else wrapped  # (exception, traceback)
         if isinstance(cause, BaseException):
             return f"{type(exception).__name__} (rank {rank}): {error_line(cause)}"
     message = str(exception).strip().splitlines()
@@ -84,6 +84,10 @@ def first_failure(runs_file: str | os.PathLike, since: float, own: tuple[float, 
         if notes or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
+    if own is not None and notes and _is_collective_error(own[2]):
+        # Rank zero only saw the others fail: the cause is in a note (an original error before a symptom).
+        _, status, error = min(notes, key=lambda note: (_is_collective_error(note[2]), note[0]))
+        return status, error
     candidates = notes + ([own] if own is not None else [])
     if not candidates:
         return None
