@@ -14,7 +14,7 @@ from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.metrics import retrieval_metrics
-from lightning_embed.acceleration import auto_compile, switch_training_attention
+from lightning_embed.acceleration import auto_compile, make_room_to_compile, switch_training_attention
 from lightning_embed.models import describe, hf_model, load_backbone, load_tokenizer
 from lightning_embed.packing import decide_packing, pack_and_encode, packing_problem, plan_packing
 from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
@@ -465,6 +465,7 @@ class EmbeddingModule(L.LightningModule):
             compile_, why = self._compile_choice()
             notes.append(f"torch.compile {'on' if compile_ else 'off'} ({why})" if why else None)
             if compile_:
+                notes.append(make_room_to_compile())
                 self.backbone.compile(dynamic=True)  # in place: parameter names and checkpoints unchanged
         if self.trainer.is_global_zero:
             from lightning_embed.reporting import print_parameter_table, print_training_notes
