@@ -106,6 +106,7 @@ def read_distributed_checkpoint(path: str | os.PathLike, *, weights_only_state: 
         UserError: not a distributed checkpoint, a partial shard set (a run died while writing it), or
             files that do not load safely.
     """
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
@@ -118,12 +119,17 @@ def read_distributed_checkpoint(path: str | os.PathLike, *, weights_only_state: 
         raise UserError(f"{path} is a partial checkpoint (no {missing}: the run stopped while writing it); use "
                         "an earlier checkpoint of the run.")
     state: dict[str, Any] = {}
+    reader = _safe_reader(folder)
     try:
-        _load_state_dict(state, storage_reader=_safe_reader(folder), no_dist=True,
+        # The index first, alone: torch would log a refused one with a traceback on the root logger.
+        reader.read_metadata()
+        _load_state_dict(state, storage_reader=reader, no_dist=True,
                          planner=_EmptyStateDictLoadPlanner(keys=set(_WEIGHT_KEYS) if weights_only_state else None))
         meta = torch.load(folder / LIGHTNING_META, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    except (CheckpointException, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        failures = getattr(err, "failures", None)  # CheckpointException: {rank: (exception, traceback)}
+        cause = next(iter(failures.values()))[0] if failures else err
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise UserError(f"{path}: not a distributed checkpoint that loads safely ({first}).") from None
     if not isinstance(meta, dict):
         raise UserError(f"{folder / LIGHTNING_META} holds no checkpoint fields; is it a Lightning checkpoint?")
