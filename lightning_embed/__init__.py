@@ -28,11 +28,14 @@ _EXPORTS = {
     "RunRecord": "lightning_embed.runs",
     "read_runs": "lightning_embed.runs",
     "dry_run": "lightning_embed.flop_budget",
+    "consolidate_checkpoint": "lightning_embed.distributed_checkpoint",
+    "read_distributed_checkpoint": "lightning_embed.distributed_checkpoint",
 }
 
 if TYPE_CHECKING:
     from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
     from lightning_embed.encoder import Encoder, load
+    from lightning_embed.distributed_checkpoint import consolidate_checkpoint, read_distributed_checkpoint
     from lightning_embed.errors import UserError
     from lightning_embed.flop_budget import dry_run
     from lightning_embed.flop_callback import FlopCallback
@@ -71,11 +74,13 @@ __all__ = [
     "UserError",
     "available_strategies",
     "build_strategy",
+    "consolidate_checkpoint",
     "dry_run",
     "load",
     "load_backbone",
     "load_tokenizer",
     "paper_flops_per_token",
     "pool",
+    "read_distributed_checkpoint",
     "read_runs",
 ]
