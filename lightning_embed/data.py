@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from lightning_embed import stdlib_source
 from lightning_embed.errors import UserError
-from lightning_embed.sampling import PairBatchSampler
+from lightning_embed.sampling import PairBatchSampler, held_out_sampler
 from lightning_embed.unpadding import right_padded
 
 BUILTIN_PREFIX = "builtin:"
@@ -544,27 +544,8 @@ class PairDataModule(lightning.LightningDataModule):
         return self._loader(examples, self._eval_sampler(examples, where))
 
     def _eval_sampler(self, examples: list[PairExample], where: str | None) -> PairBatchSampler:
-        """Held-out batches in file order, each pair on one rank once, and at least one batch on every rank.
-
-        A set smaller than one global batch (``val_batch_size`` x processes) is spread evenly in smaller
-        batches, since a rank without a batch fails inside Lightning and leaves the others waiting.
-
-        Raises:
-            UserError: fewer pairs (or distinct positives) than processes.
-        """
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        batch_size = self.val_batch_size
-        if world > 1 and len(examples) < batch_size * world:
-            batch_size = max(1, -(-len(examples) // world))
-        # Distinct positives in every batch, whatever unique_positives_per_batch: the in-batch validation
-        # loss would otherwise count a matching document as a negative.
-        sampler = PairBatchSampler(examples, batch_size, num_replicas=world, rank=rank)
-        last_rank_rows = (world - 1) * batch_size
-        if world > 1 and not any(len(b) > last_rank_rows for b in sampler.batches()):
-            raise UserError(f"{where or 'the held-out set'} has {len(examples)} pairs, too few to give each of the "
-                            f"{world} processes a batch: it needs at least {world} pairs with distinct positives; "
-                            "add held-out pairs or train on fewer processes.")
-        return sampler
+        return held_out_sampler(examples, self.val_batch_size, world, rank, where or "the held-out set")
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (by seed and epoch), conflict-free, full batches."""

@@ -1,9 +1,10 @@
 """Distributed (sharded) checkpoint folders of FSDP2 / ModelParallelStrategy runs, read as one checkpoint.
 
 Lightning's ``ModelParallelStrategy`` (``configs/fsdp2.yaml``) and ``FSDPStrategy`` with
-``state_dict_type: sharded`` (``configs/fsdp.yaml``) save a checkpoint as a folder: ``torch.distributed.checkpoint`` shards
-(``__R_0.distcp``, one per process), their index ``.metadata`` (written last, once every shard is
-written) and Lightning's ``meta.pt`` (hyper-parameters, callback states, loop counters).
+``state_dict_type: sharded`` (``configs/fsdp.yaml``) save a checkpoint as a folder:
+``torch.distributed.checkpoint`` shards (``__R_0.distcp``, one per process), their index ``.metadata``
+(written last, once every shard is written) and Lightning's ``meta.pt`` (hyper-parameters, callback
+states, loop counters).
 
 :func:`read_distributed_checkpoint` consolidates such a folder in memory, in one process, into the dict a
 single-file ``.ckpt`` holds, so ``export``, ``evaluate`` and :func:`lightning_embed.load` take the folder
