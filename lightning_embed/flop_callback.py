@@ -32,7 +32,7 @@ from lightning_embed.flop_budget import (
     training_flags,
 )
 from lightning_embed.flops import ACCOUNTINGS, Accounting, FlopModel, TokenStats
-from lightning_embed.rank_failures import error_line, first_failure, leave_note
+from lightning_embed.rank_failures import error_line, first_failure, leave_note, sigterm_held
 from lightning_embed.runs import RunRecord, append_run, check_runs_file, jsonable
 
 _STATE_VERSION = 1
@@ -376,21 +376,23 @@ class FlopCallback(Callback):
 
         status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "failed"
         error = error_line(exception)
-        if self.runs_file is not None and trainer.world_size > 1:
-            # Rank zero alone writes the record: the other ranks tell it their error, and it records the
-            # first failure of the run rather than the broken collective it saw.
-            if not trainer.is_global_zero:
-                leave_note(self.runs_file, trainer.global_rank, status, error)
-            else:
-                status, error = first_failure(self.runs_file, self._started_at, (time.time(), status, error))
-        if trainer.is_global_zero:
-            for callback in trainer.checkpoint_callbacks:
-                if getattr(callback, "dirpath", None):
-                    remove_partial_checkpoints(callback.dirpath)  # shards of a save the failure cut short
-        try:
-            self._write(trainer, pl_module, status, error)
-        except Exception as err:  # never mask the original exception
-            rank_zero_warn(f"FlopCallback could not write the run record: {err}")
+        with sigterm_held():
+            try:
+                if self.runs_file is not None and trainer.world_size > 1:
+                    # Rank zero alone writes the record: the other ranks tell it their error, and it records
+                    # the first failure of the run rather than the broken collective it saw.
+                    if not trainer.is_global_zero:
+                        leave_note(self.runs_file, trainer.global_rank, status, error)
+                    else:
+                        status, error = first_failure(self.runs_file, self._started_at,
+                                                      (time.time(), status, error))
+                if trainer.is_global_zero:
+                    for callback in trainer.checkpoint_callbacks:
+                        if getattr(callback, "dirpath", None):
+                            remove_partial_checkpoints(callback.dirpath)  # a save the failure cut short
+                self._write(trainer, pl_module, status, error)
+            except Exception as err:  # never mask the original exception
+                rank_zero_warn(f"FlopCallback could not write the run record: {err}")
 
     def make_record(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str,
                     error: str | None = None) -> RunRecord:

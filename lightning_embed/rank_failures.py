@@ -13,9 +13,12 @@ own error line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +98,23 @@ def first_failure(runs_file: str | os.PathLike, since: float, own: tuple[float, 
     return status, error
 
 
+@contextlib.contextmanager
+def sigterm_held():
+    """Ignores SIGTERM while rank zero writes the record of a failed run.
+
+    When another rank dies, torchrun sends the survivors SIGTERM (and SIGKILL after a grace period);
+    Lightning's handler would then start a collective with the dead rank from inside the record writing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _is_collective_error(error: str) -> bool:
     # What the surviving ranks see when a peer dies: a broken gloo/NCCL connection, or the launcher's SIGTERM.
     markers = ("DistBackendError", "Connection closed by peer", "Connection reset", "SIGTERM", "NCCL",
@@ -102,4 +122,4 @@ def _is_collective_error(error: str) -> bool:
     return any(m in error for m in markers)
 
 
-__all__ = ["error_line", "first_failure", "leave_note"]
+__all__ = ["error_line", "first_failure", "leave_note", "sigterm_held"]
