@@ -338,3 +338,23 @@ def test_failure_on_one_rank_stops_every_rank(tiny_backbones, tmp_path, where):
     assert record["error"] == expected
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=0-step=1.ckpt"]
     assert not list(tmp_path.glob("runs.jsonl.rank*.error")) and not list((tmp_path / "run").glob("*.error"))
+
+
+def test_weight_decay_groups_survive_fsdp1_flat_views(tiny_backbones):
+    """FSDP1 (use_orig_params) makes every parameter a 1-D view of its shard before configure_optimizers:
+    the weight matrices must still get weight decay, norms and biases none (as without FSDP)."""
+    from types import SimpleNamespace
+
+    from lightning_embed.module import EmbeddingModule
+
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], weight_decay=0.1)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10, strategy=None)  # one process
+    unsharded = module.configure_optimizers()["optimizer"].param_groups
+    module.configure_model()  # Lightning's hook, before any wrapping: notes the matrices
+    with torch.no_grad():
+        for p in module.backbone.parameters():
+            p.data = p.data.flatten()  # what FSDP1's sharded views look like
+    sharded = module.configure_optimizers()["optimizer"].param_groups
+    assert [(g["weight_decay"], len(g["params"])) for g in sharded] == \
+        [(g["weight_decay"], len(g["params"])) for g in unsharded]
+    assert unsharded[0]["weight_decay"] == 0.1 and len(unsharded[0]["params"]) > len(unsharded[1]["params"]) > 0
