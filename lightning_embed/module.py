@@ -456,6 +456,9 @@ class EmbeddingModule(L.LightningModule):
         for module in self._shard_units():
             parent, name = parents[id(module)]
             setattr(parent, name, wrap(module))  # wrap() uses the strategy's FSDP settings (enable_wrap)
+        # The backbone is a unit too (as under FSDP2): left to Lightning's root unit, the embeddings and final
+        # norm took another first step than under DDP (docs/bugs.md); the blocks did not.
+        self.backbone = wrap(self.backbone)
 
     def on_fit_start(self) -> None:
         notes = [self._choose_training_attention()]

@@ -270,9 +270,6 @@ def test_fsdp_strategy_config_trains_and_saves_a_complete_folder_on_cpu(workflow
     assert _relative(exported.encode(TEXTS, prompt="query"), untrained.encode(TEXTS, prompt="query")) > 100 * PARITY
 
 
-@pytest.mark.xfail(strict=True, reason="open (docs/bugs.md): under Lightning's FSDPStrategy on CPU the token "
-                   "embeddings of the batch take a different first step than under DDP/FSDP2 (block weights agree "
-                   "exactly after step 1), and the saved folder does not reproduce the run's final held-out metrics")
 def test_fsdp_strategy_matches_ddp_on_cpu(workflow):
     """The same 2 steps under FSDPStrategy and DDP give the same embeddings within 1e-5."""
     import lightning_embed
