@@ -31,11 +31,14 @@ _EXPORTS = {
     "builtin_fingerprint": "lightning_embed.fingerprints",
     "source_fingerprint": "lightning_embed.fingerprints",
     "FaultTolerance": "lightning_embed.faults",
+    "consolidate_checkpoint": "lightning_embed.distributed_checkpoint",
+    "read_distributed_checkpoint": "lightning_embed.distributed_checkpoint",
 }
 
 if TYPE_CHECKING:
     from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
     from lightning_embed.encoder import Encoder, load
+    from lightning_embed.distributed_checkpoint import consolidate_checkpoint, read_distributed_checkpoint
     from lightning_embed.errors import UserError
     from lightning_embed.faults import FaultTolerance
     from lightning_embed.flop_budget import dry_run
@@ -78,12 +81,14 @@ __all__ = [
     "available_strategies",
     "build_strategy",
     "builtin_fingerprint",
+    "consolidate_checkpoint",
     "dry_run",
     "load",
     "load_backbone",
     "load_tokenizer",
     "paper_flops_per_token",
     "pool",
+    "read_distributed_checkpoint",
     "read_runs",
     "source_fingerprint",
 ]

@@ -149,6 +149,37 @@ def auto_compile(device: torch.device, steps: int, world_size: int, strategy_com
     return CompileDecision(True, f"{steps} steps >= {AUTO_COMPILE_MIN_STEPS}")
 
 
+#: Modules this process has compiled, and dynamo's recompile limit before the first (see make_room_to_compile).
+_compiled = {"modules": 0, "base_limit": None}
+
+
+def make_room_to_compile() -> str | None:
+    """Gives the module about to be compiled dynamo's full recompile budget; returns a note when it had to.
+
+    Dynamo keeps its compiled graphs per code object, and every backbone of one class shares its class's
+    ``forward``: modules compiled earlier in this process (a sweep or notebook fitting one module after
+    another) use up the same recompile limit, and once it is reached dynamo runs the new module eager,
+    saying nothing. So each module compiled after the first raises the limit by the budget the first one
+    had, keeping the earlier modules' graphs (identical modules still share one).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    limit = int(getattr(dynamo_config, name))
+    if _compiled["base_limit"] is None:
+        _compiled["base_limit"] = limit
+    earlier = _compiled["modules"]
+    _compiled["modules"] += 1
+    if not earlier:
+        return None
+    raised = limit + int(_compiled["base_limit"])
+    setattr(dynamo_config, name, raised)
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):
+        dynamo_config.accumulated_recompile_limit = max(int(dynamo_config.accumulated_recompile_limit), raised)
+    return (f"dynamo's recompile limit raised {limit} -> {raised}: {earlier} module(s) compiled earlier in this "
+            "process share its graph cache")
+
+
 def _has_cxx_compiler() -> bool:
     try:
         from torch._inductor import config

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from lightning_embed import python_code_source, stdlib_source
 from lightning_embed.errors import UserError
-from lightning_embed.sampling import PairBatchSampler
+from lightning_embed.sampling import PairBatchSampler, held_out_sampler
 from lightning_embed.unpadding import right_padded
 
 BUILTIN_PREFIX = "builtin:"
@@ -519,6 +519,8 @@ class PairDataModule(lightning.LightningDataModule):
             self._train_sampler = self._make_train_sampler(self.train_examples)  # fails now if no batch fits
         if stage in (None, "fit", "validate") and self.val_examples is None and self.val_source is not None:
             self.val_examples = self._read(self.val_source, "val", self.max_val_examples)
+        if stage in (None, "fit", "validate") and self.val_examples is not None:
+            self._eval_sampler(self.val_examples, self.val_source)  # fails now, before training, if too few
         if stage in (None, "test") and self.test_examples is None and self.test is not None:
             self.test_examples = self._read(self.test, "val", None)
 
@@ -554,14 +556,14 @@ class PairDataModule(lightning.LightningDataModule):
                     num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                     pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
-    def _eval_loader(self, examples: list[PairExample] | None) -> DataLoader | list:
+    def _eval_loader(self, examples: list[PairExample] | None, where: str | None) -> DataLoader | list:
         if examples is None:
             return []  # Lightning skips a stage whose loader is empty
+        return self._loader(examples, self._eval_sampler(examples, where))
+
+    def _eval_sampler(self, examples: list[PairExample], where: str | None) -> PairBatchSampler:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        # Distinct positives in every batch, whatever unique_positives_per_batch: the in-batch validation
-        # loss would otherwise count a matching document as a negative.
-        sampler = PairBatchSampler(examples, self.val_batch_size, num_replicas=world, rank=rank)
-        return self._loader(examples, sampler)
+        return held_out_sampler(examples, self.val_batch_size, world, rank, where or "the held-out set")
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (by seed and epoch), conflict-free, full batches."""
@@ -608,7 +610,7 @@ class PairDataModule(lightning.LightningDataModule):
         """Validation batches in file order, distinct positives per batch; empty when there is no val set."""
         if self.val_examples is None and self.val_source is not None:
             self.setup("validate")
-        return self._eval_loader(self.val_examples)
+        return self._eval_loader(self.val_examples, self.val_source)
 
     def test_dataloader(self) -> DataLoader:
         """Test batches in file order, distinct positives per batch."""
@@ -616,4 +618,4 @@ class PairDataModule(lightning.LightningDataModule):
             raise UserError("no test data: set the data module's test option to a file or builtin:NAME.")
         if self.test_examples is None:
             self.setup("test")
-        return self._eval_loader(self.test_examples)
+        return self._eval_loader(self.test_examples, self.test)

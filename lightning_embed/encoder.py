@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_embed.errors import UserError
+from lightning_embed.distributed_checkpoint import is_distributed_checkpoint, read_distributed_checkpoint
 from lightning_embed.pooling import POOLING_MODES, pool
 
 #: The file an export writes with everything :func:`load` needs besides the weights and tokenizer.
@@ -203,6 +204,8 @@ class _progress:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a ``lightning-embed fit`` checkpoint safely (``weights_only=True``) and checks it is one of ours.
 
+    A distributed checkpoint folder (FSDP2 / sharded) is consolidated in memory, model weights only.
+
     Raises:
         UserError: a missing file, a file that is not a checkpoint, or a checkpoint of another model.
     """
@@ -211,13 +214,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist.")
-    if not file.is_file():
-        raise UserError(f"{str(path)!r} is a folder, not a checkpoint file.")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
-        # (the safe unpickler raises KeyError/IndexError on some bytes that are not a pickle at all)
-        raise UserError(f"{path}: not a PyTorch checkpoint that loads safely ({_first_line(err)}).") from None
+    if is_distributed_checkpoint(file):  # an FSDP2 / sharded run's folder: consolidated in memory
+        ckpt = read_distributed_checkpoint(file)
+    elif not file.is_file():
+        raise UserError(f"{str(path)!r} is a folder, not a checkpoint file or a distributed checkpoint folder.")
+    else:
+        try:
+            ckpt = torch.load(file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
+            # (the safe unpickler raises KeyError/IndexError on some bytes that are not a pickle at all)
+            raise UserError(f"{path}: not a PyTorch checkpoint that loads safely ({_first_line(err)}).") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning-embed checkpoint: it holds no EmbeddingModule "
@@ -304,7 +310,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
     """Loads a model for inference.
 
     Args:
-        path: a checkpoint of ``lightning-embed fit`` (``.ckpt``), a folder of ``lightning-embed export``,
+        path: a checkpoint of ``lightning-embed fit`` (a ``.ckpt`` file, or the distributed checkpoint folder
+            of an FSDP2 / sharded run, consolidated in memory), a folder of ``lightning-embed export``,
             a sentence-transformers or Hugging Face model folder, or a backbone alias / hub id (untrained:
             mean pooling, normalised, no prompts).
         device: ``cpu``, ``cuda``, ...; None: the GPU when there is one.
@@ -323,7 +330,7 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     p = Path(path).expanduser()
     name = p.stem if p.suffix == ".ckpt" else (p.name or str(path))
-    if p.is_file():
+    if p.is_file() or is_distributed_checkpoint(p):
         ckpt = read_checkpoint(p)
         module = load_module(p, ckpt, trust_remote_code=trust_remote_code)
         info = {"source": str(p), "kind": "checkpoint", "hparams": module_hparams(ckpt, p), **checkpoint_info(ckpt)}

@@ -42,8 +42,8 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
     """Evaluate a model on MTEB tasks and print the main score of each.
 
     Args:
-        model: a checkpoint (.ckpt) of `lightning-embed fit`, a folder of `lightning-embed export`, or a
-            backbone name or folder (scores the untrained model).
+        model: a checkpoint of `lightning-embed fit` (a .ckpt file or an FSDP2 checkpoint folder), a folder
+            of `lightning-embed export`, or a backbone name or folder (scores the untrained model).
         tasks: one or more tasks (also comma-separated): MTEB task names (their data needs the Hugging Face hub) or
             local files as KIND:PATH with KIND sts, retrieval, classification or clustering
             (NAME=KIND:PATH names one). File formats: see examples/tasks/README.md.

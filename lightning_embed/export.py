@@ -47,7 +47,8 @@ def export(checkpoint: str, output: str | None = None, overwrite: bool = False,
     ``query`` and ``document``) and ``lightning_embed.load(DIR)``; it carries a model card.
 
     Args:
-        checkpoint: a ``.ckpt`` file written by ``lightning-embed fit``.
+        checkpoint: a ``.ckpt`` file written by ``lightning-embed fit``, or the distributed checkpoint folder of
+            an FSDP2 / sharded run (read as is, no consolidation step).
         output: the folder to create.
         overwrite: replace ``output`` if it exists and is not empty.
         trust_remote_code: run code shipped with the backbone (custom architectures); only if you trust it.

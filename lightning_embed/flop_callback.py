@@ -19,6 +19,7 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from lightning_embed.distributed_checkpoint import remove_partial_checkpoints
 from lightning_embed.errors import UserError
 from lightning_embed.fingerprints import data_fingerprints
 from lightning_embed.flop_budget import (
@@ -32,6 +33,7 @@ from lightning_embed.flop_budget import (
     training_flags,
 )
 from lightning_embed.flops import ACCOUNTINGS, Accounting, FlopModel, TokenStats
+from lightning_embed.rank_failures import error_line, first_failure, leave_note, sigterm_held
 from lightning_embed.runs import RunRecord, append_run, check_runs_file, jsonable
 
 _STATE_VERSION = 1
@@ -140,6 +142,7 @@ class FlopCallback(Callback):
         self._written = False
         self._data: dict[str, Any] = {}  # data sources' fingerprints (lightning_embed.fingerprints)
         self._setup_time = 0.0
+        self._started_at = time.time()
         self._duration_before = 0.0
         self._train_t0: float | None = None
         self._val_t0: float | None = None
@@ -162,6 +165,7 @@ class FlopCallback(Callback):
         self._val_metrics, self._metrics_step = {}, None
         self._initial = None
         self._setup_time, self._duration_before = time.monotonic(), 0.0
+        self._started_at = time.time()  # wall clock: other ranks' failure notes are stamped with it
         self._fit_started = self._written = False
         self._pending, self._host_pending = None, [0, 0, 0, 0]
         self._interval, self._interval_steps = [0.0, 0.0], 0
@@ -389,12 +393,24 @@ class FlopCallback(Callback):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "failed"
-        message = str(exception).strip().splitlines()
-        error = f"{type(exception).__name__}: {message[0] if message else ''}".strip()
-        try:
-            self._write(trainer, pl_module, status, error)
-        except Exception as err:  # never mask the original exception
-            rank_zero_warn(f"FlopCallback could not write the run record: {err}")
+        error = error_line(exception)
+        with sigterm_held():
+            try:
+                if self.runs_file is not None and trainer.world_size > 1:
+                    # Rank zero alone writes the record: the other ranks tell it their error, and it records
+                    # the first failure of the run rather than the broken collective it saw.
+                    if not trainer.is_global_zero:
+                        leave_note(self.runs_file, trainer.global_rank, status, error)
+                    else:
+                        status, error = first_failure(self.runs_file, self._started_at,
+                                                      (time.time(), status, error))
+                if trainer.is_global_zero:
+                    for callback in trainer.checkpoint_callbacks:
+                        if getattr(callback, "dirpath", None):
+                            remove_partial_checkpoints(callback.dirpath)  # a save the failure cut short
+                self._write(trainer, pl_module, status, error)
+            except Exception as err:  # never mask the original exception
+                rank_zero_warn(f"FlopCallback could not write the run record: {err}")
 
     def make_record(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str,
                     error: str | None = None) -> RunRecord:

@@ -14,7 +14,7 @@ from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.metrics import retrieval_metrics
-from lightning_embed.acceleration import auto_compile, switch_training_attention
+from lightning_embed.acceleration import auto_compile, make_room_to_compile, switch_training_attention
 from lightning_embed.models import describe, hf_model, load_backbone, load_tokenizer
 from lightning_embed.packing import decide_packing, pack_and_encode, packing_problem, plan_packing
 from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
@@ -346,9 +346,10 @@ class EmbeddingModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for p in self.backbone.parameters():
+        matrices = getattr(self, "_matrix_params", set())
+        for name, p in self.backbone.named_parameters():
             if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
+                (decay if p.ndim >= 2 or _unwrapped_name(name) in matrices else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -406,6 +407,10 @@ class EmbeddingModule(L.LightningModule):
 
         Lightning calls this hook at every ``fit``/``validate``/``test``; it shards only once.
         """
+        # FSDP1 (use_orig_params) turns every parameter into a 1-D view of its shard: note the matrices now,
+        # while their shapes are still whole, for configure_optimizers' weight-decay groups.
+        if not hasattr(self, "_matrix_params"):
+            self._matrix_params = {_unwrapped_name(n) for n, p in self.backbone.named_parameters() if p.ndim >= 2}
         mesh = self.device_mesh
         if mesh is not None:
             self._fully_shard(mesh)
@@ -456,6 +461,9 @@ class EmbeddingModule(L.LightningModule):
         for module in self._shard_units():
             parent, name = parents[id(module)]
             setattr(parent, name, wrap(module))  # wrap() uses the strategy's FSDP settings (enable_wrap)
+        # The backbone is a unit too (as under FSDP2): left to Lightning's root unit, the embeddings and final
+        # norm took another first step than under DDP (docs/bugs.md); the blocks did not.
+        self.backbone = wrap(self.backbone)
 
     def on_fit_start(self) -> None:
         notes = [self._choose_training_attention()]
@@ -465,6 +473,7 @@ class EmbeddingModule(L.LightningModule):
             compile_, why = self._compile_choice()
             notes.append(f"torch.compile {'on' if compile_ else 'off'} ({why})" if why else None)
             if compile_:
+                notes.append(make_room_to_compile())
                 self.backbone.compile(dynamic=True)  # in place: parameter names and checkpoints unchanged
         if self.trainer.is_global_zero:
             from lightning_embed.reporting import print_parameter_table, print_training_notes
@@ -587,3 +596,9 @@ def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_rat
         problems.append(f"query_max_length={qlen} and document_max_length={dlen} must be >= 1")
     if problems:
         raise UserError("model options: " + "; ".join(problems) + ".")
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name without the wrappers' path segments (FSDP1, activation checkpointing)."""
+    wrappers = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+    return ".".join(part for part in name.split(".") if part not in wrappers)

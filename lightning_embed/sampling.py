@@ -183,3 +183,25 @@ def _conflict_keys(examples: Sequence[PairExample]) -> tuple[list[int], list[int
     positives = [documents.setdefault(e.positive, len(documents)) for e in examples]
     return ([queries.setdefault(e.query, len(queries)) for e in examples], positives,
             [frozenset(documents.setdefault(n, len(documents)) for n in e.negatives) for e in examples])
+
+
+def held_out_sampler(examples: Sequence[PairExample], batch_size: int, world: int, rank: int,
+                     where: str) -> PairBatchSampler:
+    """Held-out batches in file order, each pair on one rank once, and at least one batch on every rank.
+
+    Distinct positives in every batch, whatever the training setting: the in-batch validation loss would
+    otherwise count a matching document as a negative. A set smaller than one global batch (``batch_size``
+    x ``world``) is spread evenly in smaller batches, since a rank without a batch fails inside Lightning
+    and leaves the others waiting.
+
+    Raises:
+        UserError: fewer pairs (or distinct positives) than processes.
+    """
+    if world > 1 and len(examples) < batch_size * world:
+        batch_size = max(1, -(-len(examples) // world))
+    sampler = PairBatchSampler(examples, batch_size, num_replicas=world, rank=rank)
+    if world > 1 and not any(len(b) > (world - 1) * batch_size for b in sampler.batches()):
+        raise UserError(f"{where} has {len(examples)} pairs, too few to give each of the {world} processes a "
+                        f"batch: it needs at least {world} pairs with distinct positives; add held-out pairs or "
+                        "train on fewer processes.")
+    return sampler

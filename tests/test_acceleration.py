@@ -160,3 +160,41 @@ def test_fit_start_prints_its_choices(tiny_backbones, capsys):
     out = capsys.readouterr().out
     assert "attention: eager with fp32 scores" in out and "packing: on" in out
     assert "torch.compile off (compile: auto, 2 steps < 500" in out
+
+
+def test_two_modules_compiled_in_one_process_both_compile(tiny_backbones, tmp_path, monkeypatch):
+    """Fitting a second module with ``compile: true`` in the same process (a sweep, a notebook) compiles it
+    too: dynamo's recompile limit, shared through the backbone class's forward, is raised for it, where it
+    would otherwise run eager without a word. The limit starts at 1 here, as if earlier modules had used up
+    the default budget."""
+    import lightning as L
+    import torch._dynamo
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
+
+    from lightning_embed import acceleration
+    from lightning_embed.data import PairDataModule
+    from lightning_embed.module import EmbeddingModule
+
+    if not acceleration._has_cxx_compiler():
+        pytest.skip("no C++ compiler: inductor cannot compile on CPU")
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo_config, name, 1)
+    monkeypatch.setattr(acceleration, "_compiled", {"modules": 0, "base_limit": None})
+    torch._dynamo.reset()
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(f'{{"query": "query {i}", "positive": "document {i} about things"}}\n' for i in range(8)))
+    graphs = []
+    try:
+        for num_layers in (None, 1):  # one backbone class, another graph (fewer blocks): a recompile
+            module = EmbeddingModule(backbone=tiny_backbones["llama"], compile=True, num_layers=num_layers,
+                                     query_max_length=16, document_max_length=24)
+            before = counters["stats"]["unique_graphs"]
+            L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, precision="32-true",
+                      default_root_dir=tmp_path).fit(module, PairDataModule(train=str(pairs), batch_size=4))
+            graphs.append(counters["stats"]["unique_graphs"] - before)
+        assert graphs[0] >= 1 and graphs[1] >= 1, f"graphs compiled per fit: {graphs}"
+        assert getattr(dynamo_config, name) == 2  # raised once, for the second module
+    finally:
+        torch._dynamo.reset()
