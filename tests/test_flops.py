@@ -188,7 +188,7 @@ def test_batch_is_the_sum_of_its_rows(tiny_backbones):
 
 # ---------------------------------------------------------------------------------------------- paper
 
-PYTHIA = {  # layers, d_model, heads, FFN, non-embedding parameters (DESIGN.md)
+PYTHIA = {  # layers, d_model, heads, FFN, non-embedding parameters (Pythia model cards)
     "pythia-14m": (6, 128, 4, 512, 1_189_888),
     "pythia-31m": (6, 256, 8, 1024, 4_739_072),
     "pythia-70m": (6, 512, 8, 2048, 18_915_328),

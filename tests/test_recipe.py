@@ -177,7 +177,7 @@ def test_freeze_block_counts_become_shares():
 
 # ---- catalogue ----------------------------------------------------------------------------------------
 
-DESIGN_TABLE = {  # DESIGN.md, from the Pythia model cards
+DESIGN_TABLE = {  # non-embedding parameters of the Pythia suite (Biderman et al. 2023, its model cards)
     "pythia-14m": 1_189_888, "pythia-31m": 4_739_072, "pythia-70m": 18_915_328, "pythia-160m": 85_056_000,
     "pythia-410m": 302_311_424, "pythia-1b": 805_736_448, "pythia-1.4b": 1_208_602_624,
     "pythia-2.8b": 2_517_652_480,
