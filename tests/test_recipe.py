@@ -177,7 +177,7 @@ def test_freeze_block_counts_become_shares():
 
 # ---- catalogue ----------------------------------------------------------------------------------------
 
-DESIGN_TABLE = {  # non-embedding parameters of the Pythia suite (Biderman et al. 2023, its model cards)
+PYTHIA_NON_EMBEDDING = {  # non-embedding parameters of the Pythia suite (Biderman et al. 2023, its model cards)
     "pythia-14m": 1_189_888, "pythia-31m": 4_739_072, "pythia-70m": 18_915_328, "pythia-160m": 85_056_000,
     "pythia-410m": 302_311_424, "pythia-1b": 805_736_448, "pythia-1.4b": 1_208_602_624,
     "pythia-2.8b": 2_517_652_480,
@@ -188,7 +188,7 @@ def test_catalogue_families_and_pythia_counts():
     assert set(shipped_families()) == {"pythia", "smollm2", "qwen2.5", "bert", "smollm2-135m-truncated"}
     pythia = {m.name: m for m in load_shipped_family("pythia").models}
     assert len(pythia) == 10
-    for name, n in DESIGN_TABLE.items():
+    for name, n in PYTHIA_NON_EMBEDDING.items():
         assert pythia[name].counts.non_embedding == n, name
     truncated = load_shipped_family("smollm2-135m-truncated").models
     assert [(m.backbone, m.num_layers) for m in truncated] == [("smollm2-135m", k) for k in (4, 8, 15, 30)]
