@@ -61,7 +61,7 @@ def main() -> None:
     print(f"fingerprint: train {meta['fingerprint']['train']}, val {meta['fingerprint']['val']}")
     print(f"mining (first use, parse + dedup + write cache): {meta['mining_seconds']:.1f} s; "
           f"whole first load {first:.1f} s")
-    print(f"cached load (load('train') + load('val'), fresh process, torch already imported), s: "
+    print("cached load (load('train') + load('val'), fresh process, torch already imported), s: "
           + ", ".join(f"{t:.2f}" for t in loads))
     print("pairs per package (split):")
     counts = collections.Counter((p["package"], p["split"]) for p in pairs)

@@ -4,7 +4,7 @@ bf16 mixed precision (weights and optimizer state in fp32, matmuls in bf16, the 
 loss in fp32: see :meth:`lightning_embed.module.EmbeddingModule._contrastive_loss`) keeps the held-out
 loss within noise of fp32 (``benchmarks/bench_throughput.py`` and ``benchmarks/bench_precision_quality.py``
 measure both), and is much faster where the hardware multiplies bf16 natively: NVIDIA GPUs from Ampere on,
-and CPUs with AMX or AVX512-BF16 (about 2.3x per step on SmolLM2-135M here). Elsewhere bf16 is emulated and
+and CPUs with AMX or AVX512-BF16 (measured in ``benchmarks/results/``). Elsewhere bf16 is emulated and
 slower, so fp32 stays the default there. Set ``trainer.precision`` to choose yourself.
 """
 
@@ -13,11 +13,12 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import torch
-
 
 def cpu_model() -> str:
-    """The CPU's model name as the OS reports it (``/proc/cpuinfo`` on Linux), else the platform's guess."""
+    """The CPU's model name as the OS reports it (``/proc/cpuinfo`` on Linux), else the platform's guess.
+
+    Imports nothing heavy: light commands (``recipe``, ``laws``) record it in their provenance.
+    """
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -29,6 +30,8 @@ def cpu_model() -> str:
 
 def bf16_path() -> str:
     """Which bf16 hardware path this machine has: ``CUDA``, ``AMX``, ``AVX512-BF16`` or ``none (emulated)``."""
+    import torch
+
     if torch.cuda.is_available():
         return "CUDA" if torch.cuda.is_bf16_supported(including_emulation=False) else "none (emulated)"
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
@@ -43,6 +46,8 @@ def describe_hardware() -> str:
 
     Example output: ``CPU: AMD EPYC; 2 threads; bf16 path: AVX512-BF16; fit default precision: bf16-mixed``.
     """
+    import torch
+
     device = f"GPU: {torch.cuda.get_device_name()}; " if torch.cuda.is_available() else ""
     return (f"{device}CPU: {cpu_model()}; {torch.get_num_threads()} threads; bf16 path: {bf16_path()}; "
             f"fit default precision: {default_precision()}")

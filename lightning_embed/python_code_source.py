@@ -40,8 +40,6 @@ import re
 import sysconfig
 import tempfile
 import time
-import tokenize
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -149,14 +147,10 @@ def _files(base: Path, package: str | None) -> Iterator[tuple[Path, Path]]:
 def _mine_tree(base: Path, package: str | None, origin: str) -> Iterator[tuple[dict, str]]:
     """Pairs of one package (or the whole standard library when ``package`` is None), with their shape key."""
     for path, relative in _files(base, package):
-        try:
-            with tokenize.open(path) as handle:  # honours PEP 263 encoding cookies
-                source = handle.read()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # invalid escape sequences in old modules
-                tree = ast.parse(source, filename=str(path))
-        except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+        parsed = stdlib_source.parse_python(path)
+        if parsed is None:
             continue
+        source, tree = parsed
         lines = source.splitlines()
         module = stdlib_source._module_name(relative)
         for qualname, node in stdlib_source._functions(tree.body, ""):

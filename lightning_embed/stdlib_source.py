@@ -159,15 +159,23 @@ def _functions(body: list[ast.stmt], prefix: str) -> Iterator[tuple[str, ast.Fun
                 yield from _functions(handler.body, prefix)
 
 
-def _mine_file(path: Path, relative: Path) -> Iterator[dict]:
+def parse_python(path: Path) -> tuple[str, ast.Module] | None:
+    """A Python file's source and syntax tree, or None when it cannot be read or parsed (it is skipped)."""
     try:
         with tokenize.open(path) as handle:  # honours PEP 263 encoding cookies
             source = handle.read()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escape sequences in old modules
-            tree = ast.parse(source, filename=str(path))
+            return source, ast.parse(source, filename=str(path))
     except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+        return None
+
+
+def _mine_file(path: Path, relative: Path) -> Iterator[dict]:
+    parsed = parse_python(path)
+    if parsed is None:
         return
+    source, tree = parsed
     lines = source.splitlines()
     module = _module_name(relative)
     for qualname, node in _functions(tree.body, ""):

@@ -17,24 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lightning_embed.errors import UserError
-
-
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo where there is one), for provenance."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from lightning_embed.precision import cpu_model as cpu_name
 
 
 def write_jsonl_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
