@@ -132,8 +132,9 @@ def test_baseline_command_measures_l0_like_validate(tiny_backbones, tmp_path):
     config.write_text(f"seed_everything: 0\nmodel:\n  attn_implementation: eager\ndata:\n  train: {pairs}\n"
                       f"  val: {pairs}\n  batch_size: 8\ntrainer:\n  accelerator: cpu\n  precision: 32-true\n")
     out = tmp_path / "l0.jsonl"
-    proc = _cli("laws", "baseline", config, "--models", tiny_backbones["gpt_neox"], "-o", out)
+    proc = _cli("laws", "baseline", config, "--models", tiny_backbones["gpt_neox"], "-o", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "config.yaml").exists()  # a measurement leaves no LightningCLI config behind
     (row,) = read_initial_losses(out)
     assert row["val_examples"] == 24 and row["val_batch_size"] == 8 and row["non_embedding_params"] > 0
     validate = _cli("validate", "--config", config, "--model.backbone", tiny_backbones["gpt_neox"],

@@ -99,7 +99,8 @@ def _measure(config: list[Path], backbone: str, num_layers: int | None, batch_si
         args += ["--model.num_layers", str(num_layers)]
     if batch_size is not None:
         args += ["--data.batch_size", str(batch_size)]
-    cli = _trainer_cli(args, run=False)
+    # No SaveConfigCallback: a measurement must not leave LightningCLI's config.yaml in the working directory.
+    cli = _trainer_cli(args, run=False, save_config_callback=None)
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     metrics = {k.removeprefix("val/"): float(v) for k, v in (results[0] if results else {}).items()}
     if "loss" not in metrics:
