@@ -79,10 +79,12 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, target)
-    except OSError as err:
+    except BaseException as err:  # also Ctrl+C mid-write: no temporary file is left behind
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {target}: {err.strerror or err}.") from None
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write {target}: {err.strerror or err}.") from None
+        raise
     return target
 
 

@@ -38,7 +38,6 @@ import os
 import platform
 import re
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,6 +45,7 @@ from typing import Literal
 
 from lightning_embed import stdlib_source
 from lightning_embed.errors import UserError
+from lightning_embed.outputs import write_text_atomically
 from lightning_embed.fingerprints import pairs_digest as digest
 
 #: What ``lightning-embed data`` and error messages say about this source.
@@ -238,19 +238,6 @@ def _meta_path(path: Path) -> Path:
     return path.with_suffix(".meta.json")
 
 
-def _write_atomically(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line + "\n")
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never a partial one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(path: Path) -> tuple[list[dict], dict] | None:
     try:
         stamp = (path.stat().st_mtime_ns, _meta_path(path).stat().st_mtime_ns)
@@ -292,8 +279,8 @@ def load_with_metadata(*, refresh: bool = False) -> tuple[list[dict], dict]:
             "counts": {s: sum(p["split"] == s for p in pairs) for s in ("train", "val")},
             "fingerprint": _fingerprint(pairs, found), "mining_seconds": round(seconds, 1),
             "mined": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _write_atomically(path, (json.dumps(p, ensure_ascii=False) for p in pairs))
-    _write_atomically(_meta_path(path), [json.dumps(meta, indent=1)])
+    write_text_atomically(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    write_text_atomically(_meta_path(path), json.dumps(meta, indent=1) + "\n")
     return pairs, meta
 
 

@@ -19,7 +19,6 @@ import os
 import platform
 import re
 import sysconfig
-import tempfile
 import tokenize
 import warnings
 import zlib
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from lightning_embed.errors import UserError
+from lightning_embed.outputs import write_text_atomically
 
 #: What ``lightning-embed data`` and error messages say about this source.
 DESCRIPTION = (
@@ -223,19 +223,6 @@ def mine(root: str | os.PathLike | None = None) -> list[dict]:
     return pairs
 
 
-def _write_atomically(path: Path, pairs: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for pair in pairs:
-                handle.write(json.dumps(pair, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never a partial one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_pairs(*, refresh: bool = False) -> list[dict]:
     """All mined pairs of this interpreter's standard library, from the cache or mined (and cached) now.
 
@@ -253,7 +240,7 @@ def load_pairs(*, refresh: bool = False) -> list[dict]:
     if not pairs:
         raise UserError(f"no docstring/code pairs found under {str(stdlib_root())!r}; builtin:stdlib-code needs "
                         "the .py sources of the standard library.")
-    _write_atomically(path, pairs)
+    write_text_atomically(path, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
     return pairs
 
 

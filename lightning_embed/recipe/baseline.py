@@ -17,25 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lightning_embed.errors import UserError
+from lightning_embed.outputs import write_text_atomically
 from lightning_embed.precision import cpu_model as cpu_name
-
-
-def write_jsonl_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Writes JSON lines through a temporary file in the same folder (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.writelines(json.dumps(row, sort_keys=False) + "\n" for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_initial_losses(path: str | Path) -> list[dict[str, Any]]:
@@ -172,6 +160,6 @@ def laws_baseline(
         print(f"{entry.name}: N = {row['non_embedding_params']:,}, L0 = {row['initial_val_loss']:.4f} "
               f"on {row['val_examples']} held-out pairs", flush=True)
         rows.append(row)
-    write_jsonl_atomically(output, rows)
+    write_text_atomically(output, "".join(json.dumps(row) + "\n" for row in rows))
     print(f"wrote {output}")
     return rows

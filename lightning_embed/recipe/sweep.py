@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from lightning_embed.errors import UserError
+from lightning_embed.outputs import write_text_atomically
 from lightning_embed.recipe.catalogue import resolve_models
 from lightning_embed.recipe.costs import Accounting, flops_per_example, method_problem
 from lightning_embed.recipe.design import GridPoint, method_settings, parse_setting_values, predict, seed_order
@@ -249,7 +250,7 @@ def sweep_plan(
                    "seed_points": seed_points},
         "points": [asdict(p) for p in points], "skipped": skipped,
     }
-    _write_atomic(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, width=110))
+    write_text_atomically(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, width=110))
     print(f"planned {len(points)} runs in {directory} ({len(skipped)} grid points left out); "
           f"run them with: lightning-embed sweep run {directory}")
     for reason in skipped:
@@ -290,12 +291,6 @@ def _write_point(directory: Path, c: GridPoint, seed: int | None, base: dict[str
                 "Paths are relative to the sweep directory; `lightning-embed sweep run` runs it from there.")
     return SweepPoint(name, c.budget, c.model.name, c.method, c.setting, c.examples, steps, f"configs/{name}.yaml",
                       seed)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- running --------------------------------------------------------------------------------------------
