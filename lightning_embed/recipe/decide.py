@@ -95,7 +95,7 @@ def refuse(winner, budget: float, laws: LawsFile) -> UserError:
     return UserError(
         f"recipe: the best candidate, {winner.law.label} on {winner.model.name} "
         f"(N={winner.model.counts.non_embedding:.3g}, D={winner.data:.3g} {laws.data_unit}, {budget:.3g} FLOP), "
-        f"lies more than {EXTRAPOLATION_FACTOR:g}x outside what the laws were fitted on ({fitted_ranges(laws, laws.data_unit)}): {winner.extrapolation}. "
+        f"lies more than {EXTRAPOLATION_FACTOR:g}x outside what its law was fitted on: {winner.extrapolation}. "
         "Fit laws on runs that cover it, or pass --extrapolate to answer anyway."
     )
 
