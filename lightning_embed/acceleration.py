@@ -11,8 +11,11 @@ known, and only when the user left them open (``attn_implementation: null``, ``c
   ``benchmarks/results/attention-cpu-2026-11-28.txt``). In a bf16 SmolLM2-135M training step at length 64
   the flash backward alone was 21% of the time. So on CPU, in bf16, for texts of at most
   :data:`EAGER_MAX_LENGTH` tokens, training uses :func:`fp32_score_attention` (eager, with the scores and
-  softmax in fp32 so that it is as accurate as the flash kernel); everywhere else (GPUs above all, whose
-  fused kernels are fast) the backbone keeps its own (``sdpa``).
+  softmax in fp32 so that it is as accurate as the flash kernel). On CUDA, when batches may be packed,
+  training uses FlexAttention with a document block mask (:mod:`lightning_embed.flex_packing`): SDPA would
+  take a dense 4-D mask and compute every masked score, FlexAttention skips the empty tiles (unmeasured on
+  a GPU so far: ``benchmarks/gpu_check.py`` measures it). Everywhere else the backbone keeps its own
+  (``sdpa``).
 - **Compilation.** ``torch.compile`` fuses the elementwise work (norms, rotary, SiLU, autocast casts) that
   dominates a bf16 step on CPU. Packed bf16 steps here (3 rounds, medians): SmolLM2-135M full 1.28x
   faster, LoRA 1.75x, for 2.5-5.5 min of compilation; all-MiniLM-L6-v2 0.96x (a small encoder: little
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_embed.flex_packing import FLEX_ATTENTION, flex_available, register_flex_attention
+
 #: Longest text (tokens) for which CPU bf16 training switches to eager attention.
 EAGER_MAX_LENGTH = 256
 #: Shortest run (optimizer steps) that ``compile: auto`` compiles.
@@ -40,17 +45,21 @@ AUTO_COMPILE_MIN_STEPS = 500
 FP32_SCORE_ATTENTION = "lightning_embed_fp32_scores"
 
 
-def training_attention(device: torch.device, precision: str, max_length: int) -> str | None:
+def training_attention(device: torch.device, precision: str, max_length: int, *, packs: bool = False) -> str | None:
     """The attention implementation to train with when the user chose none, or None to keep the backbone's.
 
     Args:
         device: the training device.
         precision: Lightning's precision string (``"bf16-mixed"``, ``"32-true"``, ...).
         max_length: the longest text a batch may hold (the larger of the query and document max lengths).
+        packs: batches may be packed (``pack_sequences`` true or auto, no GradCache or ``split_by_length``).
     """
     if device.type == "cpu" and precision.startswith("bf16") and max_length <= EAGER_MAX_LENGTH:
         register_fp32_score_attention()
         return FP32_SCORE_ATTENTION
+    if device.type == "cuda" and packs and flex_available():
+        register_flex_attention()
+        return FLEX_ATTENTION
     return None
 
 
@@ -93,8 +102,8 @@ def register_fp32_score_attention() -> None:
 
 
 def switch_training_attention(backbone: torch.nn.Module, device: torch.device, precision: str,
-                              max_length: int) -> tuple[str | None, str | None]:
-    """Switches ``backbone`` to :func:`training_attention`'s choice, if any.
+                              max_length: int, *, packs: bool = False) -> tuple[str | None, str | None]:
+    """Switches ``backbone`` to :func:`training_attention`'s choice, if any (arguments as there).
 
     Returns:
         ``(previous, note)``: the implementation to restore after training (None: nothing was switched) and a
@@ -103,14 +112,20 @@ def switch_training_attention(backbone: torch.nn.Module, device: torch.device, p
     from lightning_embed.models import hf_model
 
     model = hf_model(backbone)
-    wanted = training_attention(device, precision, max_length)
+    wanted = training_attention(device, precision, max_length, packs=packs)
     current = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if model is None or wanted is None or wanted == current:
         return None, None
+    if wanted == FLEX_ATTENTION and any(getattr(model.config, name, 0.0) or 0.0 for name in
+                                        ("attention_dropout", "attention_probs_dropout_prob")):
+        return None, f"attention: kept {current} (FlexAttention has no attention dropout, this backbone uses it)"
     try:
         model.set_attn_implementation(wanted)
     except (ValueError, NotImplementedError, AttributeError) as err:  # a model without HF's attention interface
         return None, f"attention: kept {current} ({type(model).__name__} cannot switch: {str(err).splitlines()[0]})"
+    if wanted == FLEX_ATTENTION:
+        return current, (f"attention: FlexAttention for training (CUDA: packed rows with a document block mask, "
+                         f"empty tiles skipped), {current} again after fit")
     return current, (f"attention: eager with fp32 scores for training (CPU, bf16, texts <= {max_length} tokens: "
                      f"faster than {current} there), {current} again after fit")
 

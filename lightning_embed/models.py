@@ -134,7 +134,8 @@ def load_backbone(
     Args:
         name: bundled alias, local folder, ``.gguf`` file or hub id.
         num_layers: keep only the first ``num_layers`` blocks (a smaller model of the same family).
-        attn_implementation: ``"sdpa"`` (fast) or ``"eager"`` (needed to count attention FLOP).
+        attn_implementation: ``"sdpa"`` (fast), ``"eager"`` (needed to count attention FLOP) or ``"flex"``
+            (FlexAttention, :mod:`lightning_embed.flex_packing`: compiled on GPUs, the slow reference on CPU).
         trust_remote_code: run code shipped with the model; only when the user asks.
     """
     from transformers import AutoConfig, AutoModel
@@ -150,6 +151,11 @@ def load_backbone(
             config.num_hidden_layers = num_layers
             if hasattr(config, "layer_types") and config.layer_types is not None:
                 config.layer_types = config.layer_types[:num_layers]
+        if attn_implementation == "flex":
+            from lightning_embed.flex_packing import FLEX_ATTENTION, register_flex_attention
+
+            register_flex_attention()
+            attn_implementation = FLEX_ATTENTION
         if attn_implementation is not None:
             config._attn_implementation = attn_implementation
         with warnings.catch_warnings():

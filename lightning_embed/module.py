@@ -48,10 +48,11 @@ class EmbeddingModule(L.LightningModule):
         query_prompt: text prepended to every query (an instruction prefix).
         document_prompt: text prepended to every document.
         num_layers: keep only the first ``num_layers`` blocks of the backbone (a smaller model of the family).
-        attn_implementation: ``sdpa`` or ``eager``. None (default): the backbone's own (``sdpa``), except
-            that training on CPU in bf16 with texts of at most 256 tokens uses eager attention with fp32
-            scores, 2-4x faster there than PyTorch's CPU flash kernel and as accurate
-            (:mod:`lightning_embed.acceleration`); restored after ``fit``.
+        attn_implementation: ``sdpa``, ``eager`` or ``flex`` (FlexAttention, :mod:`lightning_embed.flex_packing`).
+            None (default): the backbone's own (``sdpa``), except that training on CPU in bf16 with texts of
+            at most 256 tokens uses eager attention with fp32 scores, 2-4x faster there than PyTorch's CPU
+            flash kernel and as accurate, and training on CUDA with packed batches uses ``flex`` (packed
+            rows with a document block mask) (:mod:`lightning_embed.acceleration`); restored after ``fit``.
         gradient_checkpointing: recompute activations in the backward pass (less memory, one more forward).
             Applies inside every transformer block; works under DDP, FSDP and FSDP2 and nests with
             ``gradcache_chunk_size``.
@@ -117,7 +118,7 @@ class EmbeddingModule(L.LightningModule):
         query_prompt: str = "",
         document_prompt: str = "",
         num_layers: int | None = None,
-        attn_implementation: Literal["sdpa", "eager"] | None = None,
+        attn_implementation: Literal["sdpa", "eager", "flex"] | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         gradcache_chunk_size: int | None = None,
@@ -491,8 +492,10 @@ class EmbeddingModule(L.LightningModule):
         if self.hparams.get("attn_implementation") is not None:
             return None
         longest = max(self.hparams.query_max_length, self.hparams.document_max_length)
+        packs = self.hparams.get("pack_sequences", False) is not False and not (
+            self.hparams.get("split_by_length") or self.gradcache_chunk_size is not None)
         self._attention_before_fit, note = switch_training_attention(self.backbone, self.device,
-                                                                     str(self.trainer.precision), longest)
+                                                                     str(self.trainer.precision), longest, packs=packs)
         return note
 
     def _compile_choice(self) -> tuple[bool, str | None]:

@@ -14,7 +14,8 @@ fewer computed positions (about 0.95 real instead of 0.6 on the bundled data) an
 step instead of two. This is not ``group_by_length``, which changes which examples share a batch.
 
 It needs a backbone whose attention takes a 4-D mask and whose forward takes ``position_ids``
-(Hugging Face's eager and sdpa attention; not flash-attention-2, which packs through other means):
+(Hugging Face's eager and sdpa attention, or FlexAttention with a document ``BlockMask`` on GPUs:
+:mod:`lightning_embed.flex_packing`; not flash-attention-2, which packs through other means):
 :func:`packing_problem` says why not otherwise. Position ids must count from 0 in every text, which is
 not true of every architecture (RoBERTa's start after the padding index), so
 :func:`packing_mismatch` encodes a few texts both ways before training relies on it. Pad slots (the
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_embed.flex_packing import FLEX_ATTENTION, document_block_mask
 from lightning_embed.pooling import pool
 from lightning_embed.unpadding import right_padded
 
@@ -90,8 +92,8 @@ def packing_problem(model: nn.Module) -> str | None:
     from lightning_embed.acceleration import FP32_SCORE_ATTENTION
 
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if implementation not in ("eager", "sdpa", FP32_SCORE_ATTENTION):
-        return f"its attention implementation is {implementation!r} (packing needs eager or sdpa)"
+    if implementation not in ("eager", "sdpa", FP32_SCORE_ATTENTION, FLEX_ATTENTION):
+        return f"its attention implementation is {implementation!r} (packing needs eager, sdpa or flex)"
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -182,8 +184,9 @@ def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings
     Args:
         backbone: takes ``input_ids``, a 4-D ``attention_mask`` and ``position_ids``; returns
             ``last_hidden_state`` (or a tuple whose first item it is).
-        attention: the backbone's attention implementation (``sdpa`` takes a boolean mask, the eager ones
-            an additive float mask).
+        attention: the backbone's attention implementation (``sdpa`` takes a boolean mask,
+            :data:`~lightning_embed.flex_packing.FLEX_ATTENTION` a document ``BlockMask``, the eager ones an
+            additive float mask).
         causal: a decoder (each token sees only earlier tokens of its own text).
         encodings: padded batches (``input_ids``, ``attention_mask``, maybe ``token_type_ids``), right or
             left padded.
@@ -240,13 +243,16 @@ def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings
         fill = pad_token_id if key == "input_ids" else 0
         packed[key] = flat[source_t.clamp_min(0)].masked_fill(filler, fill).view(len(plan.rows), width)
     segment_t = segment.to(device, non_blocking=True).view(len(plan.rows), width)
-    allowed = segment_t[:, :, None] == segment_t[:, None, :]
-    if causal:
-        allowed &= torch.ones(width, width, dtype=torch.bool, device=device).tril()
     # Filler slots (segment -1) see each other only: no fully masked row, nothing leaks into texts.
-    mask = allowed[:, None]
-    if attention != "sdpa":  # eager attentions add the mask to the scores
-        mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    if attention == FLEX_ATTENTION:  # the kernel skips the tiles the mask empties; no dense mask
+        mask = document_block_mask(segment_t, causal)
+    else:
+        allowed = segment_t[:, :, None] == segment_t[:, None, :]
+        if causal:
+            allowed &= torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        mask = allowed[:, None]
+        if attention != "sdpa":  # eager attentions add the mask to the scores
+            mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
     out = backbone(**packed, attention_mask=mask,
                    position_ids=position.to(device, non_blocking=True).view(len(plan.rows), width))
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
