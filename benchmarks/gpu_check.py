@@ -44,11 +44,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import bench_throughput as bench  # noqa: E402  (sets the offline environment first)
-import torch  # noqa: E402
+# bench_throughput sets the offline environment before torch and transformers load.
+import bench_throughput as bench
+import torch
 
-from lightning_embed.errors import UserError  # noqa: E402
-from lightning_embed.outputs import check_output, write_text_atomically  # noqa: E402
+from lightning_embed.errors import UserError
+from lightning_embed.outputs import check_output, write_text_atomically
 
 #: Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by a word of the device name.
 DATASHEET_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
@@ -223,8 +224,8 @@ def cli_row(check: Check, part: str, config: str, devices: int, workdir: Path) -
            f"--trainer.default_root_dir={root}", f"--flops.runs_file={root / 'runs.jsonl'}", *extra]
     limit = 240 if check.smoke else 360
     try:
-        result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                                text=True, timeout=limit)
+        result = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
         row.note = f"failed: still running after {limit} s"
         return row
@@ -260,12 +261,12 @@ def format_table(rows: list[Row], check: Check) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS) - 1)]
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(widths))) + "  " + c[-1] for c in cells]
     sheet = f"{check.datasheet / 1e12:,.0f} TFLOP/s" if check.datasheet else "unknown for this device"
-    header = [f"gpu_check {'--smoke ' if check.smoke else ''}on {device_name(check.device)}; torch {torch.__version__}; "
-              f"{date.today().isoformat()}",
+    smoke = "--smoke " if check.smoke else ""
+    weights = " (random weights: same shapes, tokens and FLOP)" if check.random_weights else ""
+    header = [f"gpu_check {smoke}on {device_name(check.device)}; torch {torch.__version__}; {date.today().isoformat()}",
               f"bf16 peak: measured {check.peak / 1e12:,.3g} TFLOP/s (matmul), datasheet {sheet}",
-              f"backbone {check.backbone}{' (random weights: same shapes, tokens and FLOP)' if check.random_weights else ''}"
-              f"; max length {check.max_length}; steps {check.warmup} warm-up + {check.steps} timed; "
-              f"data builtin:stdlib-code"]
+              (f"backbone {check.backbone}{weights}; max length {check.max_length}; "
+               f"steps {check.warmup} warm-up + {check.steps} timed; data builtin:stdlib-code")]
     return "\n".join(header + [""] + lines) + "\n"
 
 
@@ -308,7 +309,8 @@ def plan(check: Check, workdir: Path) -> list[tuple[str, object]]:
     parts: list[tuple[str, object]] = [("grads", lambda: gradient_row(check))]
     for part, tuning in (("full", full), ("lora", lora)):
         for pack in (False, True):
-            parts.append((part, lambda p=part, t=tuning, k=pack: lightning_embed_row(check, p, t, k, False, check.batch)))
+            parts.append((part, lambda p=part, t=tuning, k=pack: lightning_embed_row(check, p, t, k, False,
+                                                                                     check.batch)))
         parts.append((part, lambda p=part, t=tuning: sentence_transformers_row(check, p, t)))
     parts.append(("gradcache", lambda: lightning_embed_row(check, "gradcache", full, False, False,
                                                            check.gradcache_batch, check.gradcache_chunk)))
@@ -320,7 +322,8 @@ def plan(check: Check, workdir: Path) -> list[tuple[str, object]]:
                                          note=f"skipped: {gpus} GPU visible (DDP needs 2 or more)")))
     for part, tuning in (("full", full), ("lora", lora)):
         for pack in (False, True):
-            parts.append((part, lambda p=part, t=tuning, k=pack: lightning_embed_row(check, p, t, k, True, check.batch)))
+            parts.append((part, lambda p=part, t=tuning, k=pack: lightning_embed_row(check, p, t, k, True,
+                                                                                     check.batch)))
     return parts
 
 

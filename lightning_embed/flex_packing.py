@@ -67,21 +67,32 @@ def padded_block_mask(batch_size: int, q_length: int, kv_length: int, q_offset: 
                       device: torch.device | str = "cpu", **kwargs):
     """Hugging Face's mask interface for :data:`FLEX_ATTENTION`: the ``BlockMask`` of an ordinary padded batch.
 
-    transformers' ``flex_attention_mask`` with the mask builder compiled on GPUs only (see the module
-    docstring). ``mask_function`` is the model's (causal for decoders, bidirectional for encoders).
+    On GPUs transformers' own ``flex_attention_mask`` (mask builder compiled); elsewhere the same mask built
+    eagerly (see the module docstring). ``mask_function`` is the model's (causal for decoders,
+    bidirectional for encoders).
     """
     from torch.nn.attention.flex_attention import create_block_mask
-    from transformers.masking_utils import (add_offsets_to_mask_function, and_masks, causal_mask_function,
-                                            padding_mask_function, prepare_padding_mask)
+    from transformers.masking_utils import (
+        add_offsets_to_mask_function,
+        and_masks,
+        causal_mask_function,
+        flex_attention_mask,
+        padding_mask_function,
+        prepare_padding_mask,
+    )
 
+    device = torch.device(device)
+    if _compiles(device):
+        return flex_attention_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                                   kv_offset=kv_offset, mask_function=mask_function or causal_mask_function,
+                                   attention_mask=attention_mask, device=device, **kwargs)
     mask_function = causal_mask_function if mask_function is None else mask_function
     if attention_mask is not None and not bool(attention_mask.all()):
         padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
         mask_function = and_masks(mask_function, padding_mask_function(padding))
     mask_function = add_offsets_to_mask_function(mask_function, q_offset, kv_offset)
-    device = torch.device(device)
     return create_block_mask(mask_function, B=batch_size, H=None, Q_LEN=q_length, KV_LEN=kv_length,
-                             device=device, _compile=_compiles(device))
+                             device=device, _compile=False)
 
 
 def flex_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_smoke_prints_every_part_with_positive_numbers(tmp_path):
     prefix = tmp_path / "check"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out",
-                             str(prefix)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             str(prefix)], check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = prefix.with_suffix(".txt").read_text()
