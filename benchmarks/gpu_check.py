@@ -224,7 +224,9 @@ def cli_row(check: Check, part: str, config: str, devices: int, workdir: Path) -
            f"--trainer.default_root_dir={root}", f"--flops.runs_file={root / 'runs.jsonl'}", *extra]
     limit = 240 if check.smoke else 360
     try:
-        result = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # The repository first, then whatever the caller's PYTHONPATH holds (carried wheels on a GPU machine).
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        result = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
                                 capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
         row.note = f"failed: still running after {limit} s"
