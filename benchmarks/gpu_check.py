@@ -15,7 +15,8 @@ sentence-transformers bf16, MFU (hardware FLOP of :class:`lightning_embed.flops.
 the bf16 matmul peak measured in the same run and against the datasheet's dense bf16 peak where the device is
 known, peak memory (``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS). A part that cannot run
 says why in its row. The table and a JSON are rewritten after every row, so a run stopped early keeps what it
-measured. Budget: about 6 minutes on one H100/H200-class GPU (``--time-limit`` skips the rest beyond it).
+measured. Meant to end within 8 minutes on one GPU: ``--time-limit`` (330 s) skips the parts that would
+start later; the compiled runs come last.
 
     python benchmarks/gpu_check.py                       # on a GPU machine
     python benchmarks/gpu_check.py --smoke --out /tmp/x  # the same code on CPU, tiny model, seconds

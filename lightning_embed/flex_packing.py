@@ -115,19 +115,24 @@ def flex_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
     if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
         from lightning_embed.errors import UserError
 
-        raise UserError(f"attention {FLEX_ATTENTION!r} cannot train on CPU (PyTorch's FlexAttention has no CPU "
-                        "backward): train with attn_implementation sdpa or eager, or on a GPU.")
+        raise UserError("attn_implementation flex (FlexAttention) cannot train on CPU: PyTorch has no CPU backward "
+                        "for it. Train with attn_implementation sdpa or eager (or unset), or on a GPU.")
     if dropout > 0:
         raise ValueError(f"{FLEX_ATTENTION} has no attention dropout (got {dropout}); use sdpa or eager attention")
     if attention_mask is not None and not isinstance(attention_mask, BlockMask):
         raise ValueError(f"{FLEX_ATTENTION} takes a BlockMask as attention_mask, not {type(attention_mask).__name__}")
+    # Under autocast rotary embeddings leave queries and keys in fp32 beside bf16 values; sdpa is cast by
+    # autocast, the flex kernel is not and wants one dtype: the autocast dtype, as sdpa gets.
+    device_type = query.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else query.dtype
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     heads, kv_heads = query.shape[1], key.shape[1]
     # The fused kernel's grouped-query path wants a power-of-two number of query heads (as transformers does).
     gqa = kv_heads != heads and heads & (heads - 1) == 0
     if kv_heads != heads and not gqa:
         key = key.repeat_interleave(heads // kv_heads, dim=1)
         value = value.repeat_interleave(heads // kv_heads, dim=1)
-    output = _flex_kernel(query.device.type)(query, key, value, block_mask=attention_mask, scale=scaling,
+    output = _flex_kernel(device_type)(query, key, value, block_mask=attention_mask, scale=scaling,
                                              enable_gqa=gqa)
     return output.transpose(1, 2).contiguous(), None
 

@@ -132,3 +132,13 @@ def test_switching_to_flex_names_it_and_skips_attention_dropout(tiny_backbones):
     if dropout:
         assert previous is None and "dropout" in note
         assert hf_model(bert.backbone).config._attn_implementation == "sdpa"
+
+
+def test_flex_under_bf16_autocast_matches_sdpa(tiny_backbones):
+    # Rotary embeddings leave queries and keys in fp32 beside bf16 values under autocast: one dtype for the kernel.
+    module = _module(tiny_backbones["llama"], "flex", True).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        flex = _packed_embeddings(module, FLEX_ATTENTION, causal=True)
+        hf_model(module.backbone).set_attn_implementation("sdpa")
+        dense = _packed_embeddings(module, "sdpa", causal=True)
+    assert_close_relative(flex.float(), dense.float(), rel=2e-2, what="bf16 flex vs sdpa")
