@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-architecture", metavar="DIR", help="write smollm2-135m's config + tokenizer to "
                         "DIR (to carry to a GPU machine without the weights package) and exit")
     args = parser.parse_args(argv)
+    if args.smoke:  # CPU even on a GPU machine (before CUDA initialises): the smoke run is the CPU test's
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
         if args.export_architecture:
             print(f"wrote {export_architecture(Path(args.export_architecture))}")

@@ -48,11 +48,10 @@ class EmbeddingModule(L.LightningModule):
         query_prompt: text prepended to every query (an instruction prefix).
         document_prompt: text prepended to every document.
         num_layers: keep only the first ``num_layers`` blocks of the backbone (a smaller model of the family).
-        attn_implementation: ``sdpa``, ``eager`` or ``flex`` (FlexAttention, :mod:`lightning_embed.flex_packing`).
-            None (default): the backbone's own (``sdpa``), except that training on CPU in bf16 with texts of
-            at most 256 tokens uses eager attention with fp32 scores, 2-4x faster there than PyTorch's CPU
-            flash kernel and as accurate, and training on CUDA with packed batches uses ``flex`` (packed
-            rows with a document block mask) (:mod:`lightning_embed.acceleration`); restored after ``fit``.
+        attn_implementation: ``sdpa``, ``eager`` or ``flex`` (FlexAttention; trains on GPUs). None (default):
+            ``sdpa``, except in training on CPU in bf16 with texts of at most 256 tokens (eager with fp32 scores,
+            2-4x faster there than the CPU flash kernel, as accurate) and on CUDA with packed batches (``flex``,
+            :mod:`lightning_embed.flex_packing`); restored after ``fit`` (:mod:`lightning_embed.acceleration`).
         gradient_checkpointing: recompute activations in the backward pass (less memory, one more forward).
             Applies inside every transformer block; works under DDP, FSDP and FSDP2 and nests with
             ``gradcache_chunk_size``.

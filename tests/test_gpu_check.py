@@ -45,6 +45,7 @@ def test_gpu_check_refuses_unknown_parts(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up there
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # --smoke sets it: restored after the test
     spec.loader.exec_module(gpu_check)
     assert gpu_check.main(["--smoke", "--parts", "full,nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
