@@ -16,6 +16,10 @@ CPU (exact, slow, forward only: PyTorch has no CPU backward for it; that is how 
 forward of this code path without a compiler). Padded batches (packing
 off) get a ``BlockMask`` built from their 2-D padding mask by :func:`padded_block_mask`.
 
+FLOP accounting (:mod:`lightning_embed.flops`) counts the dense ``rows x width^2`` scores of a packed batch,
+which is what FlexAttention computes while rows fit in one tile; with longer texts it computes fewer, so the
+hardware FLOP and MFU of such runs are upper bounds.
+
 :func:`lightning_embed.acceleration.training_attention` chooses it on CUDA when batches may be packed;
 :func:`lightning_embed.packing.decide_packing` then checks packed against padded embeddings with it, as for
 every packed attention.

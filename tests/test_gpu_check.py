@@ -30,14 +30,15 @@ def test_gpu_check_smoke_prints_every_part_with_positive_numbers(tmp_path):
     assert set(by_part) == {"grads", "full", "lora", "gradcache", "fsdp2", "ddp"}
     for part in ("full", "lora"):
         systems = {r["system"] for r in by_part[part] if r["note"] == "ok"}
-        assert {"sentence-transformers bf16"} < systems and any("packed" in s for s in systems) \
-            and any("padded" in s for s in systems)
+        assert any("packed" in s for s in systems) and any("padded" in s for s in systems)
         assert any(r["compile"] == "on" and r["note"].startswith("skipped") for r in by_part[part])
+    assert "sentence-transformers bf16" in {r["system"] for r in by_part["full"] if r["note"] == "ok"}
+    assert by_part["ddp"][0]["note"].startswith("skipped: ")  # a reason, not a crash
     measured = [r for r in rows if r["real_tok_s"] is not None]
-    assert len(measured) == 9  # 2 x (padded, packed, sentence-transformers), GradCache, FSDP2, DDP
+    assert len(measured) == 7  # 2 x (padded, packed), sentence-transformers (full), GradCache, FSDP2
     for r in measured:
         assert r["real_tok_s"] > 0 and r["s_per_step"] > 0 and r["mfu_measured"] > 0, r
-    assert all(r["peak_mib"] > 0 for r in measured if r["part"] not in ("fsdp2", "ddp"))
+    assert all(r["peak_mib"] > 0 for r in measured if r["part"] != "fsdp2")
     assert by_part["grads"][0]["note"].startswith("ok: relative difference")
 
 
