@@ -13,8 +13,8 @@ transformers' own ``flex_attention``, which compiles the kernel on every device)
 ``BlockMask`` as its ``attention_mask`` (transformers passes a 4-D mask through untouched) and
 :func:`flex_attention_forward` runs the compiled kernel on GPUs and the unfused reference implementation on
 CPU (exact, slow, forward only: PyTorch has no CPU backward for it; that is how the CPU tests check the
-forward of this code path without a compiler). Padded batches (packing
-off) get a ``BlockMask`` built from their 2-D padding mask by :func:`padded_block_mask`.
+forward of this code path without a compiler). Padded batches (packing off) get a ``BlockMask`` built from
+their 2-D padding mask by :func:`padded_block_mask`.
 
 FLOP accounting (:mod:`lightning_embed.flops`) counts the dense ``rows x width^2`` scores of a packed batch,
 which is what FlexAttention computes while rows fit in one tile; with longer texts it computes fewer, so the
