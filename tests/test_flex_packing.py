@@ -87,10 +87,12 @@ def test_document_block_mask_keeps_texts_and_filler_apart():
 
 
 @pytest.mark.parametrize("pack", [True, False])
-def test_flex_step_has_the_padded_loss(tiny_backbones, pack):
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_flex_step_has_the_padded_loss(tiny_backbones, arch, pack):
     # Gradients cannot be compared here (FlexAttention has no CPU backward): benchmarks/gpu_check.py does it.
-    flex = _module(tiny_backbones["llama"], "flex", pack)
-    whole = _module(tiny_backbones["llama"], "sdpa", False)
+    # Unpacked, the BlockMask comes from the model's own mask function (causal or not) and the padding.
+    flex = _module(tiny_backbones[arch], "flex", pack)
+    whole = _module(tiny_backbones[arch], "sdpa", False)
     whole.load_state_dict(flex.state_dict())
     batch = flex.make_collator()(_examples())
     with torch.no_grad():
