@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,9 +22,10 @@ import lightning
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_embed import python_code_source, stdlib_source
+from lightning_embed import mixtures, python_code_source, stdlib_source
 from lightning_embed.batches import PairBatch, PairCollator, PairExample  # noqa: F401 (their home before)
 from lightning_embed.errors import UserError
+from lightning_embed.mixtures import MixtureName, MixtureSource
 from lightning_embed.sampling import PairBatchSampler, held_out_sampler
 
 BUILTIN_PREFIX = "builtin:"
@@ -275,6 +276,8 @@ class PairDataModule(lightning.LightningDataModule):
         train: training pairs: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` file, a saved Hugging Face
             dataset folder, or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code;
             ``builtin:python-code``: the same from the standard library and the installed dependencies).
+            Or a mapping of named sources (:class:`~lightning_embed.mixtures.MixtureSource`: path, columns,
+            prompts, weight, in_batch_negatives), mixed as ``mixture`` says.
         val: validation pairs, same kinds; None: a builtin ``train`` source's held-out split, else none.
         test: test pairs, same kinds (a builtin source gives its held-out split); None: no test set.
         query_column: column (jsonl key) holding the query text.
@@ -304,14 +307,20 @@ class PairDataModule(lightning.LightningDataModule):
             attention runs over the whole packed row (CPU, SDPA with a mask), i.e. at most 6.5% less before
             the cost of the masks and per-text position ids; only a varlen kernel (flash-attention 2 on GPU,
             649M) would pay, 14% below grouped batches.
+        mixture: with a mapping of sources: ``proportional`` (every batch of every source once per epoch),
+            ``round_robin`` (sources in turn, as many batches each) or ``weighted`` (by the sources' weights).
+        same_source_batches: with a mapping of sources, draw every batch from one source (also across DDP
+            ranks); None: true. False shuffles the sources together (``proportional`` only).
     """
 
-    def __init__(self, train: str = "builtin:stdlib-code", val: str | None = None, test: str | None = None,
+    def __init__(self, train: str | dict[str, MixtureSource] = "builtin:stdlib-code", val: str | None = None,
+                 test: str | None = None,
                  query_column: str = "query", positive_column: str = "positive",
                  negatives_column: str = "negatives", num_negatives: int = 0, batch_size: int = 32,
                  val_batch_size: int | None = None, max_train_examples: int | None = None,
                  max_val_examples: int | None = None, unique_positives_per_batch: bool = True,
-                 num_workers: int = 0, seed: int = 0, group_by_length: bool = False):
+                 num_workers: int = 0, seed: int = 0, group_by_length: bool = False,
+                 mixture: MixtureName = "proportional", same_source_batches: bool | None = None):
         super().__init__()
         if num_negatives < 0:
             raise UserError(f"num_negatives={num_negatives} must be 0 or more.")
@@ -325,7 +334,11 @@ class PairDataModule(lightning.LightningDataModule):
                 raise UserError(f"{name}={value} must be at least 1, or None for all examples.")
         if num_workers < 0:
             raise UserError(f"num_workers={num_workers} must be 0 or more.")
-        for spec in (train, val, test):
+        #: The named sources of a mixture (None: ``train`` is one source).
+        self.sources = mixtures.mixture_sources(train, num_negatives) if isinstance(train, Mapping) else None
+        self.mixture, self.same_source_batches = mixture, same_source_batches is not False
+        self._offsets: list[int] = []
+        for spec in (*self._train_specs(), val, test):
             if spec is not None and spec.startswith(BUILTIN_PREFIX):
                 _builtin(spec)  # an unknown name fails now, not at setup
         self.train, self.val, self.test = train, val, test
@@ -348,15 +361,18 @@ class PairDataModule(lightning.LightningDataModule):
     @property
     def val_source(self) -> str | None:
         """The validation source actually used: ``val``, or a builtin ``train`` source's held-out split."""
-        if self.val is None and self.train.startswith(BUILTIN_PREFIX):
+        if self.val is None and self.sources is None and self.train.startswith(BUILTIN_PREFIX):
             return self.train
         return self.val
 
     def prepare_data(self) -> None:
         """Mines and caches builtin sources (once, on one process per machine)."""
-        for spec in {self.train, self.val_source, self.test} - {None}:
+        for spec in {*self._train_specs(), self.val_source, self.test} - {None}:
             if spec.startswith(BUILTIN_PREFIX):
                 _builtin(spec).prepare()
+
+    def _train_specs(self) -> list[str]:
+        return [s.path for s in self.sources.values()] if self.sources is not None else [self.train]
 
     def _read(self, spec: str, split: Literal["train", "val"], max_examples: int | None) -> list[PairExample]:
         return read_examples(spec, query_column=self.query_column, positive_column=self.positive_column,
@@ -377,7 +393,7 @@ class PairDataModule(lightning.LightningDataModule):
                 self.collator, self._collator_from_model = make(), True
         if stage in (None, "fit"):
             if self.train_examples is None:
-                self.train_examples = self._read(self.train, "train", self.max_train_examples)
+                self.train_examples = self._read_train()
             self._train_sampler = self._make_train_sampler(self.train_examples)  # fails now if no batch fits
         if stage in (None, "fit", "validate") and self.val_examples is None and self.val_source is not None:
             self.val_examples = self._read(self.val_source, "val", self.max_val_examples)
@@ -386,27 +402,47 @@ class PairDataModule(lightning.LightningDataModule):
         if stage in (None, "test") and self.test_examples is None and self.test is not None:
             self.test_examples = self._read(self.test, "val", None)
 
+    def _read_train(self) -> list[PairExample]:
+        if self.sources is None:
+            return self._read(self.train, "train", self.max_train_examples)
+        examples, self._offsets = mixtures.read_mixture(self.sources, lambda s: read_examples(
+            s.path, query_column=s.query_column or self.query_column, split="train",
+            positive_column=s.positive_column or self.positive_column, num_negatives=self.num_negatives,
+            negatives_column=s.negatives_column or self.negatives_column, max_examples=self.max_train_examples))
+        return examples
+
     def _make_train_sampler(self, examples: list[PairExample]) -> PairBatchSampler:
+        if self.sources is None:
+            return self._pair_sampler(examples, self.train, self._lengths(examples))
+        lengths = self._lengths(examples)
+        return mixtures.mixture_sampler(
+            self.sources, self._offsets, len(examples), mixture=self.mixture,
+            same_source_batches=self.same_source_batches,
+            make=lambda a, b, where: self._pair_sampler(examples[a:b], where, lengths and lengths[a:b]))
+
+    def _pair_sampler(self, examples: list[PairExample], where: str, lengths: list | None) -> PairBatchSampler:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         if len(examples) < self.batch_size * world:
-            raise UserError(f"{self.train} has {len(examples)} training examples, fewer than one batch "
+            raise UserError(f"{where} has {len(examples)} training examples, fewer than one batch "
                             f"(batch_size={self.batch_size} x {world} process(es)); lower batch_size or add data.")
-        lengths = None
-        if self.group_by_length and self.collator is not None and hasattr(self.collator, "token_lengths"):
-            # Token counts as this model's collator will cut them; computed once per collator.
-            cached = self._token_lengths
-            if cached is None or cached[0] is not self.collator or cached[1] is not examples:
-                self._token_lengths = cached = (self.collator, examples, self.collator.token_lengths(examples))
-            lengths = cached[2]
         sampler = PairBatchSampler(examples, self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
                                    unique=self.unique_positives_per_batch, group_by_length=self.group_by_length,
                                    num_replicas=world, rank=rank, lengths=lengths)
         if len(sampler) == 0:
             distinct = len({e.positive for e in examples})
-            raise UserError(f"{self.train} has only {distinct} distinct positives, too few for one batch of "
+            raise UserError(f"{where} has only {distinct} distinct positives, too few for one batch of "
                             f"{self.batch_size} distinct positives per process; lower batch_size or set "
                             "unique_positives_per_batch=False.")
         return sampler
+
+    def _lengths(self, examples: list[PairExample]) -> list[tuple[int, int]] | None:
+        if not (self.group_by_length and self.collator is not None and hasattr(self.collator, "token_lengths")):
+            return None
+        # Token counts as this model's collator will cut them; computed once per collator.
+        cached = self._token_lengths
+        if cached is None or cached[0] is not self.collator or cached[1] is not examples:
+            self._token_lengths = cached = (self.collator, examples, self.collator.token_lengths(examples))
+        return cached[2]
 
     def _loader(self, examples: list[PairExample], sampler: PairBatchSampler, kind: type = DataLoader) -> DataLoader:
         if self.collator is None:
@@ -414,7 +450,11 @@ class PairDataModule(lightning.LightningDataModule):
                             "(which provides make_collator()), or set datamodule.collator = PairCollator(tokenizer).")
         # A generator of its own: a loader otherwise draws its base seed from the global generator each
         # epoch, so a resumed run (which starts its loaders at other times) would draw other dropout masks.
-        return kind(_BatchView(examples), sampler=sampler, batch_size=None, collate_fn=self.collator,
+        dataset, collate = _BatchView(examples), self.collator
+        if kind is _TrainLoader and self.sources is not None:  # batches that know their source
+            dataset = mixtures.MixtureView(examples, self._offsets)
+            collate = mixtures.MixtureCollator(self.collator, self.sources)
+        return kind(dataset, sampler=sampler, batch_size=None, collate_fn=collate,
                     num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                     pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
