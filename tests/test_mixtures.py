@@ -12,7 +12,6 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from lightning_embed.cli import main
 from lightning_embed.data import PairCollator, PairDataModule
 from lightning_embed.errors import UserError
 from lightning_embed.loss import InfoNCELoss
-from lightning_embed.mixtures import MixtureCollator, MixtureSource, MixtureView, mixture_sampler
+from lightning_embed.mixtures import MixtureCollator, MixtureView, mixture_sampler
 from lightning_embed.sampling import PairBatchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +113,7 @@ def test_ranks_share_the_source_of_every_step_and_no_example(two_sources):
     assert len(rank0) == len(rank1) == 10
     for a, b in zip(rank0, rank1):
         assert set(a).isdisjoint(b)
-        assert {sampler(0).source_of(i) for i in a + b} .__len__() == 1
+        assert len({sampler(0).source_of(i) for i in a + b}) == 1
         assert a.counts == b.counts  # the global batch's count, the same on every rank
     assert len({i for batch in rank0 + rank1 for i in batch}) == 40
 
@@ -273,7 +272,7 @@ _DDP_SCRIPT = textwrap.dedent('''
              "nli": {"path": str(out / "nli.jsonl"), "query_column": "premise", "in_batch_negatives": False}}
     data = PairDataModule(train=train, num_negatives=1, batch_size=2, num_workers=1)
     L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
-              enable_model_summary=False, enable_checkpointing=False, max_epochs=1,
+              enable_model_summary=False, enable_checkpointing=False, max_epochs=1, callbacks=[Record()],
               default_root_dir=out).fit(module, data)
     rank = torch.distributed.get_rank()
     (out / f"seen{rank}.json").write_text(json.dumps(seen))
