@@ -12,6 +12,7 @@ model to push apart texts that match. :class:`PairBatchSampler` keeps such examp
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import lightning
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_embed import mixtures, python_code_source, stdlib_source
+from lightning_embed import mixtures, python_code_source, stdlib_source, streaming
 from lightning_embed.batches import PairBatch, PairCollator, PairExample  # noqa: F401 (their home before)
 from lightning_embed.errors import UserError
 from lightning_embed.mixtures import MixtureName, MixtureSource
@@ -237,6 +238,25 @@ def read_examples(spec: str, *, query_column: str = "query", positive_column: st
     return [PairExample(q, p, negs, ids.setdefault(p, len(ids))) for q, p, negs in raw]
 
 
+def _stream_example(columns: _Columns, where: str, row: dict) -> PairExample:
+    """One validated example of a streamed row (a module-level function: workers may unpickle it)."""
+    _check_columns(where, list(row), columns)
+    positive = _text(where, row, columns.positive, "positive")
+    return PairExample(_text(where, row, columns.query, "query"), positive, _negatives(where, row, columns, positive),
+                       streaming.positive_id(positive))
+
+
+def _check_streaming(data: PairDataModule) -> None:
+    if data.sources is not None or not isinstance(data.train, str) or data.train.startswith(BUILTIN_PREFIX):
+        raise UserError("streaming reads a glob or folder of .jsonl/.parquet shards; give data.train one such glob "
+                        "(builtin sources and mixtures are read into memory: set streaming: false).")
+    if data.group_by_length:
+        raise UserError("group_by_length sorts a whole epoch by length, which a stream cannot; set "
+                        "group_by_length: false with streaming: true.")
+    if data.shuffle_buffer < 0:
+        raise UserError(f"shuffle_buffer={data.shuffle_buffer} must be 0 (no shuffling) or more.")
+
+
 class _TrainLoader(DataLoader):
     # Stateful in Lightning's sense (state_dict/load_state_dict), so Lightning knows the loader resumes
     # mid-epoch and does not warn of "unreliable results". The position is restored through the data
@@ -311,6 +331,10 @@ class PairDataModule(lightning.LightningDataModule):
             ``round_robin`` (sources in turn, as many batches each) or ``weighted`` (by the sources' weights).
         same_source_batches: with a mapping of sources, draw every batch from one source (also across DDP
             ranks); None: true. False shuffles the sources together (``proportional`` only).
+        streaming: read ``train`` (a glob or folder of ``.jsonl``/``.parquet`` shards) as it is consumed
+            instead of into memory (:mod:`lightning_embed.streaming`): tokenization in the loader's workers,
+            each pair once per epoch on one rank, exact resume. ``len()`` of an epoch is an upper bound.
+        shuffle_buffer: with ``streaming``, rows held to shuffle the stream (0: the shards' order).
     """
 
     def __init__(self, train: str | dict[str, MixtureSource] = "builtin:stdlib-code", val: str | None = None,
@@ -320,7 +344,8 @@ class PairDataModule(lightning.LightningDataModule):
                  val_batch_size: int | None = None, max_train_examples: int | None = None,
                  max_val_examples: int | None = None, unique_positives_per_batch: bool = True,
                  num_workers: int = 0, seed: int = 0, group_by_length: bool = False,
-                 mixture: MixtureName = "proportional", same_source_batches: bool | None = None):
+                 mixture: MixtureName = "proportional", same_source_batches: bool | None = None,
+                 streaming: bool = False, shuffle_buffer: int = 10_000):
         super().__init__()
         if num_negatives < 0:
             raise UserError(f"num_negatives={num_negatives} must be 0 or more.")
@@ -338,16 +363,19 @@ class PairDataModule(lightning.LightningDataModule):
         self.sources = mixtures.mixture_sources(train, num_negatives) if isinstance(train, Mapping) else None
         self.mixture, self.same_source_batches = mixture, same_source_batches is not False
         self._offsets: list[int] = []
+        self.train, self.val, self.test = train, val, test
         for spec in (*self._train_specs(), val, test):
             if spec is not None and spec.startswith(BUILTIN_PREFIX):
                 _builtin(spec)  # an unknown name fails now, not at setup
-        self.train, self.val, self.test = train, val, test
         self.query_column, self.positive_column, self.negatives_column = query_column, positive_column, negatives_column
         self.num_negatives, self.batch_size = num_negatives, batch_size
         self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
         self.max_train_examples, self.max_val_examples = max_train_examples, max_val_examples
         self.unique_positives_per_batch, self.num_workers = unique_positives_per_batch, num_workers
         self.seed, self.group_by_length = seed, group_by_length
+        self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
+        if streaming:
+            _check_streaming(self)
         #: Tokenizes batches; taken from the model at setup when left None.
         self.collator: PairCollator | None = None
         self._collator_from_model = False
@@ -391,7 +419,9 @@ class PairDataModule(lightning.LightningDataModule):
             make = getattr(self.trainer.lightning_module, "make_collator", None)
             if callable(make):
                 self.collator, self._collator_from_model = make(), True
-        if stage in (None, "fit"):
+        if stage in (None, "fit") and self.streaming:
+            self._train_sampler = self._make_stream()  # fails now if the stream is shorter than one batch
+        elif stage in (None, "fit"):
             if self.train_examples is None:
                 self.train_examples = self._read_train()
             self._train_sampler = self._make_train_sampler(self.train_examples)  # fails now if no batch fits
@@ -401,6 +431,25 @@ class PairDataModule(lightning.LightningDataModule):
             self._eval_sampler(self.val_examples, self.val_source)  # fails now, before training, if too few
         if stage in (None, "test") and self.test_examples is None and self.test is not None:
             self.test_examples = self._read(self.test, "val", None)
+
+    def _make_stream(self) -> streaming.PairStream:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        shards = streaming.stream_shards(self.train)
+        columns = _Columns(self.query_column, self.positive_column, self.negatives_column, self.num_negatives)
+        for shard in shards:
+            if shard.suffix.lower() == ".parquet":
+                _check_columns(str(shard), streaming._parquet_file(shard).schema_arrow.names, columns)
+        rows = streaming.count_rows(shards)
+        if rows < self.batch_size * world:
+            raise UserError(f"the stream {self.train!r} has {rows} rows, fewer than one batch (batch_size="
+                            f"{self.batch_size} x {world} process(es)); lower batch_size or add data.")
+        if self.collator is None:
+            raise UserError("the data module has no collator to tokenize batches: train it with an EmbeddingModule "
+                            "(which provides make_collator()), or set datamodule.collator = PairCollator(tokenizer).")
+        return streaming.PairStream(shards, functools.partial(_stream_example, columns), columns.needed(),
+                                    batch_size=self.batch_size, rows=rows, num_replicas=world, rank=rank,
+                                    seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                                    unique=self.unique_positives_per_batch, collator=self.collator)
 
     def _read_train(self) -> list[PairExample]:
         if self.sources is None:
@@ -469,6 +518,11 @@ class PairDataModule(lightning.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (by seed and epoch), conflict-free, full batches."""
+        if self.streaming:
+            self._train_sampler = stream = self._make_stream()
+            stream.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+            self.position_sampler(stream)
+            return streaming.StreamLoader(stream, self, self.num_workers)
         if self.train_examples is None:
             self.setup("fit")
         self._train_sampler = self._make_train_sampler(self.train_examples)  # for the current process layout

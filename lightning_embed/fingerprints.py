@@ -115,8 +115,13 @@ def data_fingerprints(datamodule: Any) -> dict[str, Any]:
     specs = {"train": (datamodule.train, "train"), "val": (datamodule.val_source, "val"),
              "test": (datamodule.test, "val")}
     found = {role: source_fingerprint(spec, split) if spec is not None else None
-             for role, (spec, split) in specs.items() if role != "train" or datamodule.sources is None}
-    if datamodule.sources is not None:  # a mixture: each named source's fingerprint
+             for role, (spec, split) in specs.items()
+             if role != "train" or (datamodule.sources is None and not getattr(datamodule, "streaming", False))}
+    if getattr(datamodule, "streaming", False):
+        from lightning_embed.streaming import stream_fingerprint
+
+        found["train"] = stream_fingerprint(datamodule.train)
+    elif datamodule.sources is not None:  # a mixture: each named source's fingerprint
         found["train"] = {"sources": {name: source_fingerprint(s.path, "train")
                                       for name, s in datamodule.sources.items()}}
     return found
