@@ -247,9 +247,12 @@ def _stream_example(columns: _Columns, where: str, row: dict) -> PairExample:
 
 
 def _check_streaming(data: PairDataModule) -> None:
-    if data.sources is not None or not isinstance(data.train, str) or data.train.startswith(BUILTIN_PREFIX):
-        raise UserError("streaming reads a glob or folder of .jsonl/.parquet shards; give data.train one such glob "
-                        "(builtin sources and mixtures are read into memory: set streaming: false).")
+    if any(spec.startswith(BUILTIN_PREFIX) for spec in data._train_specs()):
+        raise UserError("streaming reads globs or folders of .jsonl/.parquet shards; builtin sources are read into "
+                        "memory: give shard globs, or set streaming: false.")
+    if data.sources is not None and not data.same_source_batches:
+        raise UserError("a streamed mixture draws every batch from one source; set same_source_batches: true "
+                        "(or streaming: false to shuffle the sources together).")
     if data.group_by_length:
         raise UserError("group_by_length sorts a whole epoch by length, which a stream cannot; set "
                         "group_by_length: false with streaming: true.")
@@ -433,23 +436,34 @@ class PairDataModule(lightning.LightningDataModule):
             self.test_examples = self._read(self.test, "val", None)
 
     def _make_stream(self) -> streaming.PairStream:
+        if self.collator is None:
+            raise UserError("the data module has no collator to tokenize batches: train it with an EmbeddingModule "
+                            "(which provides make_collator()), or set datamodule.collator = PairCollator(tokenizer).")
+        if self.sources is None:
+            return self._source_stream(self.train, None, f"the stream {self.train!r}", self.collator)
+        if self.mixture not in mixtures.MIXTURES:
+            raise UserError(f"unknown mixture {self.mixture!r}; use one of {', '.join(mixtures.MIXTURES)}.")
+        streams = [self._source_stream(s.path, s, f"mixture source {name!r}", None) for name, s in self.sources.items()]
+        return streaming.MixtureStream(streams, [s.weight for s in self.sources.values()], self.mixture,
+                                       mixtures.MixtureCollator(self.collator, self.sources))
+
+    def _source_stream(self, pattern: str, source: MixtureSource | None, where: str, collator) -> streaming.PairStream:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        shards = streaming.stream_shards(self.train)
-        columns = _Columns(self.query_column, self.positive_column, self.negatives_column, self.num_negatives)
+        shards = streaming.stream_shards(pattern)
+        columns = _Columns(getattr(source, "query_column", None) or self.query_column,
+                           getattr(source, "positive_column", None) or self.positive_column,
+                           getattr(source, "negatives_column", None) or self.negatives_column, self.num_negatives)
         for shard in shards:
             if shard.suffix.lower() == ".parquet":
                 _check_columns(str(shard), streaming._parquet_file(shard).schema_arrow.names, columns)
         rows = streaming.count_rows(shards)
         if rows < self.batch_size * world:
-            raise UserError(f"the stream {self.train!r} has {rows} rows, fewer than one batch (batch_size="
-                            f"{self.batch_size} x {world} process(es)); lower batch_size or add data.")
-        if self.collator is None:
-            raise UserError("the data module has no collator to tokenize batches: train it with an EmbeddingModule "
-                            "(which provides make_collator()), or set datamodule.collator = PairCollator(tokenizer).")
+            raise UserError(f"{where} has {rows} rows, fewer than one batch (batch_size={self.batch_size} x {world} "
+                            "process(es)); lower batch_size or add data.")
         return streaming.PairStream(shards, functools.partial(_stream_example, columns), columns.needed(),
                                     batch_size=self.batch_size, rows=rows, num_replicas=world, rank=rank,
                                     seed=self.seed, shuffle_buffer=self.shuffle_buffer,
-                                    unique=self.unique_positives_per_batch, collator=self.collator)
+                                    unique=self.unique_positives_per_batch, collator=collator)
 
     def _read_train(self) -> list[PairExample]:
         if self.sources is None:

@@ -120,7 +120,8 @@ def data_fingerprints(datamodule: Any) -> dict[str, Any]:
     if getattr(datamodule, "streaming", False):
         from lightning_embed.streaming import stream_fingerprint
 
-        found["train"] = stream_fingerprint(datamodule.train)
+        found["train"] = stream_fingerprint(datamodule.train) if datamodule.sources is None else {
+            "sources": {name: stream_fingerprint(s.path) for name, s in datamodule.sources.items()}}
     elif datamodule.sources is not None:  # a mixture: each named source's fingerprint
         found["train"] = {"sources": {name: source_fingerprint(s.path, "train")
                                       for name, s in datamodule.sources.items()}}

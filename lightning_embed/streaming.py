@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lightning_embed.batches import PairBatch, PairExample
 from lightning_embed.errors import UserError
+from lightning_embed.mixtures import _SourceExamples
 
 #: Shard formats a stream reads.
 STREAM_FORMATS = (".jsonl", ".parquet")
@@ -251,16 +252,82 @@ class PairStream(IterableDataset):
         epoch, skip = self.epoch, (self._skip[1] if self._skip is not None and self._skip[0] == self.epoch else 0)
         return self._batches(epoch, skip)
 
+    def sequence(self, epoch: int) -> Iterator[tuple[int, list[PairExample]]]:
+        """(source, global batch) pairs of an epoch; one stream is source 0."""
+        return ((0, batch) for batch in self.global_batches(epoch))
+
+    def _collate(self, source: int, examples: list[PairExample], global_size: int) -> PairBatch:
+        return self.collator(examples)
+
     def _batches(self, epoch: int, skip: int) -> Iterator[PairBatch]:
         if self.collator is None:
             raise UserError("the stream has no collator to tokenize batches: train it with an EmbeddingModule.")
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         start = self.rank * self.batch_size
-        for index, batch in enumerate(self.global_batches(epoch)):
+        for index, (source, batch) in enumerate(self.sequence(epoch)):
             if index < skip or (index - skip) % workers != worker:
                 continue
-            yield self.collator(batch[start : start + self.batch_size])
+            yield self._collate(source, batch[start : start + self.batch_size], len(batch))
+
+
+class MixtureStream(PairStream):
+    """Streams of several named sources, every global batch from one source (:mod:`lightning_embed.mixtures`).
+
+    The sequence of sources is a function of (seed, epoch), as for in-memory mixtures; since a stream's
+    number of batches is only bounded in advance (the duplicate-positive rule may leave its last ones short),
+    a source that runs out early is passed over, which every rank and worker does alike (they all read all
+    sources). ``proportional``: each source's batches once, interleaved at random; ``round_robin``: in turn
+    until one source runs out; ``weighted``: sources drawn by weight, a spent source starting another pass.
+
+    Args:
+        streams: one :class:`PairStream` per source, in source order (same batch size, ranks and seed).
+        weights: the sources' weights (``weighted``).
+        mixture: the mixing rule.
+        collator: a :class:`~lightning_embed.mixtures.MixtureCollator` (per-source prompts, batch marks).
+    """
+
+    def __init__(self, streams: list[PairStream], weights: list[float], mixture: str, collator: Callable | None = None):
+        first = streams[0]
+        super().__init__([], first.parse, [], batch_size=first.batch_size, rows=sum(s.rows for s in streams),
+                         num_replicas=first.num_replicas, rank=first.rank, seed=first.seed, collator=collator)
+        self.streams, self.weights, self.mixture = streams, weights, mixture
+
+    def __len__(self) -> int:
+        bounds = [len(s) for s in self.streams]
+        return len(bounds) * min(bounds) if self.mixture == "round_robin" else sum(bounds)
+
+    def sequence(self, epoch: int) -> Iterator[tuple[int, list[PairExample]]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        for stream in self.streams:  # the ranks and seed in use now (the module sets them on the mixture)
+            stream.num_replicas, stream.rank, stream.seed = self.num_replicas, self.rank, self.seed
+        batches = [s.global_batches(epoch) for s in self.streams]
+        bounds = [len(s) for s in self.streams]
+        if self.mixture == "round_robin":
+            while True:  # whole rounds only, so every source gets as many batches
+                round_ = [next(it, None) for it in batches]
+                if any(batch is None for batch in round_):
+                    return
+                yield from enumerate(round_)
+        if self.mixture == "proportional":
+            labels = [s for s, n in enumerate(bounds) for _ in range(n)]
+            rng.shuffle(labels)
+        else:
+            labels = rng.choices(range(len(bounds)), weights=self.weights, k=sum(bounds))
+        passes = [0] * len(bounds)
+        for s in labels:
+            batch = next(batches[s], None)
+            if batch is None and self.mixture == "weighted":
+                passes[s] += 1
+                batches[s] = self.streams[s].global_batches(epoch + passes[s] * 1_000_003)
+                batch = next(batches[s], None)
+            if batch is not None:
+                yield s, batch
+
+    def _collate(self, source: int, examples: list[PairExample], global_size: int) -> PairBatch:
+        marked = _SourceExamples(examples)
+        marked.sources, marked.counts = [source] * len(examples), {source: global_size}
+        return self.collator(marked)
 
 
 def _as_is(batch: PairBatch) -> PairBatch:
@@ -296,5 +363,5 @@ class StreamLoader(DataLoader):
         return None
 
 
-__all__ = ["STREAM_FORMATS", "PairStream", "StreamLoader", "count_rows", "positive_id", "stream_fingerprint",
-           "stream_shards"]
+__all__ = ["STREAM_FORMATS", "MixtureStream", "PairStream", "StreamLoader", "count_rows", "positive_id",
+           "stream_fingerprint", "stream_shards"]

@@ -102,6 +102,27 @@ def test_skip_resumes_at_the_same_batch(tmp_path):
     assert stream_batches(pattern, workers=2, epoch=1, skip=5) == full[5:]
 
 
+def test_mixture_of_streams_takes_each_batch_from_one_source(tmp_path):
+    write_shards(tmp_path / "data", jsonl=2, parquet=1, rows=8)
+    train = {"a": {"path": str(tmp_path / "data" / "part-0[01].jsonl")},
+             "b": {"path": str(tmp_path / "data" / "part-02.parquet")}}
+    for mixture, count in (("proportional", 6), ("round_robin", 4), ("weighted", 6)):
+        data = PairDataModule(train=train, streaming=True, batch_size=2, mixture=mixture, shuffle_buffer=4)
+        data.collator = queries
+        stream = data._make_stream()
+        stream.num_replicas = 2
+        epoch = [(s, [e.query for e in b]) for s, b in stream.sequence(0)]
+        sources = [s for s, _ in epoch]
+        assert len(sources) == count and set(sources) == {0, 1}, mixture
+        for s, batch in epoch:
+            assert {q.split()[1] for q in batch} <= ({"0", "1"} if s == 0 else {"2"})
+        if mixture == "proportional":
+            assert sorted(q for _, b in epoch for q in b) == sorted(
+                f"shard {s} question {i}" for s in range(3) for i in range(8))
+    with pytest.raises(UserError, match="same_source_batches"):
+        PairDataModule(train=train, streaming=True, same_source_batches=False)
+
+
 def test_bad_streams(tmp_path):
     with pytest.raises(UserError, match="no shard matches"):
         stream_batches(str(tmp_path / "missing-*.jsonl"))
@@ -178,19 +199,20 @@ _DDP_SCRIPT = textwrap.dedent('''
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     backbone, pattern, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    train = json.loads(pattern) if pattern.startswith("{") else pattern  # a mixture of streams, or one
     seen = []
 
 
     class Record(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             seen.append({"step": trainer.global_step, "epoch": trainer.current_epoch,
-                         "ids": batch.positive_ids.tolist()})
+                         "ids": batch.positive_ids.tolist(), "source": getattr(batch, "source", None)})
 
 
     L.seed_everything(0)
     module = EmbeddingModule(backbone=backbone, query_max_length=16, document_max_length=24, warmup_ratio=0.0,
                              lr_schedule="constant", pack_sequences=False)
-    data = PairDataModule(train=pattern, streaming=True, shuffle_buffer=8, batch_size=2, num_workers=2)
+    data = PairDataModule(train=train, streaming=True, shuffle_buffer=8, batch_size=2, num_workers=2)
     L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
               enable_model_summary=False, enable_checkpointing=False, max_epochs=2, callbacks=[Record()],
               default_root_dir=out).fit(module, data)
@@ -209,8 +231,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_split_the_stream(tiny_backbones, tmp_path):
+@pytest.mark.parametrize("mixture", [False, True], ids=["one-stream", "mixture-of-streams"])
+def test_ddp_two_processes_split_the_stream(tiny_backbones, tmp_path, mixture):
     pattern = write_shards(tmp_path / "data", jsonl=2, parquet=1, rows=8)  # 24 pairs: 6 global batches of 2 x 2
+    if mixture:  # the same 24 pairs as two sources of 16 and 8
+        pattern = json.dumps({"a": {"path": str(tmp_path / "data" / "part-0[01].jsonl")},
+                              "b": {"path": str(tmp_path / "data" / "part-02.parquet"), "weight": 2.0}})
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -226,3 +252,7 @@ def test_ddp_two_processes_split_the_stream(tiny_backbones, tmp_path):
         assert len(ids) == len(set(ids)) == 24, f"epoch {epoch}: every pair once, on one rank"
     orders = [[step["ids"] for step in rank0 if step["epoch"] == e] for e in (0, 1)]
     assert orders[0] != orders[1]  # a new order each epoch
+    for a, b in zip(rank0, rank1):
+        assert a["step"] == b["step"] and a["source"] == b["source"]  # one source per global step
+    if mixture:
+        assert [s["source"] for s in rank0].count("a") == 8  # every batch of each source once per epoch
