@@ -145,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", type=int, default=5_000_000, help="pairs of the large set")
     parser.add_argument("--small", type=int, default=50_000, help="pairs of the small set")
-    parser.add_argument("--steps", type=int, default=4, help="training steps per fit")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per fit (at least 2)")
     parser.add_argument("--pipeline-batches", type=int, default=200, help="batches timed through the data path")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -179,8 +179,10 @@ def main() -> None:
     ratio = pipe["examples_per_s"] / step_rate
     print(f"peak RSS, large - small (trainer + worker): {diff:+.0f} MiB (target within 300): "
           f"{'met' if abs(diff) <= 300 else 'NOT met'}")
-    print(f"first step after fit() on the large set: {fits['large']['first_step_from_fit_s']:.1f} s (target < 30): "
-          f"{'met' if fits['large']['first_step_from_fit_s'] < 30 else 'NOT met'}")
+    first = fits["large"]
+    print(f"first step after fit() on the large set: {first['first_step_from_fit_s']:.1f} s (target < 30): "
+          f"{'met' if first['first_step_from_fit_s'] < 30 else 'NOT met'}; of which the first batch was ready at "
+          f"{first['first_batch_from_fit_s']:.1f} s and the step itself took the rest")
     print(f"data pipeline: {pipe['examples_per_s']:.0f} examples/s (1 worker, tokenization included) against "
           f"{step_rate:.1f} examples/s consumed by a training step: {ratio:.0f}x (target >= 10): "
           f"{'met' if ratio >= 10 else 'NOT met'}")

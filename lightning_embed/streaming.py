@@ -348,8 +348,13 @@ class StreamLoader(DataLoader):
 
     def __iter__(self):
         trainer = getattr(self.owner, "trainer", None)
-        if trainer is not None and self.dataset._skip is None:
-            self.dataset.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        if trainer is not None:
+            epoch = trainer.fit_loop.epoch_progress.current.processed  # what Lightning gives samplers
+            skip = self.dataset._skip
+            if skip is not None and skip[0] != epoch:
+                # Saved at the end of an epoch whose stream ran short of len(): Lightning goes on with the next.
+                self.dataset._skip = None
+            self.dataset.set_epoch(epoch)
         iterator = super().__iter__()
         self.dataset._skip = None  # only the first pass after a resume skips
         return iterator
