@@ -256,6 +256,9 @@ def _check_streaming(data: PairDataModule) -> None:
     if data.group_by_length:
         raise UserError("group_by_length sorts a whole epoch by length, which a stream cannot; set "
                         "group_by_length: false with streaming: true.")
+    if data.max_train_examples is not None:
+        raise UserError("max_train_examples draws a subset of data in memory; with streaming: true, bound training "
+                        "with trainer.max_steps instead (or leave max_train_examples unset).")
     if data.shuffle_buffer < 0:
         raise UserError(f"shuffle_buffer={data.shuffle_buffer} must be 0 (no shuffling) or more.")
 
@@ -313,7 +316,7 @@ class PairDataModule(lightning.LightningDataModule):
             documents of its batch.
         val_batch_size: validation/test pairs per batch; None: ``batch_size``.
         max_train_examples: train on a fixed random subset of this many pairs (None: all); a larger
-            subset contains a smaller one, whatever the seed.
+            subset contains a smaller one, whatever the seed. For a mixture: per source.
         max_val_examples: validate on a fixed random subset of this many pairs (None: all).
         unique_positives_per_batch: keep pairs that share a positive or a query, or whose hard negative
             is another's positive, out of one training batch (they would be false in-batch negatives).

@@ -140,6 +140,8 @@ def test_bad_streams(tmp_path):
         PairDataModule(train="builtin:stdlib-code", streaming=True)
     with pytest.raises(UserError, match="group_by_length"):
         PairDataModule(train=short, streaming=True, group_by_length=True)
+    with pytest.raises(UserError, match="max_steps"):
+        PairDataModule(train=short, streaming=True, max_train_examples=100)
 
 
 def _config(tmp_path: Path, pattern: str, backbone: str, root: Path) -> Path:
