@@ -161,6 +161,9 @@ class MixtureBatchSampler(PairBatchSampler):
         self.mixture, self.same_source_batches, self.mixed = mixture, same_source_batches, mixed
         if not same_source_batches and mixed is None:
             raise ValueError("same_source_batches=False needs the sampler over all examples (mixed)")
+        if same_source_batches:
+            for s, sampler in enumerate(self.samplers):  # sources of equal size would share one order otherwise
+                sampler.seed = self.seed * 7919 + s
         self._packed: tuple[int, list[list[int]]] | None = None
         self._skip: tuple[int, int] | None = None
 
