@@ -9,6 +9,7 @@ _EXPORTS = {
     "EmbeddingModule": "lightning_embed.module",
     "Encoder": "lightning_embed.encoder",
     "InfoNCELoss": "lightning_embed.loss",
+    "MixtureSource": "lightning_embed.mixtures",
     "PairBatch": "lightning_embed.data",
     "PairCollator": "lightning_embed.data",
     "PairDataModule": "lightning_embed.data",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from lightning_embed.flops import FlopCount, FlopModel, paper_flops_per_token
     from lightning_embed.runs import RunRecord, read_runs
     from lightning_embed.loss import InfoNCELoss
+    from lightning_embed.mixtures import MixtureSource
     from lightning_embed.models import load_backbone, load_tokenizer
     from lightning_embed.module import EmbeddingModule
     from lightning_embed.pooling import pool
@@ -71,6 +73,7 @@ __all__ = [
     "FlopCount",
     "FlopModel",
     "InfoNCELoss",
+    "MixtureSource",
     "PairBatch",
     "PairCollator",
     "PairDataModule",

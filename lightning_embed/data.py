@@ -12,8 +12,9 @@ model to push apart texts that match. :class:`PairBatchSampler` keeps such examp
 from __future__ import annotations
 
 import csv
+import functools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,10 +23,11 @@ import lightning
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_embed import python_code_source, stdlib_source
+from lightning_embed import mixtures, python_code_source, stdlib_source, streaming
+from lightning_embed.batches import PairBatch, PairCollator, PairExample  # noqa: F401 (their home before)
 from lightning_embed.errors import UserError
+from lightning_embed.mixtures import MixtureName, MixtureSource
 from lightning_embed.sampling import PairBatchSampler, held_out_sampler
-from lightning_embed.unpadding import right_padded
 
 BUILTIN_PREFIX = "builtin:"
 #: Builtin sources: name -> module with ``DESCRIPTION``, ``prepare()`` and ``load(split, num_negatives)``.
@@ -49,144 +51,6 @@ def _builtin(spec: str):
         raise UserError(f"unknown builtin data source {spec!r}; known: "
                         + ", ".join(BUILTIN_PREFIX + n for n in builtin_sources()) + ".")
     return _BUILTINS[name]
-
-
-@dataclass(frozen=True)
-class PairExample:
-    """One training pair.
-
-    Attributes:
-        query: the query text (without prompt).
-        positive: the document that answers it (without prompt).
-        negatives: hard negatives: documents that look relevant but are not.
-        positive_id: equal ids if and only if identical positive text, stable over a dataset split.
-    """
-
-    query: str
-    positive: str
-    negatives: tuple[str, ...] = ()
-    positive_id: int = 0
-
-
-@dataclass
-class PairBatch:
-    """A tokenized batch of B pairs with k hard negatives each.
-
-    Attributes:
-        queries: ``input_ids`` and ``attention_mask``, shape (B, Lq).
-        documents: the same keys, shape (B * (1 + k), Ld): rows 0..B-1 are the positives, then query i's k
-            hard negatives at rows B + i*k .. B + i*k + k - 1.
-        num_negatives: k, the same for every query of a run.
-        positive_ids: (B,) long, the examples' ``positive_id``.
-        query_lengths: each query's real token count, on the host (None: read from the mask when needed);
-            it lets the model cut the batch into length-sorted micro-batches without a device sync
-            (:mod:`lightning_embed.unpadding`).
-        document_lengths: the same for the documents' rows.
-    """
-
-    queries: dict[str, torch.Tensor]
-    documents: dict[str, torch.Tensor]
-    num_negatives: int
-    positive_ids: torch.Tensor
-    query_lengths: list[int] | None = None
-    document_lengths: list[int] | None = None
-
-    def __len__(self) -> int:
-        return int(self.positive_ids.shape[0])
-
-    def pin_memory(self) -> PairBatch:
-        """A copy in pinned memory (called by ``DataLoader(pin_memory=True)``)."""
-        return PairBatch({k: v.pin_memory() for k, v in self.queries.items()},
-                         {k: v.pin_memory() for k, v in self.documents.items()},
-                         self.num_negatives, self.positive_ids.pin_memory(), self.query_lengths,
-                         self.document_lengths)
-
-
-def _host_lengths(attention_mask: torch.Tensor) -> list[int] | None:
-    return attention_mask.sum(1).tolist() if right_padded(attention_mask) else None
-
-
-class PairCollator:
-    """Tokenizes a list of :class:`PairExample` into a :class:`PairBatch`.
-
-    Pads dynamically to the longest text of the batch, on the tokenizer's ``padding_side``.
-
-    Args:
-        tokenizer: a Hugging Face tokenizer with a pad token.
-        query_max_length: queries (prompt included) are truncated to this many tokens.
-        document_max_length: documents (prompt included) are truncated to this many tokens.
-        query_prompt: text prepended to every query, e.g. ``"query: "``.
-        document_prompt: text prepended to every document (positives and negatives).
-        pad_to_multiple_of: pad lengths up to a multiple of this (tensor-core friendly shapes); the padded
-            length may then exceed the max length by less than this.
-    """
-
-    def __init__(self, tokenizer, query_max_length: int = 64, document_max_length: int = 256,
-                 query_prompt: str = "", document_prompt: str = "", pad_to_multiple_of: int | None = None):
-        if tokenizer.pad_token is None:
-            raise UserError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = "
-                            "tokenizer.eos_token) or load it with lightning_embed.models.load_tokenizer.")
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise UserError(f"pad_to_multiple_of={pad_to_multiple_of} must be a positive integer or None.")
-        self.tokenizer = tokenizer
-        self.query_max_length = query_max_length
-        self.document_max_length = document_max_length
-        self.query_prompt = query_prompt
-        self.document_prompt = document_prompt
-        self.pad_to_multiple_of = pad_to_multiple_of
-        for kind, prompt, limit in (("query", query_prompt, query_max_length),
-                                    ("document", document_prompt, document_max_length)):
-            if limit < 1:
-                raise UserError(f"{kind}_max_length={limit} must be at least 1.")
-            # The prompt's own tokens (with the special ones) count against the limit; at the limit, every
-            # text would be cut away entirely.
-            used = len(tokenizer(prompt)["input_ids"])
-            if prompt and used >= limit:
-                raise UserError(f"the {kind} prompt {prompt!r} alone takes {used} tokens, leaving no room for text "
-                                f"within {kind}_max_length={limit}; raise {kind}_max_length or shorten the prompt.")
-
-    def _encode(self, texts: list[str], prompt: str, max_length: int) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer([prompt + text for text in texts], padding=True, truncation=True,
-                                 max_length=max_length, pad_to_multiple_of=self.pad_to_multiple_of,
-                                 return_tensors="pt")
-        # Only these two: token_type_ids exist for some tokenizers only and the backbones default them.
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-
-    def token_lengths(self, examples: Sequence[PairExample]) -> list[tuple[int, int]]:
-        """Each example's (query, documents) token counts after prompts and truncation (without padding).
-
-        The documents' count adds up the positive and the hard negatives. ``group_by_length`` sorts by these.
-        """
-        def counts(texts: list[str], prompt: str, max_length: int) -> list[int]:
-            ids = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
-            return [len(i) for i in ids]
-
-        queries = counts([e.query for e in examples], self.query_prompt, self.query_max_length)
-        k = len(examples[0].negatives) if examples else 0
-        docs = counts([d for e in examples for d in (e.positive, *e.negatives)], self.document_prompt,
-                      self.document_max_length)
-        return [(q, sum(docs[i * (1 + k):(i + 1) * (1 + k)])) for i, q in enumerate(queries)]
-
-    def __call__(self, examples: Sequence[PairExample]) -> PairBatch:
-        """Tokenizes one batch; every example must carry the same number of negatives."""
-        if not examples:
-            raise ValueError("cannot collate an empty batch")
-        k = len(examples[0].negatives)
-        if any(len(e.negatives) != k for e in examples):
-            raise UserError("examples of one batch carry different numbers of hard negatives; truncate them all "
-                            "to the same count (PairDataModule does this with num_negatives).")
-        documents = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
-        queries = self._encode([e.query for e in examples], self.query_prompt, self.query_max_length)
-        docs = self._encode(documents, self.document_prompt, self.document_max_length)
-        return PairBatch(
-            queries=queries,
-            documents=docs,
-            num_negatives=k,
-            positive_ids=torch.tensor([e.positive_id for e in examples], dtype=torch.long),
-            # Host-side lengths (the masks are still on the CPU here): only where cutting padding is safe.
-            query_lengths=_host_lengths(queries["attention_mask"]),
-            document_lengths=_host_lengths(docs["attention_mask"]),
-        )
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -374,6 +238,31 @@ def read_examples(spec: str, *, query_column: str = "query", positive_column: st
     return [PairExample(q, p, negs, ids.setdefault(p, len(ids))) for q, p, negs in raw]
 
 
+def _stream_example(columns: _Columns, where: str, row: dict) -> PairExample:
+    """One validated example of a streamed row (a module-level function: workers may unpickle it)."""
+    _check_columns(where, list(row), columns)
+    positive = _text(where, row, columns.positive, "positive")
+    return PairExample(_text(where, row, columns.query, "query"), positive, _negatives(where, row, columns, positive),
+                       streaming.positive_id(positive))
+
+
+def _check_streaming(data: PairDataModule) -> None:
+    if any(spec.startswith(BUILTIN_PREFIX) for spec in data._train_specs()):
+        raise UserError("streaming reads globs or folders of .jsonl/.parquet shards; builtin sources are read into "
+                        "memory: give shard globs, or set streaming: false.")
+    if data.sources is not None and not data.same_source_batches:
+        raise UserError("a streamed mixture draws every batch from one source; set same_source_batches: true "
+                        "(or streaming: false to shuffle the sources together).")
+    if data.group_by_length:
+        raise UserError("group_by_length sorts a whole epoch by length, which a stream cannot; set "
+                        "group_by_length: false with streaming: true.")
+    if data.max_train_examples is not None:
+        raise UserError("max_train_examples draws a subset of data in memory; with streaming: true, bound training "
+                        "with trainer.max_steps instead (or leave max_train_examples unset).")
+    if data.shuffle_buffer < 0:
+        raise UserError(f"shuffle_buffer={data.shuffle_buffer} must be 0 (no shuffling) or more.")
+
+
 class _TrainLoader(DataLoader):
     # Stateful in Lightning's sense (state_dict/load_state_dict), so Lightning knows the loader resumes
     # mid-epoch and does not warn of "unreliable results". The position is restored through the data
@@ -413,6 +302,8 @@ class PairDataModule(lightning.LightningDataModule):
         train: training pairs: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` file, a saved Hugging Face
             dataset folder, or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code;
             ``builtin:python-code``: the same from the standard library and the installed dependencies).
+            Or a mapping of named sources (:class:`~lightning_embed.mixtures.MixtureSource`: path, columns,
+            prompts, weight, in_batch_negatives), mixed as ``mixture`` says.
         val: validation pairs, same kinds; None: a builtin ``train`` source's held-out split, else none.
         test: test pairs, same kinds (a builtin source gives its held-out split); None: no test set.
         query_column: column (jsonl key) holding the query text.
@@ -425,7 +316,7 @@ class PairDataModule(lightning.LightningDataModule):
             documents of its batch.
         val_batch_size: validation/test pairs per batch; None: ``batch_size``.
         max_train_examples: train on a fixed random subset of this many pairs (None: all); a larger
-            subset contains a smaller one, whatever the seed.
+            subset contains a smaller one, whatever the seed. For a mixture: per source.
         max_val_examples: validate on a fixed random subset of this many pairs (None: all).
         unique_positives_per_batch: keep pairs that share a positive or a query, or whose hard negative
             is another's positive, out of one training batch (they would be false in-batch negatives).
@@ -442,14 +333,25 @@ class PairDataModule(lightning.LightningDataModule):
             attention runs over the whole packed row (CPU, SDPA with a mask), i.e. at most 6.5% less before
             the cost of the masks and per-text position ids; only a varlen kernel (flash-attention 2 on GPU,
             649M) would pay, 14% below grouped batches.
+        mixture: with a mapping of sources: ``proportional`` (every batch of every source once per epoch),
+            ``round_robin`` (sources in turn, as many batches each) or ``weighted`` (by the sources' weights).
+        same_source_batches: with a mapping of sources, draw every batch from one source (also across DDP
+            ranks); None: true. False shuffles the sources together (``proportional`` only).
+        streaming: read ``train`` (a glob or folder of ``.jsonl``/``.parquet`` shards) as it is consumed
+            instead of into memory (:mod:`lightning_embed.streaming`): tokenization in the loader's workers,
+            each pair once per epoch on one rank, exact resume. ``len()`` of an epoch is an upper bound.
+        shuffle_buffer: with ``streaming``, rows held to shuffle the stream (0: the shards' order).
     """
 
-    def __init__(self, train: str = "builtin:stdlib-code", val: str | None = None, test: str | None = None,
+    def __init__(self, train: str | dict[str, MixtureSource] = "builtin:stdlib-code", val: str | None = None,
+                 test: str | None = None,
                  query_column: str = "query", positive_column: str = "positive",
                  negatives_column: str = "negatives", num_negatives: int = 0, batch_size: int = 32,
                  val_batch_size: int | None = None, max_train_examples: int | None = None,
                  max_val_examples: int | None = None, unique_positives_per_batch: bool = True,
-                 num_workers: int = 0, seed: int = 0, group_by_length: bool = False):
+                 num_workers: int = 0, seed: int = 0, group_by_length: bool = False,
+                 mixture: MixtureName = "proportional", same_source_batches: bool | None = None,
+                 streaming: bool = False, shuffle_buffer: int = 10_000):
         super().__init__()
         if num_negatives < 0:
             raise UserError(f"num_negatives={num_negatives} must be 0 or more.")
@@ -463,16 +365,23 @@ class PairDataModule(lightning.LightningDataModule):
                 raise UserError(f"{name}={value} must be at least 1, or None for all examples.")
         if num_workers < 0:
             raise UserError(f"num_workers={num_workers} must be 0 or more.")
-        for spec in (train, val, test):
+        #: The named sources of a mixture (None: ``train`` is one source).
+        self.sources = mixtures.mixture_sources(train, num_negatives) if isinstance(train, Mapping) else None
+        self.mixture, self.same_source_batches = mixture, same_source_batches is not False
+        self._offsets: list[int] = []
+        self.train, self.val, self.test = train, val, test
+        for spec in (*self._train_specs(), val, test):
             if spec is not None and spec.startswith(BUILTIN_PREFIX):
                 _builtin(spec)  # an unknown name fails now, not at setup
-        self.train, self.val, self.test = train, val, test
         self.query_column, self.positive_column, self.negatives_column = query_column, positive_column, negatives_column
         self.num_negatives, self.batch_size = num_negatives, batch_size
         self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
         self.max_train_examples, self.max_val_examples = max_train_examples, max_val_examples
         self.unique_positives_per_batch, self.num_workers = unique_positives_per_batch, num_workers
         self.seed, self.group_by_length = seed, group_by_length
+        self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
+        if streaming:
+            _check_streaming(self)
         #: Tokenizes batches; taken from the model at setup when left None.
         self.collator: PairCollator | None = None
         self._collator_from_model = False
@@ -486,15 +395,18 @@ class PairDataModule(lightning.LightningDataModule):
     @property
     def val_source(self) -> str | None:
         """The validation source actually used: ``val``, or a builtin ``train`` source's held-out split."""
-        if self.val is None and self.train.startswith(BUILTIN_PREFIX):
+        if self.val is None and self.sources is None and self.train.startswith(BUILTIN_PREFIX):
             return self.train
         return self.val
 
     def prepare_data(self) -> None:
         """Mines and caches builtin sources (once, on one process per machine)."""
-        for spec in {self.train, self.val_source, self.test} - {None}:
+        for spec in {*self._train_specs(), self.val_source, self.test} - {None}:
             if spec.startswith(BUILTIN_PREFIX):
                 _builtin(spec).prepare()
+
+    def _train_specs(self) -> list[str]:
+        return [s.path for s in self.sources.values()] if self.sources is not None else [self.train]
 
     def _read(self, spec: str, split: Literal["train", "val"], max_examples: int | None) -> list[PairExample]:
         return read_examples(spec, query_column=self.query_column, positive_column=self.positive_column,
@@ -513,9 +425,11 @@ class PairDataModule(lightning.LightningDataModule):
             make = getattr(self.trainer.lightning_module, "make_collator", None)
             if callable(make):
                 self.collator, self._collator_from_model = make(), True
-        if stage in (None, "fit"):
+        if stage in (None, "fit") and self.streaming:
+            self._train_sampler = self._make_stream()  # fails now if the stream is shorter than one batch
+        elif stage in (None, "fit"):
             if self.train_examples is None:
-                self.train_examples = self._read(self.train, "train", self.max_train_examples)
+                self.train_examples = self._read_train()
             self._train_sampler = self._make_train_sampler(self.train_examples)  # fails now if no batch fits
         if stage in (None, "fit", "validate") and self.val_examples is None and self.val_source is not None:
             self.val_examples = self._read(self.val_source, "val", self.max_val_examples)
@@ -524,27 +438,77 @@ class PairDataModule(lightning.LightningDataModule):
         if stage in (None, "test") and self.test_examples is None and self.test is not None:
             self.test_examples = self._read(self.test, "val", None)
 
+    def _make_stream(self) -> streaming.PairStream:
+        if self.collator is None:
+            raise UserError("the data module has no collator to tokenize batches: train it with an EmbeddingModule "
+                            "(which provides make_collator()), or set datamodule.collator = PairCollator(tokenizer).")
+        if self.sources is None:
+            return self._source_stream(self.train, None, f"the stream {self.train!r}", self.collator)
+        if self.mixture not in mixtures.MIXTURES:
+            raise UserError(f"unknown mixture {self.mixture!r}; use one of {', '.join(mixtures.MIXTURES)}.")
+        streams = [self._source_stream(s.path, s, f"mixture source {name!r}", None) for name, s in self.sources.items()]
+        return streaming.MixtureStream(streams, [s.weight for s in self.sources.values()], self.mixture,
+                                       mixtures.MixtureCollator(self.collator, self.sources))
+
+    def _source_stream(self, pattern: str, source: MixtureSource | None, where: str, collator) -> streaming.PairStream:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        shards = streaming.stream_shards(pattern)
+        columns = _Columns(getattr(source, "query_column", None) or self.query_column,
+                           getattr(source, "positive_column", None) or self.positive_column,
+                           getattr(source, "negatives_column", None) or self.negatives_column, self.num_negatives)
+        for shard in shards:
+            if shard.suffix.lower() == ".parquet":
+                _check_columns(str(shard), streaming._parquet_file(shard).schema_arrow.names, columns)
+        rows = streaming.count_rows(shards)
+        if rows < self.batch_size * world:
+            raise UserError(f"{where} has {rows} rows, fewer than one batch (batch_size={self.batch_size} x {world} "
+                            "process(es)); lower batch_size or add data.")
+        return streaming.PairStream(shards, functools.partial(_stream_example, columns), columns.needed(),
+                                    batch_size=self.batch_size, rows=rows, num_replicas=world, rank=rank,
+                                    seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                                    unique=self.unique_positives_per_batch, collator=collator)
+
+    def _read_train(self) -> list[PairExample]:
+        if self.sources is None:
+            return self._read(self.train, "train", self.max_train_examples)
+        examples, self._offsets = mixtures.read_mixture(self.sources, lambda s: read_examples(
+            s.path, query_column=s.query_column or self.query_column, split="train",
+            positive_column=s.positive_column or self.positive_column, num_negatives=self.num_negatives,
+            negatives_column=s.negatives_column or self.negatives_column, max_examples=self.max_train_examples))
+        return examples
+
     def _make_train_sampler(self, examples: list[PairExample]) -> PairBatchSampler:
+        if self.sources is None:
+            return self._pair_sampler(examples, self.train, self._lengths(examples))
+        lengths = self._lengths(examples)
+        return mixtures.mixture_sampler(
+            self.sources, self._offsets, len(examples), mixture=self.mixture,
+            same_source_batches=self.same_source_batches,
+            make=lambda a, b, where: self._pair_sampler(examples[a:b], where, lengths and lengths[a:b]))
+
+    def _pair_sampler(self, examples: list[PairExample], where: str, lengths: list | None) -> PairBatchSampler:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         if len(examples) < self.batch_size * world:
-            raise UserError(f"{self.train} has {len(examples)} training examples, fewer than one batch "
+            raise UserError(f"{where} has {len(examples)} training examples, fewer than one batch "
                             f"(batch_size={self.batch_size} x {world} process(es)); lower batch_size or add data.")
-        lengths = None
-        if self.group_by_length and self.collator is not None and hasattr(self.collator, "token_lengths"):
-            # Token counts as this model's collator will cut them; computed once per collator.
-            cached = self._token_lengths
-            if cached is None or cached[0] is not self.collator or cached[1] is not examples:
-                self._token_lengths = cached = (self.collator, examples, self.collator.token_lengths(examples))
-            lengths = cached[2]
         sampler = PairBatchSampler(examples, self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
                                    unique=self.unique_positives_per_batch, group_by_length=self.group_by_length,
                                    num_replicas=world, rank=rank, lengths=lengths)
         if len(sampler) == 0:
             distinct = len({e.positive for e in examples})
-            raise UserError(f"{self.train} has only {distinct} distinct positives, too few for one batch of "
+            raise UserError(f"{where} has only {distinct} distinct positives, too few for one batch of "
                             f"{self.batch_size} distinct positives per process; lower batch_size or set "
                             "unique_positives_per_batch=False.")
         return sampler
+
+    def _lengths(self, examples: list[PairExample]) -> list[tuple[int, int]] | None:
+        if not (self.group_by_length and self.collator is not None and hasattr(self.collator, "token_lengths")):
+            return None
+        # Token counts as this model's collator will cut them; computed once per collator.
+        cached = self._token_lengths
+        if cached is None or cached[0] is not self.collator or cached[1] is not examples:
+            self._token_lengths = cached = (self.collator, examples, self.collator.token_lengths(examples))
+        return cached[2]
 
     def _loader(self, examples: list[PairExample], sampler: PairBatchSampler, kind: type = DataLoader) -> DataLoader:
         if self.collator is None:
@@ -552,7 +516,11 @@ class PairDataModule(lightning.LightningDataModule):
                             "(which provides make_collator()), or set datamodule.collator = PairCollator(tokenizer).")
         # A generator of its own: a loader otherwise draws its base seed from the global generator each
         # epoch, so a resumed run (which starts its loaders at other times) would draw other dropout masks.
-        return kind(_BatchView(examples), sampler=sampler, batch_size=None, collate_fn=self.collator,
+        dataset, collate = _BatchView(examples), self.collator
+        if kind is _TrainLoader and self.sources is not None:  # batches that know their source
+            dataset = mixtures.MixtureView(examples, self._offsets)
+            collate = mixtures.MixtureCollator(self.collator, self.sources)
+        return kind(dataset, sampler=sampler, batch_size=None, collate_fn=collate,
                     num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                     pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
@@ -567,6 +535,11 @@ class PairDataModule(lightning.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (by seed and epoch), conflict-free, full batches."""
+        if self.streaming:
+            self._train_sampler = stream = self._make_stream()
+            stream.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+            self.position_sampler(stream)
+            return streaming.StreamLoader(stream, self, self.num_workers)
         if self.train_examples is None:
             self.setup("fit")
         self._train_sampler = self._make_train_sampler(self.train_examples)  # for the current process layout

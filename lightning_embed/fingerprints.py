@@ -114,8 +114,18 @@ def data_fingerprints(datamodule: Any) -> dict[str, Any]:
         return {}
     specs = {"train": (datamodule.train, "train"), "val": (datamodule.val_source, "val"),
              "test": (datamodule.test, "val")}
-    return {role: source_fingerprint(spec, split) if spec is not None else None
-            for role, (spec, split) in specs.items()}
+    found = {role: source_fingerprint(spec, split) if spec is not None else None
+             for role, (spec, split) in specs.items()
+             if role != "train" or (datamodule.sources is None and not getattr(datamodule, "streaming", False))}
+    if getattr(datamodule, "streaming", False):
+        from lightning_embed.streaming import stream_fingerprint
+
+        found["train"] = stream_fingerprint(datamodule.train) if datamodule.sources is None else {
+            "sources": {name: stream_fingerprint(s.path) for name, s in datamodule.sources.items()}}
+    elif datamodule.sources is not None:  # a mixture: each named source's fingerprint
+        found["train"] = {"sources": {name: source_fingerprint(s.path, "train")
+                                      for name, s in datamodule.sources.items()}}
+    return found
 
 
 __all__ = ["builtin_fingerprint", "data_fingerprints", "file_sha256", "is_mined", "pairs_digest", "source_fingerprint"]

@@ -151,6 +151,8 @@ class FlopCallback(Callback):
         self._host_pending = [0, 0, 0, 0]  # rows, padded tokens, padded squares, examples (one process)
         self._interval = [0.0, 0.0]  # model, hardware FLOP since the last log
         self._interval_steps = 0
+        #: Training examples per named mixture source (all ranks): mixture batches carry their global counts.
+        self.source_examples: dict[str, int] = {}
 
     # -- setup: FLOP model, runs file, budget ---------------------------------------------------------
 
@@ -169,6 +171,7 @@ class FlopCallback(Callback):
         self._fit_started = self._written = False
         self._pending, self._host_pending = None, [0, 0, 0, 0]
         self._interval, self._interval_steps = [0.0, 0.0], 0
+        self.source_examples = {}
         self.flop_model = flop_model_for(pl_module, self.accounting)
         self._flags = training_flags(pl_module)
         problem, self._data = None, {}
@@ -250,6 +253,8 @@ class FlopCallback(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         masks, examples = batch_masks(batch)
+        for name, count in (getattr(batch, "source_counts", None) or {}).items():
+            self.source_examples[name] = self.source_examples.get(name, 0) + int(count)
         computed = pl_module.computed_positions(batch) if hasattr(pl_module, "computed_positions") else None
         self._accumulate(trainer, masks, examples, computed if computed and len(computed) == len(masks) else None)
         if trainer.global_step == self._last_step:
@@ -329,6 +334,7 @@ class FlopCallback(Callback):
             "flops/step_model": model / steps, "flops/step_hardware": hardware / steps,
             "flops/total_model": c.flops_model, "flops/total_hardware": c.flops_hardware,
             "tokens/real": float(c.tokens), "tokens/padded": float(c.padded_tokens), "examples": float(c.examples),
+            **{f"train/source_examples/{name}": float(n) for name, n in self.source_examples.items()},
         }
         if c.padded_tokens:
             # How much of the computed positions are real tokens (padding is wasted work).
@@ -361,7 +367,8 @@ class FlopCallback(Callback):
         return {"version": _STATE_VERSION, "counter": {**self.counter.state_dict(), "duration_s": duration},
                 "accounting": self.accounting, "max_flops": self.max_flops, "planned_steps": self.planned_steps,
                 "run_id": self.run_id, "val_metrics": dict(self._val_metrics), "metrics_step": self._metrics_step,
-                "initial": list(self._initial) if self._initial else None}
+                "initial": list(self._initial) if self._initial else None,
+                "source_examples": dict(self.source_examples)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("accounting", self.accounting) != self.accounting:
@@ -373,6 +380,7 @@ class FlopCallback(Callback):
         self.run_id = state_dict.get("run_id") or self.run_id
         self._val_metrics = dict(state_dict.get("val_metrics") or {})
         self._metrics_step = state_dict.get("metrics_step")
+        self.source_examples = {str(k): int(v) for k, v in (state_dict.get("source_examples") or {}).items()}
         initial = state_dict.get("initial")
         self._initial = (float(initial[0]), int(initial[1])) if initial else None
         planned = state_dict.get("planned_steps")
@@ -440,7 +448,7 @@ class FlopCallback(Callback):
             seed=int(seed) if seed and seed.lstrip("-").isdigit() else None, world_size=trainer.world_size,
             duration_s=self._duration_before + time.monotonic() - self._setup_time, train_time_s=c.train_time_s,
             versions=_versions(), hparams=hparams, config=self._config(trainer, hparams),
-            data=self._data, error=error,
+            data=self._data, source_examples=dict(self.source_examples), error=error,
             run_id=self.run_id or "",
         )
 

@@ -37,7 +37,9 @@ class InfoNCELoss(nn.Module):
     k per query, query i's at rows B+i*k .. B+i*k+k-1. Every query scores against every document of the
     batch (on every rank when ``gather_across_devices``), so the other queries' positives and negatives
     are its negatives too. With ``symmetric``, the document->query direction (each positive against all
-    queries) is averaged in, as in the study.
+    queries) is averaged in, as in the study. With ``in_batch_negatives=False`` (classification-like data,
+    where another example's positive may answer a query too) a query scores only against its own positive
+    and hard negatives: nothing is gathered across devices and there is no document->query direction.
 
     Reference: van den Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018);
     Ziarko et al., "Repurposing Language Models into Embedding Models" (NeurIPS 2024), inverse
@@ -61,7 +63,8 @@ class InfoNCELoss(nn.Module):
         self.symmetric = symmetric
         self.gather_across_devices = gather_across_devices
 
-    def forward(self, queries: torch.Tensor, documents: torch.Tensor, num_negatives: int = 0) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, documents: torch.Tensor, num_negatives: int = 0,
+                in_batch_negatives: bool = True) -> torch.Tensor:
         queries, documents = queries.float(), documents.float()
         b = queries.shape[0]
         if documents.shape[0] != b * (1 + num_negatives):
@@ -70,6 +73,13 @@ class InfoNCELoss(nn.Module):
                 f"each, got {documents.shape[0]}"
             )
         positives, negatives = documents[:b], documents[b:]
+        if not in_batch_negatives:
+            if not num_negatives:
+                raise ValueError("in_batch_negatives=False needs hard negatives (num_negatives >= 1)")
+            # Row i: its positive (the target, column 0), then its own k hard negatives.
+            own = torch.cat([positives[:, None], negatives.view(b, num_negatives, -1)], dim=1)
+            logits = torch.einsum("bh,bch->bc", queries, own) / self.temperature
+            return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=queries.device))
         rank = 0
         all_queries = queries
         if self.gather_across_devices:

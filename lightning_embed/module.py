@@ -256,13 +256,16 @@ class EmbeddingModule(L.LightningModule):
     def forward(self, batch) -> torch.Tensor:
         """Contrastive loss of a :class:`~lightning_embed.data.PairBatch`."""
         queries, documents = self.encode_pair_batch(batch)
-        return self._contrastive_loss(queries, documents, batch.num_negatives)
+        # A mixture source without in-batch negatives (lightning_embed.mixtures) marks its batches.
+        return self._contrastive_loss(queries, documents, batch.num_negatives,
+                                      getattr(batch, "in_batch_negatives", True))
 
-    def _contrastive_loss(self, queries: torch.Tensor, documents: torch.Tensor, num_negatives: int) -> torch.Tensor:
+    def _contrastive_loss(self, queries: torch.Tensor, documents: torch.Tensor, num_negatives: int,
+                          in_batch_negatives: bool = True) -> torch.Tensor:
         # Logits and loss in fp32 under mixed precision: autocast would run the similarity matmul in
         # bf16/fp16 even on fp32 embeddings (about 3 significant digits on logits up to 1/temperature).
         with torch.autocast(device_type=queries.device.type, enabled=False):
-            return self.loss_fn(queries.float(), documents.float(), num_negatives)
+            return self.loss_fn(queries.float(), documents.float(), num_negatives, in_batch_negatives)
 
     # ---- steps ----------------------------------------------------------------------------------------
 

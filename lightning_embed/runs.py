@@ -44,6 +44,7 @@ data                     fingerprint of each data source (``train``, ``val``, ``
                          ``source``, ``sha256`` (16 hex digits of the pairs or file) and, for a builtin
                          source, ``split``, ``pairs`` and the ``versions`` it was mined from; ``{}`` when
                          unknown (a data module other than PairDataModule, records written before it existed)
+source_examples          training examples drawn from each named source of a mixture (``{}``: one source)
 =======================  =========================================================================
 
 Appending is atomic: the file is opened with ``O_APPEND`` and the whole line goes in one ``os.write``
@@ -106,6 +107,7 @@ class RunRecord:
     hparams: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    source_examples: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -158,7 +160,7 @@ class RunRecord:
 
 _NUM = (int, float)
 #: Fields added within schema version 1: records written before them stay readable (and read as the default).
-_ADDED_FIELDS = frozenset({"data", "initial_val_loss", "val_examples"})
+_ADDED_FIELDS = frozenset({"data", "initial_val_loss", "val_examples", "source_examples"})
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "backbone": ((str,), False), "tuning": ((str,), False), "status": ((str,), False),
     "tuning_args": ((dict,), False), "total_params": ((int,), False), "non_embedding_params": ((int,), False),
@@ -170,7 +172,8 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "metrics": ((dict,), False), "metrics_step": ((int,), True),
     "seed": ((int,), True), "world_size": ((int,), False), "duration_s": (_NUM, False),
     "train_time_s": (_NUM, False), "versions": ((dict,), False), "hparams": ((dict,), False),
-    "config": ((dict,), False), "data": ((dict,), False), "error": ((str,), True), "run_id": ((str,), False),
+    "config": ((dict,), False), "data": ((dict,), False), "source_examples": ((dict,), False),
+    "error": ((str,), True), "run_id": ((str,), False),
     "created": ((str,), False), "schema_version": ((int,), False),
 }
 
