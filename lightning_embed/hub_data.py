@@ -8,7 +8,8 @@ how ``datasets`` itself treats a folder of data files with a dataset card, so an
 the same loader, configs and splits as the hub.
 
 Rows then go through the same column options, validation, hard negatives and prompts as file sources
-(:func:`lightning_embed.data.read_examples`).
+(:func:`lightning_embed.data.read_examples`); a negatives column of plain text (the triplet layout
+``anchor, positive, negative`` of many hub datasets) is one hard negative per row.
 """
 
 from __future__ import annotations
@@ -178,7 +179,13 @@ def hub_rows(spec: str, columns, role: Literal["train", "val"]) -> Iterator[tupl
     from lightning_embed.data import _table_rows
 
     dataset = load_hub_dataset(spec, role)
-    yield from _table_rows(spec, dataset.column_names, lambda cols: dataset.select_columns(cols).to_list(), columns)
+    rows = lambda cols: dataset.select_columns(cols).to_list()  # noqa: E731
+    feature = dataset.features.get(columns.negatives) if columns.num_negatives else None
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        # Triplet datasets (anchor, positive, negative) hold one negative as text, not a list.
+        rows = lambda cols: [{**r, columns.negatives: [r[columns.negatives]]}  # noqa: E731
+                             for r in dataset.select_columns(cols).to_list()]
+    yield from _table_rows(spec, dataset.column_names, rows, columns)
 
 
 def hub_fingerprint(spec: str, role: Literal["train", "val"] = "train") -> dict[str, Any]:

@@ -45,7 +45,8 @@ def private_cache(tmp_path, monkeypatch):
 def _rows(split: str, n: int) -> list[dict]:
     return [{"anchor": f"{WORDS[i % 14]} {WORDS[(i * 5 + 3) % 14]} {split} {i}",
              "pos": f"the {WORDS[i % 14]} and the {WORDS[(i * 5 + 3) % 14]} number {i}",
-             "hard": [f"other {WORDS[(i + 1) % 14]} {i}", f"another {WORDS[(i + 2) % 14]} {i}"]}
+             "hard": [f"other {WORDS[(i + 1) % 14]} {i}", f"another {WORDS[(i + 2) % 14]} {i}"],
+             "negative": f"unrelated {WORDS[(i + 4) % 14]} {i}"}
             for i in range(n)]
 
 
@@ -79,6 +80,8 @@ def test_columns_negatives_configs_and_splits(repo):
         [(r["anchor"], r["pos"], r["hard"]) for r in expected]
     one = read_examples(f"hf:{repo}", num_negatives=1, **columns)
     assert one[0].negatives == (expected[0]["hard"][0],)
+    triplet = read_examples(f"hf:{repo}", num_negatives=1, **{**columns, "negatives_column": "negative"})
+    assert [e.negatives for e in triplet] == [(r["negative"],) for r in expected]  # one text: one negative
     # No split named: a held-out role reads validation/dev/test; a named split and config are read as given.
     assert [e.query for e in read_examples(f"hf:{repo}", split="val", **columns)] == \
         [r["anchor"] for r in _rows("dev", 8)]
