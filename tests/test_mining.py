@@ -162,5 +162,14 @@ def test_bad_inputs_are_one_line_and_keep_existing_output(tiny_backbones, tmp_pa
     _fails(capsys, ["mine", str(pairs), "--model", tiny_backbones["bert"], "-o", str(tmp_path / "n.jsonl")], "'query'")
     assert out.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["mined.jsonl",
                                                                                                "pairs.jsonl"]
+    assert capsys.readouterr().out == ""  # nothing was mined
     main([*base, "-o", str(out), "--num-negatives", "5", "--overwrite"])
     assert all(len(json.loads(line)["negatives"]) == 5 for line in out.read_text().splitlines())
+    # A corpus of its own (a copy of one positive among other texts): the copy never becomes a negative.
+    first = json.loads(pairs.read_text().splitlines()[0])
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in [first["p"], *(f"{w} docs" for w in WORDS)]))
+    main([*base, "-o", str(out), "--num-negatives", "4", "--corpus", str(corpus), "--overwrite"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(set(r["negatives"]) <= {f"{w} docs" for w in WORDS} | {first["p"]} for r in rows)
+    assert first["p"] not in rows[0]["negatives"]
