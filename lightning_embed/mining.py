@@ -282,10 +282,12 @@ def mine_hard_negatives(pairs, model, *, num_negatives: int = 3, corpus=None, ra
             threshold = torch.minimum(threshold, (1 - relative_margin) * positive_score)
     k = min(range_min + num_negatives, len(corpus_texts))
     progress, close = _search_progress(len(rows), show_progress)
+    where = encoder.device  # the search runs where the model does (a GPU scores blocks far faster)
     try:
-        _, index, above = chunked_top_k(row_queries, corpus_emb, k, exclude=[positives_of.get(q, []) for q, _ in rows],
-                                        threshold=threshold, query_chunk=query_chunk, corpus_chunk=corpus_chunk,
-                                        progress=progress)
+        _, index, above = chunked_top_k(row_queries.to(where), corpus_emb.to(where), k,
+                                        exclude=[positives_of.get(q, []) for q, _ in rows],
+                                        threshold=threshold.to(where) if threshold is not None else None,
+                                        query_chunk=query_chunk, corpus_chunk=corpus_chunk, progress=progress)
     finally:
         close()
     mined, dropped = [], 0

@@ -46,6 +46,8 @@ def test_chunked_top_k_equals_brute_force(with_threshold):
 class TableEncoder(Encoder):
     """An encoder whose embeddings are given per text: the filters are checked on known scores."""
 
+    device = torch.device("cpu")
+
     def __init__(self, vectors: dict[str, list[float]]):
         self.vectors, self.name, self.normalize = vectors, "table", False
 
