@@ -41,7 +41,8 @@ class HubSpec:
     split: str | None = None
 
     def __str__(self) -> str:
-        return HUB_PREFIX + self.name + (f":{self.config}" if self.config else "") + (f"@{self.split}" if self.split else "")
+        config, split = (f":{self.config}" if self.config else ""), (f"@{self.split}" if self.split else "")
+        return HUB_PREFIX + self.name + config + split
 
 
 def is_hub_spec(spec: str) -> bool:
@@ -179,12 +180,14 @@ def hub_rows(spec: str, columns, role: Literal["train", "val"]) -> Iterator[tupl
     from lightning_embed.data import _table_rows
 
     dataset = load_hub_dataset(spec, role)
-    rows = lambda cols: dataset.select_columns(cols).to_list()  # noqa: E731
     feature = dataset.features.get(columns.negatives) if columns.num_negatives else None
-    if getattr(feature, "dtype", None) in ("string", "large_string"):
-        # Triplet datasets (anchor, positive, negative) hold one negative as text, not a list.
-        rows = lambda cols: [{**r, columns.negatives: [r[columns.negatives]]}  # noqa: E731
-                             for r in dataset.select_columns(cols).to_list()]
+    # Triplet datasets (anchor, positive, negative) hold one negative as text, not a list.
+    one_negative = getattr(feature, "dtype", None) in ("string", "large_string")
+
+    def rows(cols: list[str]) -> list[dict]:
+        found = dataset.select_columns(cols).to_list()
+        return [{**r, columns.negatives: [r[columns.negatives]]} for r in found] if one_negative else found
+
     yield from _table_rows(spec, dataset.column_names, rows, columns)
 
 

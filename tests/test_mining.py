@@ -96,7 +96,10 @@ def test_margins_on_known_scores():
                "far": [0.2, 0.0]}
     pairs = [("q", "pos")]
     corpus = ["pos", "near", "close", "mid", "far", "pos"]
-    mine = lambda **kw: mine_hard_negatives(pairs, TableEncoder(vectors), num_negatives=2, corpus=corpus, **kw)  # noqa: E731
+
+    def mine(**options):
+        return mine_hard_negatives(pairs, TableEncoder(vectors), num_negatives=2, corpus=corpus, **options)
+
     assert mine().rows[0]["negatives"] == ["near", "close"]
     assert mine(relative_margin=0.05).rows[0]["negatives"] == ["mid", "far"]  # 0.855 ceiling: near, close out
     assert mine(absolute_margin=0.03).rows[0]["negatives"] == ["close", "mid"]  # 0.87 ceiling: near out
