@@ -34,6 +34,7 @@ _EXPORTS = {
     "FaultTolerance": "lightning_embed.faults",
     "consolidate_checkpoint": "lightning_embed.distributed_checkpoint",
     "read_distributed_checkpoint": "lightning_embed.distributed_checkpoint",
+    "mine_hard_negatives": "lightning_embed.mining",
 }
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from lightning_embed.flops import FlopCount, FlopModel, paper_flops_per_token
     from lightning_embed.runs import RunRecord, read_runs
     from lightning_embed.loss import InfoNCELoss
+    from lightning_embed.mining import mine_hard_negatives
     from lightning_embed.mixtures import MixtureSource
     from lightning_embed.models import load_backbone, load_tokenizer
     from lightning_embed.module import EmbeddingModule
@@ -89,6 +91,7 @@ __all__ = [
     "load",
     "load_backbone",
     "load_tokenizer",
+    "mine_hard_negatives",
     "paper_flops_per_token",
     "pool",
     "read_distributed_checkpoint",

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "sweep": {"plan": "lightning_embed.recipe:sweep_plan", "run": "lightning_embed.recipe:sweep_run"},
     "export": "lightning_embed.export:export",
     "evaluate": "lightning_embed.evaluate:evaluate",
+    "mine": "lightning_embed.mining:mine",
 }
 
 #: Short aliases shared by every command.

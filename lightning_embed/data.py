@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader
 from lightning_embed import mixtures, python_code_source, stdlib_source, streaming
 from lightning_embed.batches import PairBatch, PairCollator, PairExample  # noqa: F401 (their home before)
 from lightning_embed.errors import UserError
+from lightning_embed.hub_data import HUB_PREFIX, hub_rows
 from lightning_embed.mixtures import MixtureName, MixtureSource
 from lightning_embed.sampling import PairBatchSampler, held_out_sampler
 
 BUILTIN_PREFIX = "builtin:"
 #: Builtin sources: name -> module with ``DESCRIPTION``, ``prepare()`` and ``load(split, num_negatives)``.
 _BUILTINS = {"stdlib-code": stdlib_source, "python-code": python_code_source}
-_FORMATS = ".jsonl, .csv, .tsv, .parquet, a saved Hugging Face dataset folder, or builtin:NAME"
+_FORMATS = ".jsonl, .csv, .tsv, .parquet, a saved Hugging Face dataset folder, hf:ORG/NAME or builtin:NAME"
 
 
 def builtin_sources() -> list[str]:
@@ -120,6 +121,9 @@ def _source_rows(spec: str, columns: _Columns, split: Literal["train", "val"]) -
     if spec.startswith(BUILTIN_PREFIX):
         yield from _builtin(spec).load(split, columns.num_negatives)
         return
+    if spec.startswith(HUB_PREFIX):
+        yield from hub_rows(spec, columns, split)
+        return
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
@@ -206,13 +210,13 @@ def read_examples(spec: str, *, query_column: str = "query", positive_column: st
     """Reads and validates one data source into examples with split-wide ``positive_id``s.
 
     Args:
-        spec: a ``.jsonl``/``.csv``/``.tsv``/``.parquet`` file, a saved Hugging Face dataset folder, or
-            ``builtin:NAME``.
+        spec: a ``.jsonl``/``.csv``/``.tsv``/``.parquet`` file, a saved Hugging Face dataset folder,
+            ``hf:ORG/NAME[:CONFIG][@SPLIT]`` (:mod:`lightning_embed.hub_data`) or ``builtin:NAME``.
         query_column: column (key) holding the query text.
         positive_column: column holding the positive document.
         negatives_column: column holding the list of hard negatives (JSON-encoded in csv/tsv).
         num_negatives: keep each example's first this many negatives; fewer is an error.
-        split: which split of a builtin source (files have just one).
+        split: which split of a builtin source, or of a hub source that names none (files have just one).
         max_examples: keep a fixed random subset of this many (nested: a larger subset contains a smaller
             one; independent of the training seed, so seeds compare on the same data).
 
@@ -222,7 +226,7 @@ def read_examples(spec: str, *, query_column: str = "query", positive_column: st
     columns = _Columns(query_column, positive_column, negatives_column, num_negatives)
     if spec.startswith(BUILTIN_PREFIX):  # builtin rows have fixed keys; the column options are for files
         columns = _Columns("query", "positive", "negatives", num_negatives)
-    where_prefix = spec if spec.startswith(BUILTIN_PREFIX) else str(Path(spec).expanduser())
+    where_prefix = spec if spec.startswith((BUILTIN_PREFIX, HUB_PREFIX)) else str(Path(spec).expanduser())
     raw = []
     for location, row in _source_rows(spec, columns, split):
         where = f"{where_prefix}: {location}"
@@ -300,11 +304,13 @@ class PairDataModule(lightning.LightningDataModule):
 
     Args:
         train: training pairs: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` file, a saved Hugging Face
-            dataset folder, or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code;
+            dataset folder, a hub dataset ``hf:ORG/NAME[:CONFIG][@SPLIT]`` (default split ``train``; loaded
+            through ``datasets.load_dataset`` and its cache), or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code;
             ``builtin:python-code``: the same from the standard library and the installed dependencies).
             Or a mapping of named sources (:class:`~lightning_embed.mixtures.MixtureSource`: path, columns,
             prompts, weight, in_batch_negatives), mixed as ``mixture`` says.
-        val: validation pairs, same kinds; None: a builtin ``train`` source's held-out split, else none.
+        val: validation pairs, same kinds (``hf:`` without a split reads ``validation``, ``dev`` or ``test``);
+            None: a builtin ``train`` source's held-out split, else none.
         test: test pairs, same kinds (a builtin source gives its held-out split); None: no test set.
         query_column: column (jsonl key) holding the query text.
         positive_column: column holding the positive (relevant) document.

@@ -7,6 +7,7 @@ sha256 (16 hex digits) of the pairs or file it used:
 
 - ``builtin:NAME``: the digest of the split's mined pairs, the pair count and the versions they were mined
   from (``python`` and, for ``builtin:python-code``, each mined package);
+- ``hf:ORG/NAME``: the sha256 of the split's cached Arrow files and ``datasets``' fingerprint;
 - a file: the sha256 of its bytes; a folder (a saved Hugging Face dataset): of its files' relative paths and
   bytes, in sorted order.
 """
@@ -85,13 +86,18 @@ def source_fingerprint(spec: str, split: Literal["train", "val"] = "train") -> d
 
     Returns:
         ``{"source", "split", "pairs", "sha256", "versions"}`` for ``builtin:NAME``;
-        ``{"source", "sha256", "bytes"}`` for a file or folder.
+        ``{"source", "sha256", "bytes"}`` for a file or folder; ``{"source", "split", "pairs", "sha256",
+        "fingerprint"}`` for ``hf:`` (:func:`lightning_embed.hub_data.hub_fingerprint`).
 
     Raises:
         UserError: an unknown builtin name, or a path that cannot be read.
     """
-    from lightning_embed.data import BUILTIN_PREFIX
+    from lightning_embed.data import BUILTIN_PREFIX, HUB_PREFIX
 
+    if spec.startswith(HUB_PREFIX):
+        from lightning_embed.hub_data import hub_fingerprint
+
+        return hub_fingerprint(spec, split)
     if spec.startswith(BUILTIN_PREFIX):
         found = builtin_fingerprint(spec[len(BUILTIN_PREFIX):])
         return {"source": spec, "split": split, "pairs": found["sizes"][split], "sha256": found[split],
