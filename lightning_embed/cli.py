@@ -50,7 +50,6 @@ def embedding_cli_class():
     global _CLI_CLASS
     if _CLI_CLASS is not None:
         return _CLI_CLASS
-    from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
@@ -80,7 +79,10 @@ def embedding_cli_class():
             if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in [*callbacks, *user]
             ):
-                callbacks = [*callbacks, RichProgressBar()]
+                from lightning_embed.progress import default_progress_bar
+
+                # A live bar on a terminal; plain lines every few seconds in a file or a pipe.
+                callbacks = [*callbacks, default_progress_bar()]
             return super()._instantiate_trainer(config, callbacks)
 
         def _parse_ckpt_path(self) -> None:
@@ -113,13 +115,16 @@ def embedding_cli_class():
                 self._before = _validate_metrics(self.trainer, self.model, self.datamodule)
 
         def after_fit(self) -> None:
-            if getattr(self, "_before", None) is None or self.trainer.interrupted:
-                return
-            from lightning_embed.reporting import print_metric_comparison
+            from lightning_embed.run_summary import print_fit_summary
 
-            after = _validate_metrics(self.trainer, self.model, self.datamodule)
-            if self.trainer.is_global_zero:
-                print_metric_comparison(self._before, after, "held-out metrics: backbone before and after training")
+            if getattr(self, "_before", None) is not None and not self.trainer.interrupted:
+                from lightning_embed.reporting import print_metric_comparison
+
+                after = _validate_metrics(self.trainer, self.model, self.datamodule)
+                if self.trainer.is_global_zero:
+                    print_metric_comparison(self._before, after,
+                                            "held-out metrics: backbone before and after training")
+            print_fit_summary(self.trainer, _plain(self.config[self.subcommand]))
 
     _CLI_CLASS = EmbeddingCLI
     return EmbeddingCLI

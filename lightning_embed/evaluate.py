@@ -68,9 +68,9 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
     encoder = load(model, device=device, trust_remote_code=trust_remote_code)
     base = baseline_encoder(encoder, trust_remote_code=trust_remote_code) if baseline else None
     if baseline and base is None:
-        from rich.console import Console
+        from lightning_embed.terminal import console
 
-        Console(stderr=True).print(f"note: {model} is an untrained model already; no baseline column.")
+        console(stderr=True).print(f"note: {model} is an untrained model already; no baseline column.")
     scores = run_mteb(encoder, resolved, batch_size=batch_size)
     base_scores = run_mteb(base, resolved, batch_size=batch_size) if base is not None else None
     results = _results(model, encoder, base, resolved, scores, base_scores)
@@ -294,8 +294,9 @@ def _results(model: str, encoder: Encoder, base: Encoder | None, tasks, scores, 
 
 def print_results(results: dict[str, Any]) -> None:
     """A table of main scores (and the baseline's, with the difference)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from lightning_embed.terminal import console
 
     with_base = results.get("baseline_main_scores") is not None
     table = Table(title=f"MTEB main scores: {results['model']}", title_justify="left")
@@ -310,9 +311,9 @@ def print_results(results: dict[str, Any]) -> None:
             colour = "green" if delta is not None and delta > 0 else "red"
             row += [_fmt(b), f"[{colour}]{delta:+.4f}[/{colour}]" if delta is not None else "-"]
         table.add_row(*row)
-    Console().print(table)
+    console().print(table)
     if with_base:
-        Console().print(f"baseline: untrained {results['baseline']}")
+        console().print(f"baseline: untrained {results['baseline']}")
 
 
 def _fmt(value) -> str:

@@ -271,6 +271,11 @@ class FlopCallback(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush()
 
+    def tokens_seen(self) -> int:
+        """Real (non-padding) tokens trained on so far, all ranks (one small host copy)."""
+        self._flush()
+        return int(self.counter.tokens)
+
     def _accumulate(self, trainer: L.Trainer, masks: list[torch.Tensor], examples: int,
                     computed: list | None = None) -> None:
         """Adds a batch's token stats (all ranks) to the pending device counters, without a host sync.
