@@ -191,6 +191,7 @@ def _standard_tasks(names: Sequence[str], english_only) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def _adapter_class():
     # Built on first use: importing mteb takes seconds, which `import lightning_embed` must not pay.
+    import numpy as np
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.types import PromptType
 
@@ -206,8 +207,18 @@ def _adapter_class():
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             texts = [text for batch in inputs for text in batch["text"]]
             prompt = "document" if prompt_type == PromptType.document else "query"
-            return self.model.encode(texts, batch_size=self.batch_size, prompt=prompt,
-                                     show_progress=self.show_progress, convert_to_numpy=True)
+            heartbeat = getattr(self, "heartbeat", None)
+            chunks = []
+            # Chunked so a log shows progress inside a large corpus too (one line per interval at most).
+            chunked = heartbeat is not None and heartbeat.enabled
+            step = max(self.batch_size, 1) * 16 if chunked else max(len(texts), 1)
+            for start in range(0, max(len(texts), 1), step):
+                part = texts[start:start + step]
+                chunks.append(self.model.encode(part, batch_size=self.batch_size, prompt=prompt,
+                                                show_progress=self.show_progress, convert_to_numpy=True))
+                if chunked:
+                    heartbeat(len(part), note=f"task {task_metadata.name}")
+            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     return LightningEmbedMTEBEncoder
 
@@ -232,11 +243,13 @@ def baseline_encoder(encoder: Encoder, *, trust_remote_code: bool = False) -> En
     hparams = encoder.info.get("hparams")
     if not hparams:
         return None  # already an untrained model: nothing to compare against
-    return load_pretrained(hparams["backbone"], pooling=hparams.get("pooling", "mean"),
+    base = load_pretrained(hparams["backbone"], pooling=hparams.get("pooling", "mean"),
                            normalize=hparams.get("normalize", True), query_prompt=hparams.get("query_prompt", ""),
                            document_prompt=hparams.get("document_prompt", ""), max_length=encoder.max_length,
                            num_layers=hparams.get("num_layers"), device=encoder.device,
                            trust_remote_code=trust_remote_code)
+    base.query_max_length, base.document_max_length = encoder.query_max_length, encoder.document_max_length
+    return base
 
 
 def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
@@ -245,7 +258,11 @@ def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
     import datasets
     import mteb
 
+    from lightning_embed.terminal import Heartbeat
+
     model = mteb_encoder(encoder, batch_size, show_progress)
+    # Plain lines when stdout is not a terminal (a rich bar would only show its last frame in a log).
+    model.heartbeat = Heartbeat(f"evaluate {encoder.name}", unit="texts embedded")
     objects = [t.to_mteb() if isinstance(t, LocalTask) else t for t in tasks]
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -257,6 +274,7 @@ def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
     finally:
         if bars:
             datasets.enable_progress_bars()
+    model.heartbeat.done()
     return {r.task_name: float(r.get_score()) for r in result.task_results}
 
 

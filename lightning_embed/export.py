@@ -8,7 +8,8 @@ embeds exactly as the trained module did; ``lightning_embed.json`` for :func:`li
 model card (``README.md``).
 
 The sentence-transformers files use the long-standing ``sentence_transformers.models.*`` module names and
-one-flag-per-mode pooling config, which every sentence-transformers release from 2.x to 6.x reads.
+one-flag-per-mode pooling config, which every sentence-transformers release from 2.x to 6.x reads (the per-side
+query and document lengths are added only when the installed release reads them: 6.x).
 
 The folder is written beside its destination under a temporary name and renamed into place at the end, so
 a failure never leaves a half-written model behind.
@@ -34,6 +35,7 @@ from lightning_embed.encoder import (
     read_checkpoint,
 )
 from lightning_embed.errors import UserError
+from lightning_embed.terminal import Heartbeat
 
 EXPORT_FORMAT_VERSION = 1
 
@@ -59,13 +61,15 @@ def export(checkpoint: str, output: str | None = None, overwrite: bool = False,
     if not output:
         raise UserError("say where to write the model: lightning-embed export CHECKPOINT -o DIR")
     _quiet_third_party()  # loading bars and library warnings say nothing to the user of a command
-    folder = export_checkpoint(checkpoint, output, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    folder = export_checkpoint(checkpoint, output, overwrite=overwrite, trust_remote_code=trust_remote_code,
+                               progress=Heartbeat("export", total=3, unit="steps", every=0, rate=False))
     print(f"exported {checkpoint} to {folder} (loads with transformers, sentence-transformers and "
           "lightning_embed.load)")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False,
-                      runs_file: str | os.PathLike | None = None, trust_remote_code: bool = False) -> Path:
+                      runs_file: str | os.PathLike | None = None, trust_remote_code: bool = False,
+                      progress: Heartbeat | None = None) -> Path:
     """Exports a checkpoint (see :func:`export`); returns the folder.
 
     Args:
@@ -75,21 +79,27 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         runs_file: the runs file holding this run's record (for the model card); None: look for
             ``runs.jsonl`` beside the checkpoint, in its parents and in the working directory.
         trust_remote_code: run code shipped with the backbone; from the caller only, never the checkpoint.
+        progress: told each phase done (read, rebuilt, written); the CLI prints them in a log.
 
     Raises:
         UserError: a checkpoint that is not ours, an existing non-empty ``output`` without ``overwrite``.
     """
     target = _check_target(Path(output).expanduser(), overwrite)
+    tick = progress or (lambda n=1, note="": None)
     ckpt = read_checkpoint(checkpoint)
+    tick(1, note=f"read {checkpoint}")
     hparams = module_hparams(ckpt, checkpoint)
     module = load_module(checkpoint, ckpt, trust_remote_code=trust_remote_code)
+    tick(1, note=f"rebuilt {hparams.get('backbone')} with its trained weights")
     info = checkpoint_info(ckpt)
     info["run"] = _find_run(Path(checkpoint), info.get("run_id"), runs_file)
     info["config"] = _find_config(Path(checkpoint))
     if not info.get("metrics"):
         info["metrics"] = _logged_metrics(Path(checkpoint))
     info["source_checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-    return export_module(module, target, overwrite=overwrite, hparams=hparams, info=info)
+    folder = export_module(module, target, overwrite=overwrite, hparams=hparams, info=info)
+    tick(1, note=f"wrote {folder}")
+    return folder
 
 
 def export_module(module, output: str | os.PathLike, *, overwrite: bool = False,
@@ -167,7 +177,7 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
         (folder / "2_Normalize").mkdir()
         _write_json(folder / "2_Normalize" / "config.json", {})
     _write_json(folder / "modules.json", modules)
-    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False})
+    _write_json(folder / "sentence_bert_config.json", _st_transformer_config(hparams, max_len))
     (folder / "1_Pooling").mkdir()
     _write_json(folder / "1_Pooling" / "config.json", _st_pooling_config(pooling, hidden))
     query_prompt, document_prompt = hparams.get("query_prompt", ""), hparams.get("document_prompt", "")
@@ -175,9 +185,9 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
         "__version__": _versions(("sentence-transformers", "transformers", "torch")),
         "model_type": "SentenceTransformer",
         "prompts": {"query": query_prompt, "document": document_prompt},
-        # Symmetric tasks (STS, clustering) embed with the query prompt, as lightning-embed's own evaluation
-        # does, so a plain encode() agrees with it; encode_document() still uses the document prompt.
-        "default_prompt_name": "query" if query_prompt else None,
+        # No default prompt: a plain encode() adds none, as lightning_embed.load(...).encode() does;
+        # encode_query() / encode_document() (and prompt_name=...) add the trained prompts.
+        "default_prompt_name": None,
         "similarity_fn_name": "cosine" if normalize else "dot",
     })
     meta = {
@@ -192,6 +202,28 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
     }
     _write_json(folder / EXPORT_CONFIG, meta)
     (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len), encoding="utf-8")
+
+
+def _st_transformer_config(hparams: dict[str, Any], max_len: int) -> dict[str, Any]:
+    """``sentence_bert_config.json``: one length for ``encode``, the trained one per side where supported.
+
+    sentence-transformers 6 truncates ``encode_query`` / ``encode_document`` at ``query_length`` /
+    ``document_length``; releases before it pass every key to their ``Transformer`` and fail on unknown
+    ones, so the per-side lengths are written only when the installed release reads them.
+    """
+    config: dict[str, Any] = {"max_seq_length": max_len, "do_lower_case": False}
+    if _st_reads_side_lengths():
+        config["query_length"] = int(hparams.get("query_max_length", max_len))
+        config["document_length"] = int(hparams.get("document_max_length", max_len))
+    return config
+
+
+def _st_reads_side_lengths() -> bool:
+    try:
+        from sentence_transformers.models import Transformer
+    except ImportError:
+        return False
+    return {"query_length", "document_length"} <= set(getattr(Transformer, "config_keys", ()))
 
 
 def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:

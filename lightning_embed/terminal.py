@@ -86,14 +86,16 @@ class Heartbeat:
         every: seconds between lines; None: :func:`progress_every`.
         stream: where lines go (default stdout).
         always: print even on a terminal.
+        rate: show items per second and the ETA (off for a few uneven phases).
     """
 
     def __init__(self, label: str, total: int | None = None, unit: str = "items", every: float | None = None,
-                 stream: TextIO | None = None, always: bool = False) -> None:
+                 stream: TextIO | None = None, always: bool = False, rate: bool = True) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.every = progress_every() if every is None else every
         self.stream = stream
         self.enabled = always or not interactive(stream)
+        self.rate = rate
         self.count = 0
         self._t0 = time.monotonic()
         self._last: float | None = None
@@ -114,10 +116,10 @@ class Heartbeat:
         self._last = now
         elapsed = now - self._t0
         parts = [f"{self.label}: {self.count:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"]
-        if elapsed > 0 and self.count:
+        if self.rate and elapsed > 0 and self.count:
             parts.append(f"{number(self.count / elapsed)} {self.unit}/s")
         parts.append(f"elapsed {duration(elapsed)}")
-        if self.total and self.count and self.count < self.total:
+        if self.rate and self.total and self.count and self.count < self.total:
             parts.append(f"ETA {duration(elapsed / self.count * (self.total - self.count))}")
         if note:
             parts.append(note)
