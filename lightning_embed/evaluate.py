@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_embed.encoder import Encoder, load, load_pretrained
+from lightning_embed.encoder import Encoder, check_texts, load, load_pretrained
 from lightning_embed.errors import UserError
 from lightning_embed.mteb_tasks import LOCAL_KINDS, LocalTask, is_local_spec, parse_local_task
 
@@ -212,6 +212,10 @@ def _adapter_class():
             # Chunked so a log shows progress inside a large corpus too (one line per interval at most).
             chunked = heartbeat is not None and heartbeat.enabled
             step = max(self.batch_size, 1) * 16 if chunked else max(len(texts), 1)
+            try:
+                check_texts(texts, what=f"MTEB task {task_metadata.name} ({hf_split}, {hf_subset}) {prompt} texts")
+            except UserError as err:
+                raise UserError(f"{err} Such a task cannot be scored as is.") from None
             for start in range(0, max(len(texts), 1), step):
                 part = texts[start:start + step]
                 chunks.append(self.model.encode(part, batch_size=self.batch_size, prompt=prompt,
