@@ -53,6 +53,16 @@ if TYPE_CHECKING:
     from lightning_embed.strategy import TuningStrategy, available_strategies, build_strategy
 
 
+def _install_library_filters() -> None:
+    # Before any library import: bitsandbytes logs a CPU-kernel note on import that only QLoRA users need.
+    from lightning_embed.quiet import install_library_filters
+
+    install_library_filters()
+
+
+_install_library_filters()
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:
         value = getattr(import_module(_EXPORTS[name]), name)

@@ -332,6 +332,13 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
         >>> encoder.encode(["how to sort a list"], prompt="query").shape  # doctest: +SKIP
         torch.Size([1, 576])
     """
+    from lightning_embed.quiet import quiet_loading
+
+    with quiet_loading():  # no loading bars or load reports: the result is checked here
+        return _load(path, device, max_length, trust_remote_code)
+
+
+def _load(path: str | Path, device, max_length: int | None, trust_remote_code: bool) -> Encoder:
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     p = Path(path).expanduser()
     name = p.stem if p.suffix == ".ckpt" else (p.name or str(path))

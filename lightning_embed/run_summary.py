@@ -108,13 +108,14 @@ def fit_summary(trainer, config: dict[str, Any] | None = None) -> list[str]:
             number = record_line(callback.runs_file, callback.run_id or "")
             where = f" line {number}" if number else ""
             lines.append(f"  run record: {_shown(callback.runs_file)}{where} (run_id {callback.run_id})")
-    log_dirs = []
+    kinds: dict[str, list[str]] = {}  # folder -> logger kinds writing there (TensorBoard and CSV share one)
     for logger in trainer.loggers:
         folder = getattr(logger, "log_dir", None)
-        if folder and Path(folder).is_dir() and folder not in log_dirs:
-            log_dirs.append(folder)
+        if folder and Path(folder).is_dir():
             kind = type(logger).__name__.removesuffix("Logger")
-            lines.append(f"  logs ({kind}): {_shown(folder)}")
+            kinds.setdefault(str(folder), []).append("CSV metrics.csv" if kind == "CSV" else kind)
+    for folder, names in kinds.items():
+        lines.append(f"  logs ({', '.join(names)}): {_shown(folder)}")
     if any("TensorBoard" in type(logger).__name__ for logger in trainer.loggers):
         lines.append(f"    view: tensorboard --logdir {_shown(trainer.default_root_dir)}")
     config_file = _config_file(trainer)
