@@ -306,6 +306,11 @@ def checkpoint_info(ckpt: dict[str, Any]) -> dict[str, Any]:
             info["flops"]["budget"] = state.get("max_flops")
             info["run_id"] = state.get("run_id")
             info["metrics"] = {k: v for k, v in (state.get("val_metrics") or {}).items()}
+            initial = state.get("initial")
+            if initial and len(initial) == 2:  # (untrained held-out loss, held-out examples)
+                info["val_examples"] = initial[1]
+            if state.get("hardware"):
+                info["hardware"] = state["hardware"]
     return info
 
 

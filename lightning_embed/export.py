@@ -35,6 +35,7 @@ from lightning_embed.encoder import (
     read_checkpoint,
 )
 from lightning_embed.errors import UserError
+from lightning_embed.model_card import model_card
 from lightning_embed.terminal import Heartbeat
 
 EXPORT_FORMAT_VERSION = 1
@@ -111,6 +112,7 @@ def export_module(module, output: str | os.PathLike, *, overwrite: bool = False,
     target = _check_target(Path(output).expanduser(), overwrite)
     hparams = dict(hparams if hparams is not None else {k: v for k, v in module.hparams.items() if not k.startswith("_")})
     info = dict(info or {})
+    info.setdefault("name", target.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -201,7 +203,8 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
         "versions": _versions(("lightning-embed", "torch", "transformers", "peft")),
     }
     _write_json(folder / EXPORT_CONFIG, meta)
-    (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len), encoding="utf-8")
+    (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len, name=info.get("name", folder.name)),
+                                      encoding="utf-8")
 
 
 def _st_transformer_config(hparams: dict[str, Any], max_len: int) -> dict[str, Any]:
@@ -238,81 +241,6 @@ def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
         "pooling_mode_lasttoken": mode == "lasttoken",
         "include_prompt": True,
     }
-
-
-def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, max_length: int) -> str:
-    """The README.md of an export: usage, the model, how it was trained, what it scored."""
-    backbone = str(hparams.get("backbone", "?"))
-    tuning = hparams.get("tuning") or {"name": "full"}
-    if isinstance(tuning, str):
-        tuning = {"name": tuning}
-    name = tuning.get("name") or str(tuning.get("class_path", "?")).rsplit(".", 1)[-1]
-    args = {k: v for k, v in (tuning.get("init_args") or tuning).items() if k not in ("name", "class_path")}
-    strategy = f"{name} ({', '.join(f'{k}={v}' for k, v in args.items())})" if args else name
-    normalize = bool(hparams.get("normalize", True))
-    run = info.get("run") or {}
-    flops = info.get("flops") or {}
-    data = ((info.get("config") or {}).get("data") or (run.get("config") or {}).get("data") or {})
-    metrics = {k.removeprefix("val/"): v for k, v in (info.get("metrics") or run.get("metrics") or {}).items()}
-    # A hub id is owner/name; local folders and bundled aliases are not linked as a base model.
-    hub_id = "/" in backbone and not backbone.startswith((".", "/", "~")) and not Path(backbone).exists()
-    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
-             "tags: [sentence-transformers, feature-extraction, sentence-similarity, lightning-embed]"]
-    if hub_id:
-        lines.append(f"base_model: {backbone}")
-    lines += ["---", "", f"# Text-embedding model fine-tuned from `{backbone}`", "",
-              "Trained with lightning-embed by contrastive fine-tuning (InfoNCE with in-batch "
-              "negatives), following Ziarko et al., *Repurposing Language Models into Embedding Models: Finding "
-              "the Compute-Optimal Recipe* (NeurIPS 2024).", "", "## Usage", "", "```python",
-              "from sentence_transformers import SentenceTransformer", "",
-              'model = SentenceTransformer("PATH/TO/THIS/FOLDER")',
-              'queries = model.encode_query(["how do I sort a list?"])',
-              'documents = model.encode_document(["sorted(items) returns a new sorted list"])',
-              "print(model.similarity(queries, documents))", "```", "", "```python", "import lightning_embed", "",
-              'encoder = lightning_embed.load("PATH/TO/THIS/FOLDER")',
-              'vectors = encoder.encode(["how do I sort a list?"], prompt="query")', "```", "",
-              "`transformers.AutoModel.from_pretrained` loads it too (adapters are merged into the weights); "
-              "then pool its last hidden states and normalise as the table below says.", "", "## Model", "", "| | |", "|---|---|",
-              f"| backbone | `{backbone}` |"]
-    if hparams.get("num_layers"):
-        lines.append(f"| blocks kept | first {hparams['num_layers']} |")
-    lines += [f"| pooling | {hparams.get('pooling', 'mean')} (over the attention mask) |",
-              f"| normalised | {'yes (L2)' if normalize else 'no'} |",
-              f"| similarity | {'cosine' if normalize else 'dot product'} |",
-              f"| query prompt | {_prompt(hparams.get('query_prompt'))} |",
-              f"| document prompt | {_prompt(hparams.get('document_prompt'))} |",
-              f"| max sequence length | {max_length} tokens (trained: queries {hparams.get('query_max_length')}, "
-              f"documents {hparams.get('document_max_length')}) |",
-              f"| embedding dimension | {dimension} |", "", "## Training", "", "| | |", "|---|---|",
-              f"| tuning strategy | {strategy} |",
-              f"| temperature | {hparams.get('temperature')} (symmetric: {hparams.get('symmetric')}) |",
-              f"| learning rate | {hparams.get('learning_rate')} ({hparams.get('lr_schedule')}, warm-up "
-              f"{hparams.get('warmup_ratio')}, weight decay {hparams.get('weight_decay')}) |"]
-    if data.get("train"):
-        keys = ("train", "max_train_examples", "num_negatives", "batch_size", "val")
-        described = ", ".join(f"{k}={data[k]}" for k in keys if data.get(k) not in (None, "", [], {}))
-        lines.append(f"| data | {described} |")
-    if info.get("global_step") is not None:
-        lines.append(f"| optimizer steps | {info['global_step']} |")
-    if flops:
-        lines += [f"| examples seen | {flops.get('examples')} |", f"| tokens seen | {flops.get('tokens')} |",
-                  f"| training FLOP | {_sci(flops.get('flops_model'))} ({flops.get('accounting')} accounting; "
-                  f"hardware {_sci(flops.get('flops_hardware'))}) |"]
-        if flops.get("budget"):
-            lines.append(f"| FLOP budget | {_sci(flops['budget'])} |")
-    if metrics:
-        lines += ["", "## Evaluation", "", "Held-out metrics at the end of training:", "", "| metric | value |",
-                  "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
-    lines += ["", f"Exported by lightning-embed {_versions(('lightning-embed',)).get('lightning-embed', '?')}.", ""]
-    return "\n".join(lines)
-
-
-def _prompt(text) -> str:
-    return f"`{text!r}`" if text else "none"
-
-
-def _sci(value) -> str:
-    return f"{value:.3g}" if isinstance(value, (int, float)) else "?"
 
 
 def _find_run(checkpoint: Path, run_id: str | None, runs_file) -> dict[str, Any] | None:

@@ -366,7 +366,18 @@ class FlopCallback(Callback):
         return {"version": _STATE_VERSION, "counter": {**self.counter.state_dict(), "duration_s": duration},
                 "accounting": self.accounting, "max_flops": self.max_flops, "planned_steps": self.planned_steps,
                 "run_id": self.run_id, "val_metrics": dict(self._val_metrics), "metrics_step": self._metrics_step,
-                "initial": list(self._initial) if self._initial else None}
+                "initial": list(self._initial) if self._initial else None, "hardware": self._hardware()}
+
+    def _hardware(self) -> str | None:
+        """The training machine in one line (for the model card of an export), computed once."""
+        if getattr(self, "_hardware_line", None) is None:
+            from lightning_embed.precision import describe_hardware
+
+            try:
+                self._hardware_line = describe_hardware()
+            except Exception:  # noqa: BLE001 - a description only; never fail a checkpoint for it
+                self._hardware_line = ""
+        return self._hardware_line or None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("accounting", self.accounting) != self.accounting:
