@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lightning_embed.encoder import (
     EXPORT_CONFIG,
     ST_POOLING,
@@ -165,7 +167,17 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) -> None:
     model = module.tuning.export(module.backbone)
-    model.save_pretrained(folder, safe_serialization=True)
+    # trust_remote_code as the module was built (from the caller for a checkpoint, never the file's own)
+    pooler = _original_pooler(model, hparams, bool(module.hparams.get("trust_remote_code", False)))
+    if pooler is not None:
+        # Training drops an encoder's own pooler (it never feeds the embedding); the export carries the base
+        # model's, unchanged, so every loader finds the weights its class expects and reports nothing missing.
+        model.pooler = pooler
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if pooler is not None:
+            model.pooler = None  # the export may be the live module's backbone (full tuning): leave it as it was
     module.tokenizer.save_pretrained(folder)
     max_len = max(int(hparams.get("query_max_length", 64)), int(hparams.get("document_max_length", 256)))
     _patch_json(folder / "tokenizer_config.json", {"model_max_length": max_len})
@@ -205,6 +217,25 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
     _write_json(folder / EXPORT_CONFIG, meta)
     (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len, name=info.get("name", folder.name)),
                                       encoding="utf-8")
+
+
+def _original_pooler(model, hparams: dict[str, Any], trust_remote_code: bool):
+    """The base model's pooler (BERT's dense + tanh over [CLS]) where training dropped it, else None."""
+    if getattr(model, "pooler", False) is not None or not hparams.get("backbone"):
+        return None  # no pooler attribute, or one that is still there
+    from transformers import AutoModel
+
+    from lightning_embed.models import resolve_backbone
+    from lightning_embed.quiet import quiet_loading
+
+    path, gguf = resolve_backbone(str(hparams["backbone"]))
+    try:
+        with quiet_loading():
+            base = AutoModel.from_pretrained(path, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the base model cannot be read here: the export then lacks the unused pooler, as before
+    pooler = getattr(base, "pooler", None)
+    return pooler if isinstance(pooler, torch.nn.Module) else None
 
 
 def _st_transformer_config(hparams: dict[str, Any], max_len: int) -> dict[str, Any]:

@@ -69,3 +69,24 @@ def test_bitsandbytes_kernel_note_waits_for_4bit_layers(caplog, monkeypatch):
         assert "gemm_4bit_forward" not in caplog.text  # held back on import
         bitsandbytes_note()  # what QLoRA's apply calls
         assert "gemm_4bit_forward" in caplog.text and "no kernels" in caplog.text
+
+
+def test_bert_export_carries_the_base_pooler_so_loaders_report_nothing_missing(tiny_backbones, tmp_path, capfd):
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from lightning_embed.export import export_checkpoint
+    from test_export import train_checkpoint
+
+    ckpt, module = train_checkpoint(tiny_backbones["bert"], tmp_path / "run", steps=1)
+    assert module.backbone.pooler is None  # training drops it
+    out = export_checkpoint(ckpt, tmp_path / "export")
+    assert module.backbone.pooler is None  # and the export leaves the module as it was
+    hf_logging.set_verbosity_warning()
+    capfd.readouterr()
+    exported = AutoModel.from_pretrained(str(out))
+    base = AutoModel.from_pretrained(tiny_backbones["bert"])
+    report = capfd.readouterr()
+    assert "MISSING" not in report.out + report.err and "LOAD REPORT" not in report.out + report.err
+    assert torch.equal(exported.pooler.dense.weight, base.pooler.dense.weight)
