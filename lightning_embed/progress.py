@@ -31,6 +31,7 @@ class PlainProgressBar(ProgressBar):
         self._enabled = True
         self._t0 = 0.0
         self._last = None
+        self._last_step = -1
         self._eval_t0 = 0.0
         self._eval_last = 0.0
         self._start_step = 0
@@ -65,11 +66,11 @@ class PlainProgressBar(ProgressBar):
             self._train_line(trainer, pl_module, now)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.is_enabled and self._last is not None:
+        if self.is_enabled and self._last is not None and trainer.global_step != self._last_step:
             self._train_line(trainer, pl_module, time.monotonic())
 
     def _train_line(self, trainer, pl_module, now: float) -> None:
-        self._last = now
+        self._last, self._last_step = now, trainer.global_step
         step, total = trainer.global_step, _total_steps(trainer)
         elapsed = now - self._t0
         done = step - self._start_step
