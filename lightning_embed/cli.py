@@ -37,6 +37,7 @@ def embedding_cli_class():
     global _CLI_CLASS
     if _CLI_CLASS is not None:
         return _CLI_CLASS
+    from lightning.pytorch.callbacks import ModelSummary
     from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
@@ -63,6 +64,12 @@ def embedding_cli_class():
                 callbacks = [c for c in callbacks if not isinstance(c, FlopCallback)]
             if any(isinstance(c, FaultTolerance) for c in user):
                 callbacks = [c for c in callbacks if not isinstance(c, FaultTolerance)]
+            if config.get("enable_model_summary") and not any(
+                isinstance(c, ModelSummary) for c in [*callbacks, *user]
+            ):
+                from lightning_embed.progress import ModelSummaryWithoutFlops
+
+                callbacks = [*callbacks, ModelSummaryWithoutFlops()]  # Lightning's reads "Total FLOPs: 0" here
             if config.get("logger", True) in (True, None):
                 from lightning_embed.loggers import default_loggers
 

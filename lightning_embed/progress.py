@@ -6,8 +6,10 @@ On a terminal, ``fit`` shows rich's live bar; in a file or a pipe a live bar lea
 
 from __future__ import annotations
 
+import logging
 import time
 
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.callbacks.progress import ProgressBar
 
 from lightning_embed.terminal import duration, interactive, number, progress_every
@@ -155,6 +157,25 @@ def _total_steps(trainer) -> int | None:
     return int(total) if total not in (None, float("inf")) else None
 
 
+class ModelSummaryWithoutFlops(ModelSummary):
+    """Lightning's model summary (``--trainer.enable_model_summary true``) without its FLOP column and total.
+
+    Lightning measures FLOP only through an ``example_input_array``, which an embedding module has not, so
+    they read 0 beside the real count of the FLOP callback.
+    """
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  total_flops, **summarize_kwargs) -> None:
+        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *columns)
+        lines = [line for line in table.splitlines() if not line.endswith("Total Flops")]
+        logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + "\n".join(lines))
+
+
 def default_progress_bar() -> ProgressBar:
     """Rich's live bar on a terminal, plain lines otherwise."""
     if interactive():
@@ -164,4 +185,4 @@ def default_progress_bar() -> ProgressBar:
     return PlainProgressBar()
 
 
-__all__ = ["PlainProgressBar", "default_progress_bar"]
+__all__ = ["ModelSummaryWithoutFlops", "PlainProgressBar", "default_progress_bar"]

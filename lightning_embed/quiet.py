@@ -27,6 +27,8 @@ _WARNING_MESSAGES = (
     ".*Experiment logs directory .* exists and is not empty.*",
     # Lightning's advertisement for its cloud logger, on every Trainer.
     ".*litlogger.*", ".*Tip:.*",
+    # Lightning's summary sizes bf16-mixed weights as fp32 (which they are: only the compute is bf16).
+    ".*is not supported by the model summary.*",
 )
 # Loggers whose records below ERROR are chatter for this tool's user.
 _CHATTY_LOGGERS = ("transformers", "lightning.pytorch.utilities.rank_zero", "torch.distributed",

@@ -49,7 +49,9 @@ def test_piped_fit_prints_progress_lines_and_a_summary(tiny_backbones, tmp_path)
     assert json.loads(records[line - 1])["run_id"] == run_id
     assert re.search(r"resolved config: (\S+config\.yaml)", summary)
     assert (tmp_path / re.search(r"resolved config: (\S+)", summary).group(1)).is_file()
-    assert re.search(r"logs \(\w+\): \S+", summary)
+    logs = re.search(r"logs \(TensorBoard, CSV metrics\.csv\): (\S+)", summary)  # both by default, one folder
+    assert logs and (tmp_path / logs.group(1) / "metrics.csv").is_file()
+    assert list((tmp_path / logs.group(1)).glob("events.out.tfevents.*"))
     assert f"lightning-embed export {ckpt} -o " in summary
     assert re.search(r"lightning-embed evaluate \S+ --tasks retrieval:pairs\.jsonl", summary)
 

@@ -46,6 +46,13 @@ def test_fit_export_and_load_print_no_noise(tiny_backbones, tmp_path):
     assert "fit finished" in out and "exported" in out  # the run did talk: what it did, where things went
 
 
+def test_model_summary_shows_no_flops_it_did_not_count(tiny_backbones, tmp_path):
+    out = _fit(tiny_backbones["llama"], tmp_path, "--trainer.enable_model_summary=true", "--trainer.max_steps=1")
+    assert "Trainable params" in out  # the summary is there
+    noise = [line for line in out.splitlines() if NOISE.search(line) or "Flops" in line or "FLOPs" in line]
+    assert not noise, "\n".join(noise)
+
+
 def test_verbose_shows_library_messages(tiny_backbones, tmp_path):
     out = _fit(tiny_backbones["bert"], tmp_path, "--verbose")
     assert NOISE.search(out), out  # e.g. Lightning's tips and its logging-interval warning
