@@ -84,7 +84,10 @@ def rebuild_backbone(path: str | Path, ckpt: dict[str, Any], hparams: dict[str, 
     weights = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
     # Only the backbone holds weights; anything else is from another version of the module.
     unexpected = [k for k in state if not k.startswith(_PREFIX)]
-    result = model.load_state_dict(weights, strict=False)
+    # Plain parameters take the checkpoint's tensors as they are (no copy of every weight); quantised ones
+    # (QLoRA's 4-bit) must be copied into their own parameter class.
+    plain = all(type(p) is nn.Parameter for p in model.parameters())
+    result = model.load_state_dict(weights, strict=False, assign=plain)
     unexpected += [_PREFIX + k for k in result.unexpected_keys]
     # A partial checkpoint leaves frozen weights out: they are the backbone's own, loaded above.
     missing = [] if ckpt.get("lightning_embed_partial_state") else list(result.missing_keys)

@@ -234,7 +234,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is a folder, not a checkpoint file or a distributed checkpoint folder.")
     else:
         try:
-            ckpt = torch.load(file, map_location="cpu", weights_only=True)
+            ckpt = _torch_load(file)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
             # (the safe unpickler raises KeyError/IndexError on some bytes that are not a pickle at all)
             raise UserError(f"{path}: not a PyTorch checkpoint that loads safely ({_first_line(err)}).") from None
@@ -243,6 +243,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a lightning-embed checkpoint: it holds no EmbeddingModule "
                         "hyper-parameters. Use a checkpoint written by `lightning-embed fit`.")
     return ckpt
+
+
+def _torch_load(file: Path) -> dict[str, Any]:
+    """``torch.load`` memory-mapped: a fit checkpoint holds the optimizer state too (about twice the weights),
+    which inference never reads; mapped, only the tensors used are read from disk."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(file, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
 
 
 def module_hparams(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
