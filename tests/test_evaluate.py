@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -80,6 +81,8 @@ def test_cli_evaluate_writes_main_scores_with_baseline(trained, task_files, tmp_
           "--baseline", "-o", str(out), "--batch-size", "4"])
     printed = capsys.readouterr().out
     assert "MTEB main scores" in printed and "baseline" in printed
+    # stdout is not a terminal here: plain progress lines, closed by a total per model
+    assert re.search(r"^evaluate \S+: [\d,]+ texts embedded · .*elapsed \d+:\d\d · done$", printed, re.M), printed
     results = json.loads(out.read_text())
     assert set(results["main_scores"]) == {"sts", "pairs"}
     assert set(results["baseline_main_scores"]) == {"sts", "pairs"}
