@@ -266,7 +266,9 @@ def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
 
     model = mteb_encoder(encoder, batch_size, show_progress)
     # Plain lines when stdout is not a terminal (a rich bar would only show its last frame in a log).
-    model.heartbeat = Heartbeat(f"evaluate {encoder.name}", unit="texts embedded")
+    # (none when progress is off, as for the MTEB callback inside a fit, which has its own progress lines)
+    model.heartbeat = Heartbeat(f"evaluate {encoder.name}", unit="texts embedded") if show_progress is not False \
+        else None
     objects = [t.to_mteb() if isinstance(t, LocalTask) else t for t in tasks]
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -278,7 +280,8 @@ def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
     finally:
         if bars:
             datasets.enable_progress_bars()
-    model.heartbeat.done()
+    if model.heartbeat is not None:
+        model.heartbeat.done()
     return {r.task_name: float(r.get_score()) for r in result.task_results}
 
 
