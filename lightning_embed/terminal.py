@@ -28,6 +28,8 @@ _FILE_WIDTH = 1000
 def interactive(stream: TextIO | None = None) -> bool:
     """Whether ``stream`` (default: stdout) is a terminal, where live bars render."""
     stream = sys.stdout if stream is None else stream
+    if "ipykernel" in sys.modules and stream in (sys.stdout, sys.stderr):
+        return True  # a notebook renders live bars although its streams are not terminals
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # closed or replaced streams
