@@ -35,9 +35,20 @@ _EXPORTS = {
     "consolidate_checkpoint": "lightning_embed.distributed_checkpoint",
     "read_distributed_checkpoint": "lightning_embed.distributed_checkpoint",
     "mine_hard_negatives": "lightning_embed.mining",
+    # What a run prints and writes (issue 17)
+    "Heartbeat": "lightning_embed.terminal",
+    "PlainProgressBar": "lightning_embed.progress",
+    "default_loggers": "lightning_embed.loggers",
+    "fit_summary": "lightning_embed.run_summary",
+    "model_card": "lightning_embed.model_card",
 }
 
 if TYPE_CHECKING:
+    from lightning_embed.loggers import default_loggers
+    from lightning_embed.model_card import model_card
+    from lightning_embed.progress import PlainProgressBar
+    from lightning_embed.run_summary import fit_summary
+    from lightning_embed.terminal import Heartbeat
     from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
     from lightning_embed.encoder import Encoder, load
     from lightning_embed.distributed_checkpoint import consolidate_checkpoint, read_distributed_checkpoint
@@ -55,6 +66,16 @@ if TYPE_CHECKING:
     from lightning_embed.module import EmbeddingModule
     from lightning_embed.pooling import pool
     from lightning_embed.strategy import TuningStrategy, available_strategies, build_strategy
+
+
+def _install_library_filters() -> None:
+    # Before any library import: bitsandbytes logs a CPU-kernel note on import that only QLoRA users need.
+    from lightning_embed.quiet import install_library_filters
+
+    install_library_filters()
+
+
+_install_library_filters()
 
 
 def __getattr__(name: str):
@@ -97,4 +118,9 @@ __all__ = [
     "read_distributed_checkpoint",
     "read_runs",
     "source_fingerprint",
+    "Heartbeat",
+    "PlainProgressBar",
+    "default_loggers",
+    "fit_summary",
+    "model_card",
 ]

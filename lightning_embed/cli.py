@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -24,22 +23,10 @@ _LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
 
 def _quiet_third_party() -> None:
-    # Library chatter that says nothing to the user of this tool (they are warnings about internals).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*`isinstance\\(treespec, LeafSpec\\)`.*",
-                    ".*Found .* module\\(s\\) in eval mode.*", ".*GPU available but not used.*",
-                    ".*tensorboardX.*", ".*is smaller than the logging interval.*", ".*num_workers.*",
-                    ".*LightningCLI's args parameter.*", ".*all_gather is deprecated.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers.*")
-    import logging
+    """Library chatter off for this command (see :mod:`lightning_embed.quiet`; ``--verbose`` keeps it)."""
+    from lightning_embed.quiet import quiet_third_party
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    for name in ("transformers", "bitsandbytes", "lightning.pytorch.utilities.rank_zero", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_third_party()
 
 
 _CLI_CLASS = None
@@ -50,7 +37,7 @@ def embedding_cli_class():
     global _CLI_CLASS
     if _CLI_CLASS is not None:
         return _CLI_CLASS
-    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.callbacks import ModelSummary
     from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
@@ -77,10 +64,24 @@ def embedding_cli_class():
                 callbacks = [c for c in callbacks if not isinstance(c, FlopCallback)]
             if any(isinstance(c, FaultTolerance) for c in user):
                 callbacks = [c for c in callbacks if not isinstance(c, FaultTolerance)]
+            if config.get("enable_model_summary") and not any(
+                isinstance(c, ModelSummary) for c in [*callbacks, *user]
+            ):
+                from lightning_embed.progress import ModelSummaryWithoutFlops
+
+                callbacks = [*callbacks, ModelSummaryWithoutFlops()]  # Lightning's reads "Total FLOPs: 0" here
+            if config.get("logger", True) in (True, None):
+                from lightning_embed.loggers import default_loggers
+
+                # TensorBoard with metrics.csv beside it (Lightning's default would be one of the two).
+                config = {**config, "logger": default_loggers(config.get("default_root_dir"))}
             if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in [*callbacks, *user]
             ):
-                callbacks = [*callbacks, RichProgressBar()]
+                from lightning_embed.progress import default_progress_bar
+
+                # A live bar on a terminal; plain lines every few seconds in a file or a pipe.
+                callbacks = [*callbacks, default_progress_bar()]
             return super()._instantiate_trainer(config, callbacks)
 
         def _parse_ckpt_path(self) -> None:
@@ -113,13 +114,16 @@ def embedding_cli_class():
                 self._before = _validate_metrics(self.trainer, self.model, self.datamodule)
 
         def after_fit(self) -> None:
-            if getattr(self, "_before", None) is None or self.trainer.interrupted:
-                return
-            from lightning_embed.reporting import print_metric_comparison
+            from lightning_embed.run_summary import print_fit_summary
 
-            after = _validate_metrics(self.trainer, self.model, self.datamodule)
-            if self.trainer.is_global_zero:
-                print_metric_comparison(self._before, after, "held-out metrics: backbone before and after training")
+            if getattr(self, "_before", None) is not None and not self.trainer.interrupted:
+                from lightning_embed.reporting import print_metric_comparison
+
+                after = _validate_metrics(self.trainer, self.model, self.datamodule)
+                if self.trainer.is_global_zero:
+                    print_metric_comparison(self._before, after,
+                                            "held-out metrics: backbone before and after training")
+            print_fit_summary(self.trainer, _plain(self.config[self.subcommand]))
 
     _CLI_CLASS = EmbeddingCLI
     return EmbeddingCLI
@@ -228,6 +232,13 @@ def _usage(commands) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-embed``: user mistakes print one line and exit with status 2."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in args:  # every command: show library warnings and logs (LIGHTNING_EMBED_VERBOSE=1)
+        from lightning_embed.quiet import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+        args = [a for a in args if a != "--verbose"]
+        if argv is None:
+            sys.argv[1:] = args
     from lightning_embed.commands import COMMANDS, run_command
 
     commands = COMMANDS
@@ -235,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage(commands))
         print("\nTraining: fit, validate, test, predict (LightningCLI; see `lightning-embed fit --help`).")
         print("Other: " + ", ".join(commands))
+        print("Every command takes --verbose: library warnings and logs, which are filtered otherwise.")
         raise SystemExit(0 if args else 2)
     parse_errors: tuple[type[Exception], ...] = ()  # jsonargparse's, for the trainer commands only (light start)
     try:

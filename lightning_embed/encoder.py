@@ -6,14 +6,14 @@ baseline) and returns an :class:`Encoder`. Every route embeds exactly as the tra
 tokenizer and padding side, prompts, pooling over the attention mask and L2 normalisation, so a checkpoint,
 its export and ``SentenceTransformer(export)`` give the same vectors.
 
-One truncation length applies to every text: the longer of the run's ``query_max_length`` and
-``document_max_length`` (the document one in practice), as in the exported sentence-transformers folder,
-which has a single ``max_seq_length``; so the three routes agree.
+Texts are truncated as in training: ``prompt="query"`` at the run's ``query_max_length``,
+``prompt="document"`` at its ``document_max_length``, anything else at the longer of the two. The export
+carries the same three lengths (sentence-transformers' ``query_length``, ``document_length`` and
+``max_seq_length``, used by ``encode_query``, ``encode_document`` and ``encode``), so the routes agree.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 from collections.abc import Sequence
@@ -50,7 +50,9 @@ class Encoder:
         normalize: whether the model was trained on L2-normalised embeddings (the default of :meth:`encode`).
         query_prompt: text the run prepended to queries (``prompt="query"``).
         document_prompt: text the run prepended to documents (``prompt="document"``).
-        max_length: every text (prompt included) is truncated to this many tokens.
+        max_length: texts (prompt included) are truncated to this many tokens, except as below.
+        query_max_length: the truncation length of ``prompt="query"`` texts; None: ``max_length``.
+        document_max_length: the truncation length of ``prompt="document"`` texts; None: ``max_length``.
         name: a label for tables and MTEB results.
         device: where to run; None: where the model already is.
         info: what is known about the model (backbone, tuning, hyper-parameters, FLOP, metrics).
@@ -58,7 +60,8 @@ class Encoder:
 
     def __init__(self, model: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
                  query_prompt: str = "", document_prompt: str = "", max_length: int = 256, name: str = "model",
-                 device: str | torch.device | None = None, info: dict[str, Any] | None = None) -> None:
+                 device: str | torch.device | None = None, info: dict[str, Any] | None = None,
+                 query_max_length: int | None = None, document_max_length: int | None = None) -> None:
         if pooling not in POOLING_MODES:
             raise UserError(f"pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}.")
         if tokenizer.pad_token is None:
@@ -70,6 +73,8 @@ class Encoder:
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
         self.max_length = int(max_length)
+        self.query_max_length = int(query_max_length or max_length)
+        self.document_max_length = int(document_max_length or max_length)
         self.name = name
         self.info = dict(info or {})
 
@@ -80,7 +85,8 @@ class Encoder:
         return cls(module.backbone, module.tokenizer, pooling=h.pooling, normalize=h.normalize,
                    query_prompt=h.query_prompt, document_prompt=h.document_prompt,
                    max_length=max(h.query_max_length, h.document_max_length), name=name,
-                   info={"hparams": dict(h)})
+                   info={"hparams": dict(h)}, query_max_length=h.query_max_length,
+                   document_max_length=h.document_max_length)
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +121,8 @@ class Encoder:
             texts: one text or a list of them.
             batch_size: texts per forward pass.
             prompt: ``"query"`` or ``"document"`` prepend the prompt the model was trained with for that
-                side; any other string is prepended as is; None prepends nothing.
+                side and truncate at that side's trained length; any other string is prepended as is;
+                None prepends nothing.
             normalize: L2-normalise (cosine similarity is then a dot product); None: as the model was
                 trained (normalised unless it was trained with ``normalize: false``).
             show_progress: a progress bar; None: only for more than 512 texts.
@@ -123,15 +130,22 @@ class Encoder:
 
         Returns:
             float32 embeddings on the CPU, shape (len(texts), dimension), or (dimension,) for one string.
+
+        Raises:
+            UserError: an empty or whitespace-only text (it would embed as nothing but the prompt, or as a
+                zero vector), named by its position.
         """
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
         for i, text in enumerate(items):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
+        check_texts(items)
         if batch_size < 1:
             raise UserError(f"batch_size={batch_size} must be at least 1.")
         prefix = self.prompt_text(prompt)
+        max_length = {"query": self.query_max_length, "document": self.document_max_length}.get(prompt or "",
+                                                                                            self.max_length)
         normalize = self.normalize if normalize is None else normalize
         show = len(items) > _PROGRESS_THRESHOLD if show_progress is None else show_progress
         # Longest first: the first batch shows at once whether memory suffices.
@@ -143,7 +157,7 @@ class Encoder:
             with torch.no_grad(), _progress(show, len(items), self.name) as advance:
                 for start in range(0, len(items), batch_size):
                     batch = [prefix + items[i] for i in order[start:start + batch_size]]
-                    chunks.append(self._embed(batch, normalize))
+                    chunks.append(self._embed(batch, normalize, max_length))
                     advance(len(batch))
         finally:
             self.model.train(was_training)
@@ -157,8 +171,8 @@ class Encoder:
             out = out[0]
         return out.numpy() if convert_to_numpy else out
 
-    def _embed(self, texts: list[str], normalize: bool) -> torch.Tensor:
-        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+    def _embed(self, texts: list[str], normalize: bool, max_length: int) -> torch.Tensor:
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
                                  return_tensors="pt")
         device = self.device
         # Only these two, as in training: token_type_ids exist for some tokenizers and default to zeros.
@@ -220,7 +234,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is a folder, not a checkpoint file or a distributed checkpoint folder.")
     else:
         try:
-            ckpt = torch.load(file, map_location="cpu", weights_only=True)
+            ckpt = _torch_load(file)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
             # (the safe unpickler raises KeyError/IndexError on some bytes that are not a pickle at all)
             raise UserError(f"{path}: not a PyTorch checkpoint that loads safely ({_first_line(err)}).") from None
@@ -231,16 +245,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def _torch_load(file: Path) -> dict[str, Any]:
+    """``torch.load`` memory-mapped: a fit checkpoint holds the optimizer state too (about twice the weights),
+    which inference never reads; mapped, only the tensors used are read from disk."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(file, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+
+
 def module_hparams(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
     """The checkpoint's EmbeddingModule arguments (LightningCLI's private ``_`` keys dropped).
 
     Raises:
         UserError: arguments this version of EmbeddingModule does not take.
     """
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.checkpoint_model import module_arguments
 
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not str(k).startswith("_")}
-    accepted = set(inspect.signature(EmbeddingModule.__init__).parameters) - {"self"}
+    accepted = module_arguments()
     unknown = sorted(set(hparams) - accepted)
     if unknown:
         raise UserError(f"{path} was written by another version of lightning-embed: EmbeddingModule takes no "
@@ -292,17 +317,12 @@ def checkpoint_info(ckpt: dict[str, Any]) -> dict[str, Any]:
             info["flops"]["budget"] = state.get("max_flops")
             info["run_id"] = state.get("run_id")
             info["metrics"] = {k: v for k, v in (state.get("val_metrics") or {}).items()}
+            initial = state.get("initial")
+            if initial and len(initial) == 2:  # (untrained held-out loss, held-out examples)
+                info["val_examples"] = initial[1]
+            if state.get("hardware"):
+                info["hardware"] = state["hardware"]
     return info
-
-
-def _encoder_from_module(module, name: str, info: dict[str, Any], max_length: int | None, device) -> Encoder:
-    h = module.hparams
-    model = module.tuning.export(module.backbone)
-    model.eval()
-    return Encoder(model, module.tokenizer, pooling=h.pooling, normalize=h.normalize, query_prompt=h.query_prompt,
-                   document_prompt=h.document_prompt,
-                   max_length=max_length or max(h.query_max_length, h.document_max_length), name=name,
-                   device=device, info=info)
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *, max_length: int | None = None,
@@ -315,7 +335,8 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
             a sentence-transformers or Hugging Face model folder, or a backbone alias / hub id (untrained:
             mean pooling, normalised, no prompts).
         device: ``cpu``, ``cuda``, ...; None: the GPU when there is one.
-        max_length: truncate texts to this many tokens; None: the run's longer max length (documents').
+        max_length: truncate every text to this many tokens; None: as trained (queries at the run's
+            ``query_max_length``, documents at its ``document_max_length``, other texts at the longer).
         trust_remote_code: run code shipped with the model (hub models of custom architectures); only
             the caller can turn it on, never the file or folder being loaded.
 
@@ -327,14 +348,28 @@ def load(path: str | Path, device: str | torch.device | None = None, *, max_leng
         >>> encoder.encode(["how to sort a list"], prompt="query").shape  # doctest: +SKIP
         torch.Size([1, 576])
     """
+    from lightning_embed.quiet import quiet_loading
+
+    with quiet_loading():  # no loading bars or load reports: the result is checked here
+        return _load(path, device, max_length, trust_remote_code)
+
+
+def _load(path: str | Path, device, max_length: int | None, trust_remote_code: bool) -> Encoder:
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     p = Path(path).expanduser()
     name = p.stem if p.suffix == ".ckpt" else (p.name or str(path))
     if p.is_file() or is_distributed_checkpoint(p):
+        from lightning_embed.checkpoint_model import rebuild_backbone
+
         ckpt = read_checkpoint(p)
-        module = load_module(p, ckpt, trust_remote_code=trust_remote_code)
-        info = {"source": str(p), "kind": "checkpoint", "hparams": module_hparams(ckpt, p), **checkpoint_info(ckpt)}
-        return _encoder_from_module(module, name, info, max_length, device)
+        h = module_hparams(ckpt, p)
+        # The backbone alone, without the training module (which would import Lightning: seconds).
+        model, tokenizer = rebuild_backbone(p, ckpt, h, trust_remote_code=trust_remote_code)
+        info = {"source": str(p), "kind": "checkpoint", "hparams": h, **checkpoint_info(ckpt)}
+        return Encoder(model, tokenizer, pooling=h.get("pooling", "mean"), normalize=h.get("normalize", True),
+                       query_prompt=h.get("query_prompt", ""), document_prompt=h.get("document_prompt", ""),
+                       max_length=max_length or max(h.get("query_max_length", 64), h.get("document_max_length", 256)),
+                       name=name, device=device, info=info, **_side_lengths(h, max_length))
     if p.is_dir():
         if (p / EXPORT_CONFIG).is_file():
             return _load_export(p, device, max_length, trust_remote_code)
@@ -363,7 +398,8 @@ def _load_export(folder: Path, device, max_length: int | None, trust_remote_code
     return Encoder(model, tokenizer, pooling=h.get("pooling", "mean"), normalize=h.get("normalize", True),
                    query_prompt=h.get("query_prompt", ""), document_prompt=h.get("document_prompt", ""),
                    max_length=max_length or int(meta.get("max_seq_length") or h.get("document_max_length", 256)),
-                   name=folder.name, device=device, info={"source": str(folder), "kind": "export", **meta})
+                   name=folder.name, device=device, info={"source": str(folder), "kind": "export", **meta},
+                   **_side_lengths(h, max_length))
 
 
 def load_pretrained(name: str, *, pooling: str | None = None, normalize: bool | None = None,
@@ -381,15 +417,17 @@ def load_pretrained(name: str, *, pooling: str | None = None, normalize: bool | 
     st = _sentence_transformers_settings(Path(folder)) if Path(folder).is_dir() else {}
     model = load_backbone(name, num_layers=num_layers, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    sides: dict[str, int | None] = {"query_max_length": None, "document_max_length": None}
     if max_length is None:
         limit = getattr(model.config, "max_position_embeddings", None) or _DEFAULT_MAX_LENGTH
         max_length = int(st.get("max_length") or min(_DEFAULT_MAX_LENGTH, limit))
+        sides = {k: st.get(k) for k in sides}  # a folder's own per-side lengths, if it has them
     return Encoder(model, tokenizer, pooling=pooling or st.get("pooling", "mean"),
                    normalize=st.get("normalize", True) if normalize is None else normalize,
                    query_prompt=st.get("query_prompt", "") if query_prompt is None else query_prompt,
                    document_prompt=st.get("document_prompt", "") if document_prompt is None else document_prompt,
                    max_length=max_length, name=Path(name).name or name, device=device or "cpu",
-                   info={"source": name, "kind": "pretrained"})
+                   info={"source": name, "kind": "pretrained"}, **sides)
 
 
 def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
@@ -406,7 +444,10 @@ def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
                 out["pooling"] = _pooling_from_st(cfg, folder)
         bert_cfg = folder / "sentence_bert_config.json"
         if bert_cfg.is_file():
-            out["max_length"] = json.loads(bert_cfg.read_text(encoding="utf-8")).get("max_seq_length")
+            bert = json.loads(bert_cfg.read_text(encoding="utf-8"))
+            out["max_length"] = bert.get("max_seq_length")
+            # sentence-transformers 6's per-task lengths (what encode_query / encode_document truncate at)
+            out["query_max_length"], out["document_max_length"] = bert.get("query_length"), bert.get("document_length")
         st_cfg = folder / "config_sentence_transformers.json"
         if st_cfg.is_file():
             prompts = json.loads(st_cfg.read_text(encoding="utf-8")).get("prompts") or {}
@@ -432,9 +473,30 @@ def _pooling_from_st(cfg: dict[str, Any], folder: Path) -> str:
     return ours[mode]
 
 
+def check_texts(texts: Sequence[str], what: str = "texts") -> None:
+    """Refuses empty or whitespace-only texts, naming the first few positions.
+
+    Raises:
+        UserError: ``what[i]`` is empty (the model would embed nothing but a prompt, or a zero vector).
+    """
+    bad = [i for i, text in enumerate(texts) if not text.strip()]
+    if bad:
+        shown = ", ".join(f"{what}[{i}]" for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{shown} {'is' if len(bad) == 1 else 'are'} empty or only whitespace: an embedding "
+                        "of nothing means nothing; drop or fill such texts first.")
+
+
+def _side_lengths(hparams: dict[str, Any], override: int | None) -> dict[str, int | None]:
+    """The trained query and document truncation lengths (both ``override`` when the caller gives one)."""
+    if override:
+        return {"query_max_length": override, "document_max_length": override}
+    return {"query_max_length": hparams.get("query_max_length"),
+            "document_max_length": hparams.get("document_max_length")}
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 
-__all__ = ["EXPORT_CONFIG", "Encoder", "load", "load_module", "load_pretrained", "read_checkpoint"]
+__all__ = ["EXPORT_CONFIG", "Encoder", "check_texts", "load", "load_module", "load_pretrained", "read_checkpoint"]

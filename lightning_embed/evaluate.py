@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_embed.encoder import Encoder, load, load_pretrained
+from lightning_embed.encoder import Encoder, check_texts, load, load_pretrained
 from lightning_embed.errors import UserError
 from lightning_embed.mteb_tasks import LOCAL_KINDS, LocalTask, is_local_spec, parse_local_task
 
@@ -68,9 +68,9 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
     encoder = load(model, device=device, trust_remote_code=trust_remote_code)
     base = baseline_encoder(encoder, trust_remote_code=trust_remote_code) if baseline else None
     if baseline and base is None:
-        from rich.console import Console
+        from lightning_embed.terminal import console
 
-        Console(stderr=True).print(f"note: {model} is an untrained model already; no baseline column.")
+        console(stderr=True).print(f"note: {model} is an untrained model already; no baseline column.")
     scores = run_mteb(encoder, resolved, batch_size=batch_size)
     base_scores = run_mteb(base, resolved, batch_size=batch_size) if base is not None else None
     results = _results(model, encoder, base, resolved, scores, base_scores)
@@ -191,6 +191,7 @@ def _standard_tasks(names: Sequence[str], english_only) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def _adapter_class():
     # Built on first use: importing mteb takes seconds, which `import lightning_embed` must not pay.
+    import numpy as np
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.types import PromptType
 
@@ -206,8 +207,22 @@ def _adapter_class():
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             texts = [text for batch in inputs for text in batch["text"]]
             prompt = "document" if prompt_type == PromptType.document else "query"
-            return self.model.encode(texts, batch_size=self.batch_size, prompt=prompt,
-                                     show_progress=self.show_progress, convert_to_numpy=True)
+            heartbeat = getattr(self, "heartbeat", None)
+            chunks = []
+            # Chunked so a log shows progress inside a large corpus too (one line per interval at most).
+            chunked = heartbeat is not None and heartbeat.enabled
+            step = max(self.batch_size, 1) * 16 if chunked else max(len(texts), 1)
+            try:
+                check_texts(texts, what=f"MTEB task {task_metadata.name} ({hf_split}, {hf_subset}) {prompt} texts")
+            except UserError as err:
+                raise UserError(f"{err} Such a task cannot be scored as is.") from None
+            for start in range(0, max(len(texts), 1), step):
+                part = texts[start:start + step]
+                chunks.append(self.model.encode(part, batch_size=self.batch_size, prompt=prompt,
+                                                show_progress=self.show_progress, convert_to_numpy=True))
+                if chunked:
+                    heartbeat(len(part), note=f"task {task_metadata.name}")
+            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     return LightningEmbedMTEBEncoder
 
@@ -232,11 +247,13 @@ def baseline_encoder(encoder: Encoder, *, trust_remote_code: bool = False) -> En
     hparams = encoder.info.get("hparams")
     if not hparams:
         return None  # already an untrained model: nothing to compare against
-    return load_pretrained(hparams["backbone"], pooling=hparams.get("pooling", "mean"),
+    base = load_pretrained(hparams["backbone"], pooling=hparams.get("pooling", "mean"),
                            normalize=hparams.get("normalize", True), query_prompt=hparams.get("query_prompt", ""),
                            document_prompt=hparams.get("document_prompt", ""), max_length=encoder.max_length,
                            num_layers=hparams.get("num_layers"), device=encoder.device,
                            trust_remote_code=trust_remote_code)
+    base.query_max_length, base.document_max_length = encoder.query_max_length, encoder.document_max_length
+    return base
 
 
 def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
@@ -245,7 +262,13 @@ def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
     import datasets
     import mteb
 
+    from lightning_embed.terminal import Heartbeat
+
     model = mteb_encoder(encoder, batch_size, show_progress)
+    # Plain lines when stdout is not a terminal (a rich bar would only show its last frame in a log).
+    # (none when progress is off, as for the MTEB callback inside a fit, which has its own progress lines)
+    model.heartbeat = Heartbeat(f"evaluate {encoder.name}", unit="texts embedded") if show_progress is not False \
+        else None
     objects = [t.to_mteb() if isinstance(t, LocalTask) else t for t in tasks]
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -257,6 +280,8 @@ def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
     finally:
         if bars:
             datasets.enable_progress_bars()
+    if model.heartbeat is not None:
+        model.heartbeat.done()
     return {r.task_name: float(r.get_score()) for r in result.task_results}
 
 
@@ -294,8 +319,9 @@ def _results(model: str, encoder: Encoder, base: Encoder | None, tasks, scores, 
 
 def print_results(results: dict[str, Any]) -> None:
     """A table of main scores (and the baseline's, with the difference)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from lightning_embed.terminal import console
 
     with_base = results.get("baseline_main_scores") is not None
     table = Table(title=f"MTEB main scores: {results['model']}", title_justify="left")
@@ -310,9 +336,9 @@ def print_results(results: dict[str, Any]) -> None:
             colour = "green" if delta is not None and delta > 0 else "red"
             row += [_fmt(b), f"[{colour}]{delta:+.4f}[/{colour}]" if delta is not None else "-"]
         table.add_row(*row)
-    Console().print(table)
+    console().print(table)
     if with_base:
-        Console().print(f"baseline: untrained {results['baseline']}")
+        console().print(f"baseline: untrained {results['baseline']}")
 
 
 def _fmt(value) -> str:

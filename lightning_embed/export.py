@@ -8,7 +8,8 @@ embeds exactly as the trained module did; ``lightning_embed.json`` for :func:`li
 model card (``README.md``).
 
 The sentence-transformers files use the long-standing ``sentence_transformers.models.*`` module names and
-one-flag-per-mode pooling config, which every sentence-transformers release from 2.x to 6.x reads.
+one-flag-per-mode pooling config, which every sentence-transformers release from 2.x to 6.x reads (the per-side
+query and document lengths are added only when the installed release reads them: 6.x).
 
 The folder is written beside its destination under a temporary name and renamed into place at the end, so
 a failure never leaves a half-written model behind.
@@ -25,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lightning_embed.encoder import (
     EXPORT_CONFIG,
     ST_POOLING,
@@ -34,6 +37,8 @@ from lightning_embed.encoder import (
     read_checkpoint,
 )
 from lightning_embed.errors import UserError
+from lightning_embed.model_card import model_card
+from lightning_embed.terminal import Heartbeat
 
 EXPORT_FORMAT_VERSION = 1
 
@@ -59,13 +64,15 @@ def export(checkpoint: str, output: str | None = None, overwrite: bool = False,
     if not output:
         raise UserError("say where to write the model: lightning-embed export CHECKPOINT -o DIR")
     _quiet_third_party()  # loading bars and library warnings say nothing to the user of a command
-    folder = export_checkpoint(checkpoint, output, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    folder = export_checkpoint(checkpoint, output, overwrite=overwrite, trust_remote_code=trust_remote_code,
+                               progress=Heartbeat("export", total=3, unit="steps", every=0, rate=False))
     print(f"exported {checkpoint} to {folder} (loads with transformers, sentence-transformers and "
           "lightning_embed.load)")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False,
-                      runs_file: str | os.PathLike | None = None, trust_remote_code: bool = False) -> Path:
+                      runs_file: str | os.PathLike | None = None, trust_remote_code: bool = False,
+                      progress: Heartbeat | None = None) -> Path:
     """Exports a checkpoint (see :func:`export`); returns the folder.
 
     Args:
@@ -75,21 +82,27 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         runs_file: the runs file holding this run's record (for the model card); None: look for
             ``runs.jsonl`` beside the checkpoint, in its parents and in the working directory.
         trust_remote_code: run code shipped with the backbone; from the caller only, never the checkpoint.
+        progress: told each phase done (read, rebuilt, written); the CLI prints them in a log.
 
     Raises:
         UserError: a checkpoint that is not ours, an existing non-empty ``output`` without ``overwrite``.
     """
     target = _check_target(Path(output).expanduser(), overwrite)
+    tick = progress or (lambda n=1, note="": None)
     ckpt = read_checkpoint(checkpoint)
+    tick(1, note=f"read {checkpoint}")
     hparams = module_hparams(ckpt, checkpoint)
     module = load_module(checkpoint, ckpt, trust_remote_code=trust_remote_code)
+    tick(1, note=f"rebuilt {hparams.get('backbone')} with its trained weights")
     info = checkpoint_info(ckpt)
     info["run"] = _find_run(Path(checkpoint), info.get("run_id"), runs_file)
     info["config"] = _find_config(Path(checkpoint))
     if not info.get("metrics"):
         info["metrics"] = _logged_metrics(Path(checkpoint))
     info["source_checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-    return export_module(module, target, overwrite=overwrite, hparams=hparams, info=info)
+    folder = export_module(module, target, overwrite=overwrite, hparams=hparams, info=info)
+    tick(1, note=f"wrote {folder}")
+    return folder
 
 
 def export_module(module, output: str | os.PathLike, *, overwrite: bool = False,
@@ -101,6 +114,7 @@ def export_module(module, output: str | os.PathLike, *, overwrite: bool = False,
     target = _check_target(Path(output).expanduser(), overwrite)
     hparams = dict(hparams if hparams is not None else {k: v for k, v in module.hparams.items() if not k.startswith("_")})
     info = dict(info or {})
+    info.setdefault("name", target.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -153,7 +167,17 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) -> None:
     model = module.tuning.export(module.backbone)
-    model.save_pretrained(folder, safe_serialization=True)
+    # trust_remote_code as the module was built (from the caller for a checkpoint, never the file's own)
+    pooler = _original_pooler(model, hparams, bool(module.hparams.get("trust_remote_code", False)))
+    if pooler is not None:
+        # Training drops an encoder's own pooler (it never feeds the embedding); the export carries the base
+        # model's, unchanged, so every loader finds the weights its class expects and reports nothing missing.
+        model.pooler = pooler
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if pooler is not None:
+            model.pooler = None  # the export may be the live module's backbone (full tuning): leave it as it was
     module.tokenizer.save_pretrained(folder)
     max_len = max(int(hparams.get("query_max_length", 64)), int(hparams.get("document_max_length", 256)))
     _patch_json(folder / "tokenizer_config.json", {"model_max_length": max_len})
@@ -167,7 +191,7 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
         (folder / "2_Normalize").mkdir()
         _write_json(folder / "2_Normalize" / "config.json", {})
     _write_json(folder / "modules.json", modules)
-    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False})
+    _write_json(folder / "sentence_bert_config.json", _st_transformer_config(hparams, max_len))
     (folder / "1_Pooling").mkdir()
     _write_json(folder / "1_Pooling" / "config.json", _st_pooling_config(pooling, hidden))
     query_prompt, document_prompt = hparams.get("query_prompt", ""), hparams.get("document_prompt", "")
@@ -175,9 +199,9 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
         "__version__": _versions(("sentence-transformers", "transformers", "torch")),
         "model_type": "SentenceTransformer",
         "prompts": {"query": query_prompt, "document": document_prompt},
-        # Symmetric tasks (STS, clustering) embed with the query prompt, as lightning-embed's own evaluation
-        # does, so a plain encode() agrees with it; encode_document() still uses the document prompt.
-        "default_prompt_name": "query" if query_prompt else None,
+        # No default prompt: a plain encode() adds none, as lightning_embed.load(...).encode() does;
+        # encode_query() / encode_document() (and prompt_name=...) add the trained prompts.
+        "default_prompt_name": None,
         "similarity_fn_name": "cosine" if normalize else "dot",
     })
     meta = {
@@ -191,7 +215,49 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
         "versions": _versions(("lightning-embed", "torch", "transformers", "peft")),
     }
     _write_json(folder / EXPORT_CONFIG, meta)
-    (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len), encoding="utf-8")
+    (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len, name=info.get("name", folder.name)),
+                                      encoding="utf-8")
+
+
+def _original_pooler(model, hparams: dict[str, Any], trust_remote_code: bool):
+    """The base model's pooler (BERT's dense + tanh over [CLS]) where training dropped it, else None."""
+    if getattr(model, "pooler", False) is not None or not hparams.get("backbone"):
+        return None  # no pooler attribute, or one that is still there
+    from transformers import AutoModel
+
+    from lightning_embed.models import resolve_backbone
+    from lightning_embed.quiet import quiet_loading
+
+    path, gguf = resolve_backbone(str(hparams["backbone"]))
+    try:
+        with quiet_loading():
+            base = AutoModel.from_pretrained(path, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the base model cannot be read here: the export then lacks the unused pooler, as before
+    pooler = getattr(base, "pooler", None)
+    return pooler if isinstance(pooler, torch.nn.Module) else None
+
+
+def _st_transformer_config(hparams: dict[str, Any], max_len: int) -> dict[str, Any]:
+    """``sentence_bert_config.json``: one length for ``encode``, the trained one per side where supported.
+
+    sentence-transformers 6 truncates ``encode_query`` / ``encode_document`` at ``query_length`` /
+    ``document_length``; releases before it pass every key to their ``Transformer`` and fail on unknown
+    ones, so the per-side lengths are written only when the installed release reads them.
+    """
+    config: dict[str, Any] = {"max_seq_length": max_len, "do_lower_case": False}
+    if _st_reads_side_lengths():
+        config["query_length"] = int(hparams.get("query_max_length", max_len))
+        config["document_length"] = int(hparams.get("document_max_length", max_len))
+    return config
+
+
+def _st_reads_side_lengths() -> bool:
+    try:
+        from sentence_transformers.models import Transformer
+    except ImportError:
+        return False
+    return {"query_length", "document_length"} <= set(getattr(Transformer, "config_keys", ()))
 
 
 def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
@@ -206,81 +272,6 @@ def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
         "pooling_mode_lasttoken": mode == "lasttoken",
         "include_prompt": True,
     }
-
-
-def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, max_length: int) -> str:
-    """The README.md of an export: usage, the model, how it was trained, what it scored."""
-    backbone = str(hparams.get("backbone", "?"))
-    tuning = hparams.get("tuning") or {"name": "full"}
-    if isinstance(tuning, str):
-        tuning = {"name": tuning}
-    name = tuning.get("name") or str(tuning.get("class_path", "?")).rsplit(".", 1)[-1]
-    args = {k: v for k, v in (tuning.get("init_args") or tuning).items() if k not in ("name", "class_path")}
-    strategy = f"{name} ({', '.join(f'{k}={v}' for k, v in args.items())})" if args else name
-    normalize = bool(hparams.get("normalize", True))
-    run = info.get("run") or {}
-    flops = info.get("flops") or {}
-    data = ((info.get("config") or {}).get("data") or (run.get("config") or {}).get("data") or {})
-    metrics = {k.removeprefix("val/"): v for k, v in (info.get("metrics") or run.get("metrics") or {}).items()}
-    # A hub id is owner/name; local folders and bundled aliases are not linked as a base model.
-    hub_id = "/" in backbone and not backbone.startswith((".", "/", "~")) and not Path(backbone).exists()
-    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
-             "tags: [sentence-transformers, feature-extraction, sentence-similarity, lightning-embed]"]
-    if hub_id:
-        lines.append(f"base_model: {backbone}")
-    lines += ["---", "", f"# Text-embedding model fine-tuned from `{backbone}`", "",
-              "Trained with lightning-embed by contrastive fine-tuning (InfoNCE with in-batch "
-              "negatives), following Ziarko et al., *Repurposing Language Models into Embedding Models: Finding "
-              "the Compute-Optimal Recipe* (NeurIPS 2024).", "", "## Usage", "", "```python",
-              "from sentence_transformers import SentenceTransformer", "",
-              'model = SentenceTransformer("PATH/TO/THIS/FOLDER")',
-              'queries = model.encode_query(["how do I sort a list?"])',
-              'documents = model.encode_document(["sorted(items) returns a new sorted list"])',
-              "print(model.similarity(queries, documents))", "```", "", "```python", "import lightning_embed", "",
-              'encoder = lightning_embed.load("PATH/TO/THIS/FOLDER")',
-              'vectors = encoder.encode(["how do I sort a list?"], prompt="query")', "```", "",
-              "`transformers.AutoModel.from_pretrained` loads it too (adapters are merged into the weights); "
-              "then pool its last hidden states and normalise as the table below says.", "", "## Model", "", "| | |", "|---|---|",
-              f"| backbone | `{backbone}` |"]
-    if hparams.get("num_layers"):
-        lines.append(f"| blocks kept | first {hparams['num_layers']} |")
-    lines += [f"| pooling | {hparams.get('pooling', 'mean')} (over the attention mask) |",
-              f"| normalised | {'yes (L2)' if normalize else 'no'} |",
-              f"| similarity | {'cosine' if normalize else 'dot product'} |",
-              f"| query prompt | {_prompt(hparams.get('query_prompt'))} |",
-              f"| document prompt | {_prompt(hparams.get('document_prompt'))} |",
-              f"| max sequence length | {max_length} tokens (trained: queries {hparams.get('query_max_length')}, "
-              f"documents {hparams.get('document_max_length')}) |",
-              f"| embedding dimension | {dimension} |", "", "## Training", "", "| | |", "|---|---|",
-              f"| tuning strategy | {strategy} |",
-              f"| temperature | {hparams.get('temperature')} (symmetric: {hparams.get('symmetric')}) |",
-              f"| learning rate | {hparams.get('learning_rate')} ({hparams.get('lr_schedule')}, warm-up "
-              f"{hparams.get('warmup_ratio')}, weight decay {hparams.get('weight_decay')}) |"]
-    if data.get("train"):
-        keys = ("train", "max_train_examples", "num_negatives", "batch_size", "val")
-        described = ", ".join(f"{k}={data[k]}" for k in keys if data.get(k) not in (None, "", [], {}))
-        lines.append(f"| data | {described} |")
-    if info.get("global_step") is not None:
-        lines.append(f"| optimizer steps | {info['global_step']} |")
-    if flops:
-        lines += [f"| examples seen | {flops.get('examples')} |", f"| tokens seen | {flops.get('tokens')} |",
-                  f"| training FLOP | {_sci(flops.get('flops_model'))} ({flops.get('accounting')} accounting; "
-                  f"hardware {_sci(flops.get('flops_hardware'))}) |"]
-        if flops.get("budget"):
-            lines.append(f"| FLOP budget | {_sci(flops['budget'])} |")
-    if metrics:
-        lines += ["", "## Evaluation", "", "Held-out metrics at the end of training:", "", "| metric | value |",
-                  "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
-    lines += ["", f"Exported by lightning-embed {_versions(('lightning-embed',)).get('lightning-embed', '?')}.", ""]
-    return "\n".join(lines)
-
-
-def _prompt(text) -> str:
-    return f"`{text!r}`" if text else "none"
-
-
-def _sci(value) -> str:
-    return f"{value:.3g}" if isinstance(value, (int, float)) else "?"
 
 
 def _find_run(checkpoint: Path, run_id: str | None, runs_file) -> dict[str, Any] | None:

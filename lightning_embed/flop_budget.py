@@ -383,9 +383,9 @@ def report_table(report: BudgetReport, title: str | None = None):
 
 def print_report(report: BudgetReport, console: Any = None) -> None:
     """Prints :func:`report_table` (to ``console``, default a new rich console)."""
-    from rich.console import Console
+    from lightning_embed.terminal import console as output_console
 
-    (console or Console()).print(report_table(report))
+    (console or output_console()).print(report_table(report))
 
 
 __all__ = ["BudgetReport", "DataSample", "batch_masks", "batch_stats", "dry_run", "flop_model_for", "parse_budget",

@@ -276,6 +276,11 @@ class FlopCallback(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush()
 
+    def tokens_seen(self) -> int:
+        """Real (non-padding) tokens trained on so far, all ranks (one small host copy)."""
+        self._flush()
+        return int(self.counter.tokens)
+
     def _accumulate(self, trainer: L.Trainer, masks: list[torch.Tensor], examples: int,
                     computed: list | None = None) -> None:
         """Adds a batch's token stats (all ranks) to the pending device counters, without a host sync.
@@ -368,7 +373,18 @@ class FlopCallback(Callback):
                 "accounting": self.accounting, "max_flops": self.max_flops, "planned_steps": self.planned_steps,
                 "run_id": self.run_id, "val_metrics": dict(self._val_metrics), "metrics_step": self._metrics_step,
                 "initial": list(self._initial) if self._initial else None,
-                "source_examples": dict(self.source_examples)}
+                "source_examples": dict(self.source_examples), "hardware": self._hardware()}
+
+    def _hardware(self) -> str | None:
+        """The training machine in one line (for the model card of an export), computed once."""
+        if getattr(self, "_hardware_line", None) is None:
+            from lightning_embed.precision import describe_hardware
+
+            try:
+                self._hardware_line = describe_hardware()
+            except Exception:  # noqa: BLE001 - a description only; never fail a checkpoint for it
+                self._hardware_line = ""
+        return self._hardware_line or None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("accounting", self.accounting) != self.accounting:

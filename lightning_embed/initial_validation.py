@@ -45,9 +45,14 @@ def initial_val_loss(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[
     loaders = _val_loaders(trainer, pl_module)
     if not loaders:
         return None
+    from lightning_embed.terminal import Heartbeat
+
     modes = {m: m.training for m in pl_module.modules()}
     pl_module.eval()
     total = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
+    # Plain lines in a log (this pass runs outside Lightning's loop, so no progress bar sees it)
+    beat = Heartbeat("held-out loss before training", unit="batches")
+    beat.enabled = beat.enabled and trainer.is_global_zero and trainer.progress_bar_callback is not None
     try:
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
             for loader, cap in loaders:
@@ -56,6 +61,8 @@ def initial_val_loss(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[
                     loss = pl_module.held_out_loss(batch)[0]
                     total += torch.stack([loss.detach().double() * len(batch),
                                           torch.tensor(float(len(batch)), dtype=torch.float64, device=total.device)])
+                    beat(1)
+        beat.done()
     finally:
         for module, training in modes.items():
             module.train(training)

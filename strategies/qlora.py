@@ -91,6 +91,9 @@ class QLoRATuning(LoRATuning):
     def apply(self, backbone: nn.Module) -> nn.Module:
         # A bad option must fail before any weight is touched.
         raise_if_problems(self.name, self.validate(backbone))
+        from lightning_embed.quiet import bitsandbytes_note
+
+        bitsandbytes_note()  # its note on a missing CPU kernel concerns 4-bit layers: shown only here
         for name in backbone_parts(backbone).linear_layers(backbone):
             _replace(backbone, name, self._quantise(backbone.get_submodule(name)))
         # peft wraps 4-bit layers with its bitsandbytes-aware LoRA layer only when the model says it is

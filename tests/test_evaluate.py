@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from lightning_embed.cli import main
-from lightning_embed.encoder import load
+from lightning_embed.encoder import load, load_pretrained
 from lightning_embed.errors import UserError
 from lightning_embed.evaluate import resolve_tasks, run_mteb
 from lightning_embed.mteb_callback import MTEBCallback
@@ -80,6 +81,8 @@ def test_cli_evaluate_writes_main_scores_with_baseline(trained, task_files, tmp_
           "--baseline", "-o", str(out), "--batch-size", "4"])
     printed = capsys.readouterr().out
     assert "MTEB main scores" in printed and "baseline" in printed
+    # stdout is not a terminal here: plain progress lines, closed by a total per model
+    assert re.search(r"^evaluate \S+: [\d,]+ texts embedded · .*elapsed \d+:\d\d · done$", printed, re.M), printed
     results = json.loads(out.read_text())
     assert set(results["main_scores"]) == {"sts", "pairs"}
     assert set(results["baseline_main_scores"]) == {"sts", "pairs"}
@@ -116,6 +119,8 @@ def test_bad_inputs(tiny_backbones, task_files, tmp_path, capsys):
     (task_files["beir"] / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\tnope\t1\n")
     _fails(capsys, base + [f"retrieval:{task_files['beir']}"], "line 3", "'nope'")
     _fails(capsys, base + [f"sts:{tmp_path / 'missing.jsonl'}"], "missing.jsonl", "does not exist")
+    blank = jsonl(tmp_path / "blank.jsonl", [{"query": "a", "positive": "b"}, {"query": "  ", "positive": "c"}])
+    _fails(capsys, base + [f"retrieval:{blank}"], "blank.jsonl", "line 2", "'query' must be non-empty")
     _fails(capsys, base + [f"stss:{task_files['sts']}"], "unknown kind 'stss'")
     _fails(capsys, base + ["BIOSES"], "unknown task 'BIOSES'", "BIOSSES")
     _fails(capsys, base + ["BIOSSES"], "HF_HUB_OFFLINE", "local")
@@ -147,6 +152,16 @@ def test_mteb_callback_logs_scores_for_checkpoint_selection(tiny_backbones, task
     before = torch.get_rng_state()
     callback.score(module)
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_empty_texts_from_any_task_are_named_not_embedded(tiny_backbones):
+    from lightning_embed.evaluate import mteb_encoder
+
+    adapter = mteb_encoder(load_pretrained(tiny_backbones["bert"]), batch_size=4)
+    meta = type("Meta", (), {"name": "SomeHubTask"})()
+    with pytest.raises(UserError, match=r"SomeHubTask \(test, default\) query texts\[2\] is empty"):
+        adapter.encode([{"text": ["one", "two"]}, {"text": [" "]}], task_metadata=meta, hf_split="test",
+                       hf_subset="default")
 
 
 def test_mteb_callback_rejects_bad_tasks(tmp_path):

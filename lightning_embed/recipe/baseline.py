@@ -79,10 +79,13 @@ def initial_loss_table(observations: list, rows: list[dict[str, Any]]):
 
 def _measure(config: list[Path], backbone: str, num_layers: int | None, batch_size: int | None) -> dict[str, Any]:
     from lightning_embed.cli import _quiet_third_party, _trainer_cli
+    from lightning_embed.terminal import interactive
 
     _quiet_third_party()
     args = [arg for c in config for arg in ("--config", str(c))]
-    args += ["--model.backbone", backbone, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    args += ["--model.backbone", backbone, "--trainer.logger", "false"]
+    if interactive():  # a live bar per model is noise on a terminal; a log gets plain lines every few seconds
+        args += ["--trainer.enable_progress_bar", "false"]
     if num_layers is not None:
         args += ["--model.num_layers", str(num_layers)]
     if batch_size is not None:
@@ -153,7 +156,8 @@ def laws_baseline(
         raise UserError("laws baseline: " + "; ".join(problems) + ".")
     entries = resolve_models(models)
     rows = []
-    for entry in entries:
+    for i, entry in enumerate(entries, 1):
+        print(f"[{i}/{len(entries)}] measuring {entry.name} ({entry.backbone}) before training...", flush=True)
         row = _measure(list(config), entry.backbone, entry.num_layers, batch_size)
         row.update(model=entry.name, config=[str(c) for c in config], cpu=cpu_name(),
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

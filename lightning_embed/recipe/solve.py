@@ -327,11 +327,10 @@ def summary(recipe: Recipe) -> str:
 
 
 def wide_console():
-    """A rich console; 150 columns when writing to a file or pipe (rich would assume 80)."""
-    from rich.console import Console
+    """A rich console; natural width when writing to a file or pipe (rich would assume 80 and wrap)."""
+    from lightning_embed.terminal import console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=150)
+    return console()
 
 
 def render(recipe: Recipe, console=None, max_rows: int = 20) -> None:

@@ -38,6 +38,7 @@ from lightning_embed.recipe.design import GridPoint, method_settings, parse_sett
 from lightning_embed.recipe.design import focus as design_focus
 from lightning_embed.recipe.laws import load_laws, setting_label
 from lightning_embed.recipe.solve import DEFAULT_TRAIN, FLOP_CALLBACK, build_fit_config, save_config
+from lightning_embed.terminal import duration
 
 MANIFEST = "sweep.yaml"
 SCHEMA_VERSION = 1
@@ -353,6 +354,7 @@ def run_sweep(directory: Path, *, command: list[str] | None = None, keep_going: 
     points = load_manifest(directory)
     base_cmd = command or fit_command()
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "pending": []}
+    sweep_start, ran = time.monotonic(), 0
     for i, point in enumerate(points, 1):
         root = directory / "runs" / point.name
         if (root / "DONE").exists():
@@ -369,6 +371,12 @@ def run_sweep(directory: Path, *, command: list[str] | None = None, keep_going: 
         root.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         status = _stream(cmd, directory, root / "fit.log")
+        ran += 1
+        elapsed = time.monotonic() - sweep_start
+        remaining = len(points) - i
+        print(f"[{i}/{len(points)}] {point.name}: exit status {status} after {duration(time.monotonic() - start)} · "
+              f"sweep elapsed {duration(elapsed)}"
+              + (f" · ETA {duration(elapsed / ran * remaining)} for {remaining} more" if remaining else ""), flush=True)
         if status == 0:
             (root / "DONE").write_text(f"finished {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
                                        f"in {time.monotonic() - start:.0f} s\n")
