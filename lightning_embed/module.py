@@ -12,12 +12,14 @@ from torch import nn
 
 from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
-from lightning_embed.loss import InfoNCELoss
+from lightning_embed.bidirectional import attends_causally, make_bidirectional
+from lightning_embed.losses import LossSpec, build_loss
+from lightning_embed.matryoshka import MatryoshkaLoss, check_matryoshka
 from lightning_embed.metrics import retrieval_metrics
 from lightning_embed.acceleration import auto_compile, make_room_to_compile, switch_training_attention
 from lightning_embed.models import describe, hf_model, load_backbone, load_tokenizer
 from lightning_embed.packing import decide_packing, pack_and_encode, packing_problem, plan_packing
-from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
+from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool, prompt_token_count, without_prompt
 from lightning_embed.strategy import TuningStrategy, build_strategy
 from lightning_embed.unpadding import (computed_positions, default_overhead, encode_micro_batches, plan_micro_batches,
                                        right_padded)
@@ -35,8 +37,20 @@ class EmbeddingModule(L.LightningModule):
             or ``{class_path: ..., init_args: {...}}``. ``lightning-embed strategies`` lists them.
         pooling: ``mean`` (the study's choice), ``last``, ``cls`` or ``weighted_mean``.
         normalize: L2-normalise embeddings (cosine similarity).
-        temperature: softmax temperature of InfoNCE (0.025 = inverse temperature 40, as the study).
-        symmetric: average the query->document and document->query losses (as the study).
+        temperature: softmax temperature of the loss (0.025 = inverse temperature 40, as the study).
+        symmetric: average the query->document and document->query losses (as the study; InfoNCE only).
+        loss: the contrastive loss: ``infonce`` (the study's InfoNCE), ``gte`` (GTE's improved contrastive loss:
+            query-query and document-document in-batch negatives in the partition function), or your own class
+            as ``{class_path: my_module.MyLoss, init_args: {...}}`` (:mod:`lightning_embed.losses`).
+        matryoshka_dims: Matryoshka training: also compute the loss on these leading slices of each embedding
+            (re-normalised) and sum, e.g. ``[576, 256, 128, 64]``; strictly decreasing, at most the hidden size.
+            One forward per batch (:mod:`lightning_embed.matryoshka`). None: the full embedding only.
+        matryoshka_weights: one weight per ``matryoshka_dims`` entry (default 1 each).
+        pool_prompt: pool the query/document prompt's tokens too (default); ``false`` pools only the text after
+            the prompt (sentence-transformers' ``include_prompt=False``), in training, ``encode`` and the export.
+        bidirectional: make every attention layer of a decoder backbone (Llama, Qwen2, GPT-NeoX, Mistral, ...)
+            attend both ways (LLM2Vec, GritLM), packing included; the export keeps it (``is_causal: false`` in
+            its config.json, honoured by transformers without remote code). On an encoder: a note, nothing to do.
         gather_across_devices: under DDP, use every rank's documents as negatives (gathered with gradients).
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (0.1 as the study), on matrices only (not biases or norms).
@@ -106,6 +120,11 @@ class EmbeddingModule(L.LightningModule):
         normalize: bool = True,
         temperature: float = 0.025,
         symmetric: bool = True,
+        loss: LossSpec = "infonce",
+        matryoshka_dims: list[int] | None = None,
+        matryoshka_weights: list[float] | None = None,
+        pool_prompt: bool = True,
+        bidirectional: bool = False,
         gather_across_devices: bool = True,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.1,
@@ -139,6 +158,11 @@ class EmbeddingModule(L.LightningModule):
             trust_remote_code=trust_remote_code,
         )
         self.backbone_info = describe(raw)
+        problems = check_matryoshka(matryoshka_dims, matryoshka_weights, self.backbone_info.hidden_size)
+        if problems:
+            raise UserError("model options: " + "; ".join(problems) + ".")
+        if bidirectional:
+            make_bidirectional(raw, backbone, is_decoder=self.backbone_info.is_decoder)
         if pack_sequences is True and (problem := packing_problem(raw)):
             raise UserError(f"pack_sequences cannot pack for backbone {backbone!r}: {problem}; set "
                             "model.pack_sequences: false (or model.split_by_length: true).")
@@ -150,7 +174,14 @@ class EmbeddingModule(L.LightningModule):
         self.backbone.train()
         if gradient_checkpointing:
             self._enable_gradient_checkpointing()
-        self.loss_fn = InfoNCELoss(temperature, symmetric=symmetric, gather_across_devices=gather_across_devices)
+        self.loss_fn = build_loss(loss, temperature=temperature, symmetric=symmetric,
+                                  gather_across_devices=gather_across_devices)
+        if matryoshka_dims:
+            self.loss_fn = MatryoshkaLoss(self.loss_fn, matryoshka_dims, matryoshka_weights, normalize=normalize)
+        #: Prompt tokens left out of pooling (queries, documents), counted as sentence-transformers counts them.
+        self.prompt_lengths = ((0, 0) if pool_prompt else
+                               (prompt_token_count(self.tokenizer, query_prompt),
+                                prompt_token_count(self.tokenizer, document_prompt)))
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         #: GradCache mini-batch size, or None (read by the FLOP model to count the extra forward).
         self.gradcache_chunk_size: int | None = gradcache_chunk_size
@@ -164,7 +195,8 @@ class EmbeddingModule(L.LightningModule):
         """Embeds a tokenised batch: backbone, pooling over real tokens, L2 normalisation (fp32 out)."""
         out = self.backbone(input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"])
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        emb = pool(hidden, encoding["attention_mask"], self.hparams.pooling)
+        # pooling_mask: the attention mask without the prompt's tokens (pool_prompt: false)
+        emb = pool(hidden, encoding.get("pooling_mask", encoding["attention_mask"]), self.hparams.pooling)
         return F.normalize(emb, dim=-1) if self.hparams.normalize else emb
 
     def make_collator(self):
@@ -215,18 +247,27 @@ class EmbeddingModule(L.LightningModule):
         if self.packing_enabled():
             return self._encode_packed(batch)
         query_plan, document_plan = self.micro_batch_plans(batch)
-        return self.encode_planned(batch.queries, query_plan), self.encode_planned(batch.documents, document_plan)
+        queries, documents = (enc if not n else {**enc, "pooling_mask": without_prompt(enc["attention_mask"], n)}
+                              for enc, n in zip((batch.queries, batch.documents), self.prompt_lengths))
+        return self.encode_planned(queries, query_plan), self.encode_planned(documents, document_plan)
 
     def _encode_packed(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         encodings = (batch.queries, batch.documents)
         lengths = _pair_lengths(batch)
         hidden, mask, _ = pack_and_encode(self.backbone, hf_model(self.backbone).config._attn_implementation,
-                                          self.backbone_info.is_decoder, encodings, lengths,
-                                          self.tokenizer.pad_token_id or 0)
+                                          self.causal, encodings, lengths, self.tokenizer.pad_token_id or 0)
+        split = len(lengths[0])
+        if any(self.prompt_lengths):
+            mask = torch.cat([without_prompt(mask[:split], self.prompt_lengths[0]),
+                              without_prompt(mask[split:], self.prompt_lengths[1])])
         emb = pool(hidden, mask, self.hparams.pooling)
         emb = F.normalize(emb, dim=-1) if self.hparams.normalize else emb
-        split = len(lengths[0])
         return emb[:split], emb[split:]
+
+    @property
+    def causal(self) -> bool:
+        """Whether the backbone attends causally: a decoder not made ``bidirectional`` (nor loaded so)."""
+        return self.backbone_info.is_decoder and attends_causally(self.backbone)
 
     def packing_enabled(self) -> bool:
         """Whether batches are encoded packed (``pack_sequences`` resolved once, see :meth:`_resolve_packing`)."""
@@ -237,7 +278,7 @@ class EmbeddingModule(L.LightningModule):
     def _resolve_packing(self) -> tuple[bool, str | None]:
         """Decides ``pack_sequences`` for this backbone: (pack?, why; None when there is nothing to say)."""
         return decide_packing(self.hparams.get("pack_sequences", False), self.backbone, self.tokenizer,
-                              causal=self.backbone_info.is_decoder,
+                              causal=self.causal,
                               other_scheme=bool(self.hparams.get("split_by_length"))
                               or self.gradcache_chunk_size is not None)
 
@@ -282,12 +323,15 @@ class EmbeddingModule(L.LightningModule):
         """The held-out loss of a batch and its query and document embeddings (``val/loss`` per batch)."""
         queries, documents = self.encode_pair_batch(batch)
         # The held-out loss is computed without cross-device gathering: it must not depend on world size.
-        gather = self.loss_fn.gather_across_devices
-        self.loss_fn.gather_across_devices = False
+        parts = self.loss_fn.modules() if isinstance(self.loss_fn, nn.Module) else [self.loss_fn]
+        losses = [m for m in parts if getattr(m, "gather_across_devices", False)]
+        for m in losses:
+            m.gather_across_devices = False
         try:
             loss = self._contrastive_loss(queries, documents, batch.num_negatives)
         finally:
-            self.loss_fn.gather_across_devices = gather
+            for m in losses:
+                m.gather_across_devices = True
         return loss, queries, documents
 
     def _eval_step(self, batch, stage: str) -> None:
