@@ -153,6 +153,8 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) -> None:
     model = module.tuning.export(module.backbone)
+    if hparams.get("bidirectional"):
+        _check_bidirectional(model, module.backbone_info.is_decoder)
     model.save_pretrained(folder, safe_serialization=True)
     module.tokenizer.save_pretrained(folder)
     max_len = max(int(hparams.get("query_max_length", 64)), int(hparams.get("document_max_length", 256)))
@@ -169,7 +171,8 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
     _write_json(folder / "modules.json", modules)
     _write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False})
     (folder / "1_Pooling").mkdir()
-    _write_json(folder / "1_Pooling" / "config.json", _st_pooling_config(pooling, hidden))
+    _write_json(folder / "1_Pooling" / "config.json",
+                _st_pooling_config(pooling, hidden, bool(hparams.get("pool_prompt", True))))
     query_prompt, document_prompt = hparams.get("query_prompt", ""), hparams.get("document_prompt", "")
     _write_json(folder / "config_sentence_transformers.json", {
         "__version__": _versions(("sentence-transformers", "transformers", "torch")),
@@ -194,7 +197,17 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
     (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len), encoding="utf-8")
 
 
-def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
+def _check_bidirectional(model, is_decoder: bool) -> None:
+    """Refuses to write a ``bidirectional`` decoder whose saved config would not make it attend both ways."""
+    from lightning_embed.bidirectional import attends_both_ways, attends_causally
+
+    if is_decoder and (attends_causally(model) or not attends_both_ways(model)):
+        raise UserError(f"the model was trained with bidirectional attention, but {type(model).__name__} does not "
+                        "attend both ways with config.is_causal=false in this transformers version; an export "
+                        "would silently run causal, so none is written.")
+
+
+def _st_pooling_config(pooling: str, hidden: int, include_prompt: bool = True) -> dict[str, Any]:
     mode = ST_POOLING[pooling]
     return {
         "word_embedding_dimension": hidden,
@@ -204,7 +217,7 @@ def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
         "pooling_mode_mean_sqrt_len_tokens": False,
         "pooling_mode_weightedmean_tokens": mode == "weightedmean",
         "pooling_mode_lasttoken": mode == "lasttoken",
-        "include_prompt": True,
+        "include_prompt": include_prompt,
     }
 
 
@@ -244,6 +257,13 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
               f"| backbone | `{backbone}` |"]
     if hparams.get("num_layers"):
         lines.append(f"| blocks kept | first {hparams['num_layers']} |")
+    if hparams.get("bidirectional"):
+        lines.append("| attention | bidirectional (`is_causal: false` in config.json) |")
+    if hparams.get("pool_prompt") is False:
+        lines.append("| prompt tokens | left out of pooling (`include_prompt: false`) |")
+    if hparams.get("matryoshka_dims"):
+        dims = ", ".join(str(d) for d in hparams["matryoshka_dims"])
+        lines.append(f"| Matryoshka dimensions | {dims} (`SentenceTransformer(DIR, truncate_dim=d)`) |")
     lines += [f"| pooling | {hparams.get('pooling', 'mean')} (over the attention mask) |",
               f"| normalised | {'yes (L2)' if normalize else 'no'} |",
               f"| similarity | {'cosine' if normalize else 'dot product'} |",
@@ -253,7 +273,8 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
               f"documents {hparams.get('document_max_length')}) |",
               f"| embedding dimension | {dimension} |", "", "## Training", "", "| | |", "|---|---|",
               f"| tuning strategy | {strategy} |",
-              f"| temperature | {hparams.get('temperature')} (symmetric: {hparams.get('symmetric')}) |",
+              f"| loss | {_loss_name(hparams.get('loss'))}, temperature {hparams.get('temperature')} "
+              f"(symmetric: {hparams.get('symmetric')}) |",
               f"| learning rate | {hparams.get('learning_rate')} ({hparams.get('lr_schedule')}, warm-up "
               f"{hparams.get('warmup_ratio')}, weight decay {hparams.get('weight_decay')}) |"]
     if data.get("train"):
@@ -273,6 +294,12 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
                   "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
     lines += ["", f"Exported by lightning-embed {_versions(('lightning-embed',)).get('lightning-embed', '?')}.", ""]
     return "\n".join(lines)
+
+
+def _loss_name(spec) -> str:
+    if isinstance(spec, dict):
+        return str(spec.get("name") or spec.get("class_path", "?"))
+    return str(spec or "infonce")
 
 
 def _prompt(text) -> str:
