@@ -85,3 +85,57 @@ def test_truncate():
     t = truncate(e, 4, True)
     assert t.shape == (3, 4) and torch.allclose(t.norm(dim=-1), torch.ones(3))
     assert torch.equal(truncate(e, 4, False), e[:, :4])
+
+
+def test_export_truncates_in_sentence_transformers_and_evaluate_scores_each_dimension(tiny_backbones, tmp_path,
+                                                                                     capsys):
+    import json
+
+    import lightning as L
+    from sentence_transformers import SentenceTransformer
+
+    from lightning_embed.cli import main
+    from lightning_embed.data import PairDataModule
+    from lightning_embed.encoder import load
+    from lightning_embed.evaluate import resolve_tasks, run_mteb
+    from lightning_embed.export import export_checkpoint
+    from lightning_embed.module import EmbeddingModule
+
+    L.seed_everything(0)
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"query": f"alpha {i} bravo", "positive": f"the alpha number {i} " * (1 + i % 3)} for i in range(16)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], matryoshka_dims=[32, 16, 8], learning_rate=1e-2,
+                             warmup_ratio=0.0, query_max_length=16, document_max_length=32)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=PairDataModule(train=str(pairs), batch_size=8))
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = export_checkpoint(ckpt, tmp_path / "export")
+    texts = [r["query"] for r in rows[:6]]
+    encoder = load(out, device="cpu")
+    for dim in (16, 8):
+        st = SentenceTransformer(str(out), device="cpu", truncate_dim=dim)
+        got = torch.as_tensor(st.encode(texts))
+        assert got.shape == (6, dim)
+        assert F.cosine_similarity(got, encoder.encode(texts, dimension=dim)).min() > 0.9999
+    assert "Matryoshka dimensions | 32, 16, 8" in (out / "README.md").read_text()
+
+    task = tmp_path / "retrieval.jsonl"
+    task.write_text("".join(json.dumps({"query": r["query"], "positive": r["positive"]}) + "\n" for r in rows))
+    result_file = tmp_path / "scores.json"
+    main(["evaluate", str(out), "--tasks", f"retrieval:{task}", "--dims", "8,16", "--output", str(result_file)])
+    table = capsys.readouterr().out
+    assert "16d" in table and "8d" in table and "score (32d)" in table
+    results = json.loads(result_file.read_text())
+    assert set(results["dims"]) == {"16", "8"}
+    # Scores from the cached full embeddings equal those of encoding again at each dimension.
+    direct = run_mteb(encoder, resolve_tasks([f"retrieval:{task}"]), dimension=8)
+    assert results["dims"]["8"] == pytest.approx(direct, rel=1e-4)
+    for bad, message in ((["--dims", "64"], "larger than the embedding size 32"),
+                         (["--dims", "0,8"], "give positive integers")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", str(out), "--tasks", f"retrieval:{task}", *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
