@@ -9,6 +9,9 @@ _EXPORTS = {
     "EmbeddingModule": "lightning_embed.module",
     "Encoder": "lightning_embed.encoder",
     "InfoNCELoss": "lightning_embed.loss",
+    "GTELoss": "lightning_embed.losses",
+    "MatryoshkaLoss": "lightning_embed.matryoshka",
+    "build_loss": "lightning_embed.losses",
     "PairBatch": "lightning_embed.data",
     "PairCollator": "lightning_embed.data",
     "PairDataModule": "lightning_embed.data",
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
     from lightning_embed.flops import FlopCount, FlopModel, paper_flops_per_token
     from lightning_embed.runs import RunRecord, read_runs
     from lightning_embed.loss import InfoNCELoss
+    from lightning_embed.losses import GTELoss, build_loss
+    from lightning_embed.matryoshka import MatryoshkaLoss
     from lightning_embed.models import load_backbone, load_tokenizer
     from lightning_embed.module import EmbeddingModule
     from lightning_embed.pooling import pool
@@ -70,7 +75,9 @@ __all__ = [
     "FlopCallback",
     "FlopCount",
     "FlopModel",
+    "GTELoss",
     "InfoNCELoss",
+    "MatryoshkaLoss",
     "PairBatch",
     "PairCollator",
     "PairDataModule",
@@ -79,6 +86,7 @@ __all__ = [
     "TuningStrategy",
     "UserError",
     "available_strategies",
+    "build_loss",
     "build_strategy",
     "builtin_fingerprint",
     "consolidate_checkpoint",

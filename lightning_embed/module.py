@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning as L
@@ -16,11 +15,13 @@ from lightning_embed.bidirectional import attends_causally, make_bidirectional
 from lightning_embed.losses import LossSpec, build_loss
 from lightning_embed.matryoshka import MatryoshkaLoss, check_matryoshka
 from lightning_embed.metrics import retrieval_metrics
+from lightning_embed.options import check_options
+from lightning_embed.schedule import warmup_then_decay
 from lightning_embed.acceleration import auto_compile, make_room_to_compile, switch_training_attention
 from lightning_embed.models import describe, hf_model, load_backbone, load_tokenizer
 from lightning_embed.packing import decide_packing, pack_and_encode, packing_problem, plan_packing
-from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool, prompt_token_count, without_prompt
-from lightning_embed.strategy import TuningStrategy, build_strategy
+from lightning_embed.pooling import PoolingMode, pool, prompt_token_count, without_prompt
+from lightning_embed.strategy import TuningStrategy, build_strategy, strategy_spec
 from lightning_embed.unpadding import (computed_positions, default_overhead, encode_micro_batches, plan_micro_batches,
                                        right_padded)
 
@@ -42,9 +43,10 @@ class EmbeddingModule(L.LightningModule):
         loss: the contrastive loss: ``infonce`` (the study's InfoNCE), ``gte`` (GTE's improved contrastive loss:
             query-query and document-document in-batch negatives in the partition function), or your own class
             as ``{class_path: my_module.MyLoss, init_args: {...}}`` (:mod:`lightning_embed.losses`).
-        matryoshka_dims: Matryoshka training: also compute the loss on these leading slices of each embedding
-            (re-normalised) and sum, e.g. ``[576, 256, 128, 64]``; strictly decreasing, at most the hidden size.
-            One forward per batch (:mod:`lightning_embed.matryoshka`). None: the full embedding only.
+        matryoshka_dims: Matryoshka training: the loss is computed on each of these leading slices of every
+            embedding (re-normalised) and summed, e.g. ``[576, 256, 128, 64]`` (list the full size first to keep
+            training it); strictly decreasing, at most the hidden size. One forward per batch
+            (:mod:`lightning_embed.matryoshka`). None: the full embedding only.
         matryoshka_weights: one weight per ``matryoshka_dims`` entry (default 1 each).
         pool_prompt: pool the query/document prompt's tokens too (default); ``false`` pools only the text after
             the prompt (sentence-transformers' ``include_prompt=False``), in training, ``encode`` and the export.
@@ -146,11 +148,11 @@ class EmbeddingModule(L.LightningModule):
     ) -> None:
         super().__init__()
         strategy = build_strategy(tuning)
-        _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
+        check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
                        document_max_length, gradcache_chunk_size, split_by_length, pack_sequences)
         self.save_hyperparameters(ignore=["tuning"])
         # A serialisable form of the strategy, so checkpoints load with weights_only=True.
-        self.hparams["tuning"] = _strategy_spec(strategy)
+        self.hparams["tuning"] = strategy_spec(strategy)
         self.tuning: TuningStrategy = strategy
         self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
         raw = load_backbone(
@@ -578,68 +580,12 @@ def _strategy_loads_weights(trainer) -> bool:
     return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
-def warmup_then_decay(total_steps: int, warmup_ratio: float, schedule: str):
-    """Learning-rate multiplier: linear warm-up over ``warmup_ratio`` of the steps, then decay to 0."""
-    warmup = int(round(total_steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def _unique_first(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct ids and the index of each one's first occurrence."""
     uniq, inverse = torch.unique(ids, return_inverse=True)
     first = torch.full((len(uniq),), len(ids), dtype=torch.long)
     first.scatter_reduce_(0, inverse, torch.arange(len(ids)), reduce="amin")
     return uniq, first
-
-
-def _strategy_spec(strategy: TuningStrategy) -> dict[str, Any]:
-    """A plain-data spec that :func:`build_strategy` turns back into an equal strategy."""
-    from lightning_embed.strategy import available_strategies
-
-    for name, entry in available_strategies().items():
-        if entry.cls is type(strategy):
-            return {"name": name, **strategy.hparams()}
-    cls = type(strategy)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": strategy.hparams()}
-
-
-def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, qlen, dlen,
-                   gradcache_chunk_size=None, split_by_length=False, pack_sequences=False) -> None:
-    problems = []
-    if pack_sequences not in (True, False, "auto"):
-        problems.append(f"pack_sequences={pack_sequences!r} must be true, false or auto")
-    if pack_sequences is True and (split_by_length or gradcache_chunk_size is not None):
-        problems.append("pack_sequences packs a whole batch into one forward pass and cannot be combined with "
-                        "split_by_length or gradcache_chunk_size: keep one of them")
-    if gradcache_chunk_size is not None and (isinstance(gradcache_chunk_size, bool)
-                                             or not isinstance(gradcache_chunk_size, int) or gradcache_chunk_size < 1):
-        problems.append(f"gradcache_chunk_size={gradcache_chunk_size!r} must be a positive integer (texts per "
-                        "mini-batch) or None for no gradient caching")
-    if pooling not in POOLING_MODES:
-        problems.append(f"pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
-    if not temperature > 0:
-        problems.append(f"temperature={temperature} must be positive (the study uses 0.025)")
-    if not learning_rate > 0:
-        problems.append(f"learning_rate={learning_rate} must be positive")
-    if weight_decay < 0:
-        problems.append(f"weight_decay={weight_decay} must be >= 0")
-    if not 0 <= warmup_ratio < 1:
-        problems.append(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
-    if qlen < 1 or dlen < 1:
-        problems.append(f"query_max_length={qlen} and document_max_length={dlen} must be >= 1")
-    if problems:
-        raise UserError("model options: " + "; ".join(problems) + ".")
 
 
 def _unwrapped_name(name: str) -> str:
