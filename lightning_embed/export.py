@@ -158,7 +158,10 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
     model.save_pretrained(folder, safe_serialization=True)
     module.tokenizer.save_pretrained(folder)
     max_len = max(int(hparams.get("query_max_length", 64)), int(hparams.get("document_max_length", 256)))
-    _patch_json(folder / "tokenizer_config.json", {"model_max_length": max_len})
+    # sentence-transformers leaves the prompt out of pooling by zeroing the first columns, right for right padding
+    # only; padding never changes an embedding here, so a left-padding tokenizer is exported padding right.
+    right = {} if hparams.get("pool_prompt", True) else {"padding_side": "right"}
+    _patch_json(folder / "tokenizer_config.json", {"model_max_length": max_len, **right})
     pooling = hparams.get("pooling", "mean")
     normalize = bool(hparams.get("normalize", True))
     hidden = int(getattr(model.config, "hidden_size", 0) or 0)

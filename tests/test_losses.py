@@ -188,3 +188,24 @@ def test_gte_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path)
     results = json.loads(out.read_text())
     assert set(results) == {"in-batch", "hard-negatives", "matryoshka"}
     assert all(not errors for errors in results.values()), results
+
+
+def test_gte_and_matryoshka_under_gradcache_equal_the_uncached_batch(tiny_backbones):
+    from lightning_embed.data import PairExample
+    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.testing import assert_close_relative
+
+    torch.manual_seed(0)
+    module = EmbeddingModule(backbone=tiny_backbones["llama"], loss="gte", matryoshka_dims=[32, 16],
+                             pack_sequences=False)
+    module.backbone.eval()
+    batch = module.make_collator()([PairExample(f"query {i}", f"document {i} " * (1 + i % 3), (f"other {i}",), i)
+                                    for i in range(6)])
+    grads = []
+    for chunk in (None, 4):
+        module.gradcache_chunk_size = chunk
+        module.zero_grad(set_to_none=True)
+        module(batch).backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    assert grads[0] and set(grads[0]) == set(grads[1])
+    assert_close_relative(grads[1], grads[0], what="GradCache vs uncached gradients")

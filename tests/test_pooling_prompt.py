@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -61,7 +63,8 @@ def test_training_pools_only_the_text_after_the_prompt(tiny_backbones, arch):
     assert (F.cosine_similarity(padded[0], pooled_all[0]) < 0.9999).all()
 
 
-def test_export_pools_without_the_prompt_in_sentence_transformers(tiny_backbones, tmp_path):
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_export_pools_without_the_prompt_in_sentence_transformers(tiny_backbones, tmp_path, padding):
     from sentence_transformers import SentenceTransformer
 
     from lightning_embed.encoder import load
@@ -71,7 +74,13 @@ def test_export_pools_without_the_prompt_in_sentence_transformers(tiny_backbones
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"alpha {i}", "positive": f"the alpha number {i}"}) + "\n"
                              for i in range(16)))
-    module = EmbeddingModule(backbone=tiny_backbones["llama"], pool_prompt=False, learning_rate=1e-2,
+    backbone = tiny_backbones["llama"]
+    if padding == "left":  # many decoder tokenizers pad on the left
+        backbone = str(tmp_path / "left")
+        shutil.copytree(tiny_backbones["llama"], backbone)
+        config = json.loads((Path(backbone) / "tokenizer_config.json").read_text())
+        (Path(backbone) / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    module = EmbeddingModule(backbone=backbone, pool_prompt=False, learning_rate=1e-2,
                              warmup_ratio=0.0, query_max_length=32, document_max_length=48, **PROMPTS)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
@@ -79,6 +88,7 @@ def test_export_pools_without_the_prompt_in_sentence_transformers(tiny_backbones
     ckpt = tmp_path / "model.ckpt"
     trainer.save_checkpoint(ckpt)
     module.eval()
+    assert module.tokenizer.padding_side == padding
     with torch.no_grad():
         ref_q, ref_d = module.encode_pair_batch(_batch(module))
     out = export_checkpoint(ckpt, tmp_path / "export")
