@@ -149,7 +149,7 @@ class EmbeddingModule(L.LightningModule):
         super().__init__()
         strategy = build_strategy(tuning)
         check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
-                       document_max_length, gradcache_chunk_size, split_by_length, pack_sequences)
+                      document_max_length, gradcache_chunk_size, split_by_length, pack_sequences)
         self.save_hyperparameters(ignore=["tuning"])
         # A serialisable form of the strategy, so checkpoints load with weights_only=True.
         self.hparams["tuning"] = strategy_spec(strategy)

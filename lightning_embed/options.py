@@ -7,7 +7,7 @@ from lightning_embed.pooling import POOLING_MODES
 
 
 def check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, qlen, dlen,
-                   gradcache_chunk_size=None, split_by_length=False, pack_sequences=False) -> None:
+                  gradcache_chunk_size=None, split_by_length=False, pack_sequences=False) -> None:
     """Raises one :class:`UserError` naming every bad option (those checkable before loading the backbone)."""
     problems = []
     if pack_sequences not in (True, False, "auto"):
