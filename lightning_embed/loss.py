@@ -37,7 +37,8 @@ class InfoNCELoss(nn.Module):
     k per query, query i's at rows B+i*k .. B+i*k+k-1. Every query scores against every document of the
     batch (on every rank when ``gather_across_devices``), so the other queries' positives and negatives
     are its negatives too. With ``symmetric``, the document->query direction (each positive against all
-    queries) is averaged in, as in the study.
+    queries) is averaged in, as in the study. This is ``model.loss: infonce``, the default; see
+    :mod:`lightning_embed.losses` for the others and for plugging in your own class.
 
     Reference: van den Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018);
     Ziarko et al., "Repurposing Language Models into Embedding Models" (NeurIPS 2024), inverse
