@@ -73,16 +73,17 @@ def _unique_first(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="smollm2-135m")
-    parser.add_argument("--num-layers", type=int, default=8, help="keep the first N blocks (0: all)")
+    parser.add_argument("--num-layers", type=int, default=4, help="keep the first N blocks (0: all)")
     parser.add_argument("--systems", default="plain,matryoshka,bidirectional")
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--max-val-examples", type=int, default=1000)
+    parser.add_argument("--max-val-examples", type=int, default=500)
     parser.add_argument("--dims", default="256,128,64")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the report lines (not Lightning's output) to this file")
+    parser.add_argument(X
     args = parser.parse_args()
     report: list[str] = []
 
@@ -91,13 +92,15 @@ def main() -> None:
         print(line, flush=True)
 
     dims = [int(d) for d in args.dims.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     say(f"command: python benchmarks/bench_embedding_options.py {' '.join(sys.argv[1:])}".rstrip())
     say(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     say(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores shared with other jobs "
           f"(1-min load average {os.getloadavg()[0]:.1f} at the start)")
     say(f"backbone: {args.backbone} first {args.num_layers or 'all'} blocks, full tuning, bf16-mixed, "
           f"{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate}, max length {args.max_length}, "
-          f"seed {args.seed}; held-out: builtin:python-code val ({args.max_val_examples} pairs max), nDCG@10 "
+          f"seed {args.seed}, {torch.get_num_threads()} torch threads; held-out: builtin:python-code val ({args.max_val_examples} pairs max), nDCG@10 "
           "against all held-out documents")
     rows = {}
     for name in args.systems.split(","):
