@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--dims", default="256,128,64")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the report lines (not Lightning's output) to this file")
-    parser.add_argument(X
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 on a shared 2-core machine; 0: torch's default)")
     args = parser.parse_args()
     report: list[str] = []
 
@@ -97,11 +98,11 @@ def main() -> None:
     say(f"command: python benchmarks/bench_embedding_options.py {' '.join(sys.argv[1:])}".rstrip())
     say(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     say(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores shared with other jobs "
-          f"(1-min load average {os.getloadavg()[0]:.1f} at the start)")
+        f"(1-min load average {os.getloadavg()[0]:.1f} at the start)")
     say(f"backbone: {args.backbone} first {args.num_layers or 'all'} blocks, full tuning, bf16-mixed, "
-          f"{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate}, max length {args.max_length}, "
-          f"seed {args.seed}, {torch.get_num_threads()} torch threads; held-out: builtin:python-code val ({args.max_val_examples} pairs max), nDCG@10 "
-          "against all held-out documents")
+        f"{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate}, max length {args.max_length}, "
+        f"seed {args.seed}, {torch.get_num_threads()} torch threads; held-out: builtin:python-code val "
+        f"({args.max_val_examples} pairs max), nDCG@10 against all held-out documents")
     rows = {}
     for name in args.systems.split(","):
         options = dict(SYSTEMS[name])
@@ -124,7 +125,7 @@ def main() -> None:
         rows[name] = scores
         cells = "  ".join(f"{d or 'full'}d {s:.4f}" for d, s in scores.items())
         say(f"{name:14s} nDCG@10  {cells}  (64d / full {scores.get(64, float('nan')) / scores[0]:.3f})  "
-              f"train {seconds:.0f} s")
+            f"train {seconds:.0f} s")
     say(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.output:
         tmp = f"{args.output}.tmp"
