@@ -114,3 +114,29 @@ def test_export_refuses_a_model_that_would_run_causal(tiny_backbones, tmp_path):
     with pytest.raises(UserError, match="silently run causal"):
         export_module(module, tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt_neox"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_saved_flag_makes_each_family_bidirectional_without_remote_code(family, attention, tmp_path):
+    """What the export relies on: config.is_causal=false survives save/load and every layer attends both ways."""
+    from transformers import AutoConfig, AutoModel
+
+    from lightning_embed.bidirectional import make_bidirectional
+
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    if family != "gpt_neox":
+        sizes["num_key_value_heads"] = 2
+    torch.manual_seed(0)
+    model = AutoModel.from_config(AutoConfig.for_model(family, **sizes), attn_implementation=attention)
+    assert not attends_both_ways(model)
+    assert make_bidirectional(model, family, is_decoder=True)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, attn_implementation=attention)
+    assert reloaded.config.is_causal is False and attends_both_ways(reloaded)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():  # the padding mask still holds: a padded copy embeds its real tokens the same
+        alone = reloaded(input_ids=ids).last_hidden_state
+        padded = reloaded(input_ids=torch.cat([ids, torch.zeros(1, 2, dtype=torch.long)], 1),
+                          attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0, 0]])).last_hidden_state[:, :5]
+    assert_close_relative(padded, alone, what="padded vs alone")
