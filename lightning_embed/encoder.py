@@ -279,6 +279,9 @@ def load_module(path: str | Path, ckpt: dict[str, Any] | None = None, *, trust_r
 
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hparams = {**module_hparams(ckpt, path), "trust_remote_code": trust_remote_code}
+    if isinstance(hparams.get("loss"), dict):
+        # Embedding needs no loss, and a file must not name a class to import and run: the default stands in.
+        hparams["loss"] = "infonce"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

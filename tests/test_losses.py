@@ -107,6 +107,7 @@ def test_build_loss_class_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("spec, message", [("triplet", "unknown loss 'triplet'"),
                                            ({"class_path": "nowhere.Loss"}, "cannot import loss class"),
+                                           ({"class_path": "subprocess.Popen"}, "not a torch.nn.Module subclass"),
                                            ({"temperature": 1.0}, "needs a name")])
 def test_build_loss_bad_input(spec, message):
     with pytest.raises(UserError, match=message):
@@ -209,3 +210,16 @@ def test_gte_and_matryoshka_under_gradcache_equal_the_uncached_batch(tiny_backbo
         grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
     assert grads[0] and set(grads[0]) == set(grads[1])
     assert_close_relative(grads[1], grads[0], what="GradCache vs uncached gradients")
+
+
+def test_a_checkpoint_never_makes_inference_import_its_loss_class(tiny_backbones, tmp_path):
+    from lightning_embed.encoder import load
+    from lightning_embed.module import EmbeddingModule
+
+    module = EmbeddingModule(backbone=tiny_backbones["llama"])
+    path = tmp_path / "model.ckpt"
+    hparams = {**module.hparams, "loss": {"class_path": "nowhere_to_be_found.Loss"}}
+    torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict()}, path)
+    encoder = load(path, device="cpu")  # would raise "cannot import loss class" if the class were imported
+    assert encoder.encode("a text").shape == (32,)
+    assert encoder.info["hparams"]["loss"] == {"class_path": "nowhere_to_be_found.Loss"}

@@ -63,7 +63,7 @@ def build_loss(spec: LossSpec, *, temperature: float = 0.025, symmetric: bool = 
 
     Args:
         spec: ``infonce`` (None means it too), ``gte``, ``{name: gte, temperature: 0.01}``, or
-            ``{class_path: pkg.module.Class, init_args: {...}}`` (an ``nn.Module`` or any callable class).
+            ``{class_path: pkg.module.Class, init_args: {...}}`` (a ``torch.nn.Module`` subclass).
         temperature: the module's temperature, passed to a loss that takes one.
         symmetric: the module's ``symmetric``, passed to a loss that takes it.
         gather_across_devices: passed to a loss that takes it.
@@ -106,8 +106,8 @@ def _import(path: str) -> type:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as err:
         raise UserError(f"cannot import loss class {path!r}: {err}.") from None
-    if not (isinstance(cls, type) and callable(cls)):
-        raise UserError(f"loss {path!r} is not a class.")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UserError(f"loss {path!r} is not a torch.nn.Module subclass.")
     return cls
 
 
@@ -122,12 +122,9 @@ def _instantiate(cls: type, kwargs: dict[str, Any], shared: dict[str, Any], labe
         if key in params and key not in kwargs:
             kwargs[key] = shared[key]
     try:
-        loss = cls(**kwargs)
+        return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"loss {label!r}: {err}") from None
-    if not callable(loss):
-        raise UserError(f"loss {label!r} is not callable: give it a forward(queries, documents, num_negatives).")
-    return loss
 
 
 __all__ = ["GTELoss", "InfoNCELoss", "LOSSES", "LossSpec", "build_loss"]
