@@ -11,6 +11,7 @@ work unchanged. At inference, keep the first d coordinates (``SentenceTransforme
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +37,7 @@ def check_matryoshka(dims: Sequence[int] | None, weights: Sequence[float] | None
     if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
         problems.append(f"matryoshka_dims={dims} must be a non-empty list of positive integers")
     else:
-        if any(a <= b for a, b in zip(dims, dims[1:])):
+        if any(a <= b for a, b in itertools.pairwise(dims)):
             problems.append(f"matryoshka_dims={dims} must be strictly decreasing (largest first, e.g. "
                             f"[{hidden_size}, 256, 128, 64])")
         if hidden_size and dims[0] > hidden_size:

@@ -51,7 +51,7 @@ def test_encoder_gets_a_note_not_an_error(tiny_backbones, capsys):
 
 
 def test_architecture_that_ignores_the_flag_is_refused(tiny_backbones, monkeypatch):
-    import lightning_embed.bidirectional as bidirectional
+    from lightning_embed import bidirectional
 
     monkeypatch.setattr(bidirectional, "attends_both_ways", lambda model: False)
     with pytest.raises(UserError, match="would stay causal"):
@@ -124,7 +124,8 @@ def test_the_saved_flag_makes_each_family_bidirectional_without_remote_code(fami
 
     from lightning_embed.bidirectional import make_bidirectional
 
-    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    sizes = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4}
     if family != "gpt_neox":
         sizes["num_key_value_heads"] = 2
     torch.manual_seed(0)

@@ -127,4 +127,4 @@ def _instantiate(cls: type, kwargs: dict[str, Any], shared: dict[str, Any], labe
         raise UserError(f"loss {label!r}: {err}") from None
 
 
-__all__ = ["GTELoss", "InfoNCELoss", "LOSSES", "LossSpec", "build_loss"]
+__all__ = ["LOSSES", "GTELoss", "InfoNCELoss", "LossSpec", "build_loss"]
