@@ -245,7 +245,8 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
     if hub_id:
         lines.append(f"base_model: {backbone}")
     lines += ["---", "", f"# Text-embedding model fine-tuned from `{backbone}`", "",
-              "Trained with lightning-embed by contrastive fine-tuning (InfoNCE with in-batch "
+              f"Trained with lightning-embed by contrastive fine-tuning ({_loss_name(hparams.get('loss'))} with "
+              "in-batch "
               "negatives), following Ziarko et al., *Repurposing Language Models into Embedding Models: Finding "
               "the Compute-Optimal Recipe* (NeurIPS 2024).", "", "## Usage", "", "```python",
               "from sentence_transformers import SentenceTransformer", "",
@@ -301,8 +302,9 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
 
 def _loss_name(spec) -> str:
     if isinstance(spec, dict):
-        return str(spec.get("name") or spec.get("class_path", "?"))
-    return str(spec or "infonce")
+        spec = spec.get("name") or spec.get("class_path", "?")
+    names = {"infonce": "InfoNCE", "gte": "GTE's improved contrastive loss"}
+    return names.get(str(spec or "infonce").lower(), f"`{spec}`")
 
 
 def _prompt(text) -> str:
