@@ -10,6 +10,9 @@ _EXPORTS = {
     "Encoder": "lightning_embed.encoder",
     "InfoNCELoss": "lightning_embed.loss",
     "MixtureSource": "lightning_embed.mixtures",
+    "GTELoss": "lightning_embed.losses",
+    "MatryoshkaLoss": "lightning_embed.matryoshka",
+    "build_loss": "lightning_embed.losses",
     "PairBatch": "lightning_embed.data",
     "PairCollator": "lightning_embed.data",
     "PairDataModule": "lightning_embed.data",
@@ -62,6 +65,8 @@ if TYPE_CHECKING:
     from lightning_embed.loss import InfoNCELoss
     from lightning_embed.mining import mine_hard_negatives
     from lightning_embed.mixtures import MixtureSource
+    from lightning_embed.losses import GTELoss, build_loss
+    from lightning_embed.matryoshka import MatryoshkaLoss
     from lightning_embed.models import load_backbone, load_tokenizer
     from lightning_embed.module import EmbeddingModule
     from lightning_embed.pooling import pool
@@ -95,8 +100,10 @@ __all__ = [
     "FlopCallback",
     "FlopCount",
     "FlopModel",
+    "GTELoss",
     "InfoNCELoss",
     "MixtureSource",
+    "MatryoshkaLoss",
     "PairBatch",
     "PairCollator",
     "PairDataModule",
@@ -105,6 +112,7 @@ __all__ = [
     "TuningStrategy",
     "UserError",
     "available_strategies",
+    "build_loss",
     "build_strategy",
     "builtin_fingerprint",
     "consolidate_checkpoint",

@@ -74,6 +74,11 @@ def rebuild_backbone(path: str | Path, ckpt: dict[str, Any], hparams: dict[str, 
             raw = load_backbone(backbone, num_layers=hparams.get("num_layers"),
                                 attn_implementation=hparams.get("attn_implementation"),
                                 trust_remote_code=trust_remote_code)
+            if hparams.get("bidirectional"):  # as the module did in training (config.is_causal = False)
+                from lightning_embed.bidirectional import make_bidirectional
+                from lightning_embed.models import describe
+
+                make_bidirectional(raw, backbone, is_decoder=describe(raw).is_decoder)
             problems = strategy.validate(raw)
             if problems:
                 raise UserError(f"tuning strategy {strategy!r} cannot tune {backbone!r}: " + "; ".join(problems))

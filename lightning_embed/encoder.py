@@ -26,7 +26,7 @@ from torch import nn
 
 from lightning_embed.errors import UserError
 from lightning_embed.distributed_checkpoint import is_distributed_checkpoint, read_distributed_checkpoint
-from lightning_embed.pooling import POOLING_MODES, pool
+from lightning_embed.pooling import POOLING_MODES, pool, prompt_token_count, without_prompt
 
 #: The file an export writes with everything :func:`load` needs besides the weights and tokenizer.
 EXPORT_CONFIG = "lightning_embed.json"
@@ -56,12 +56,15 @@ class Encoder:
         name: a label for tables and MTEB results.
         device: where to run; None: where the model already is.
         info: what is known about the model (backbone, tuning, hyper-parameters, FLOP, metrics).
+        pool_prompt: pool the prompt's tokens too; False leaves them out (``model.pool_prompt: false``).
+        truncate_dim: keep the first this many coordinates of every embedding (Matryoshka); None: all.
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
                  query_prompt: str = "", document_prompt: str = "", max_length: int = 256, name: str = "model",
                  device: str | torch.device | None = None, info: dict[str, Any] | None = None,
-                 query_max_length: int | None = None, document_max_length: int | None = None) -> None:
+                 query_max_length: int | None = None, document_max_length: int | None = None,
+                 pool_prompt: bool = True, truncate_dim: int | None = None) -> None:
         if pooling not in POOLING_MODES:
             raise UserError(f"pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}.")
         if tokenizer.pad_token is None:
@@ -77,6 +80,8 @@ class Encoder:
         self.document_max_length = int(document_max_length or max_length)
         self.name = name
         self.info = dict(info or {})
+        self.pool_prompt = bool(pool_prompt)
+        self.truncate_dim = truncate_dim
 
     @classmethod
     def from_module(cls, module, name: str = "model") -> Encoder:
@@ -86,7 +91,7 @@ class Encoder:
                    query_prompt=h.query_prompt, document_prompt=h.document_prompt,
                    max_length=max(h.query_max_length, h.document_max_length), name=name,
                    info={"hparams": dict(h)}, query_max_length=h.query_max_length,
-                   document_max_length=h.document_max_length)
+                   document_max_length=h.document_max_length, pool_prompt=h.get("pool_prompt", True))
 
     @property
     def device(self) -> torch.device:
@@ -96,8 +101,9 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        """Size of an embedding."""
-        return int(getattr(self.model.config, "hidden_size", 0) or 0)
+        """Size of an embedding (``truncate_dim`` when set)."""
+        hidden = int(getattr(self.model.config, "hidden_size", 0) or 0)
+        return min(hidden, self.truncate_dim) if self.truncate_dim and hidden else hidden
 
     def prompt_text(self, prompt: str | None) -> str:
         """The text prepended for ``prompt``: None (nothing), ``query``, ``document`` or a literal string."""
@@ -111,7 +117,7 @@ class Encoder:
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, prompt: str | None = None,
                normalize: bool | None = None, show_progress: bool | None = None,
-               convert_to_numpy: bool = False):
+               convert_to_numpy: bool = False, dimension: int | None = None):
         """Embeds texts.
 
         Texts are sorted by length so each batch pads little, and the result is returned in input order.
@@ -127,6 +133,8 @@ class Encoder:
                 trained (normalised unless it was trained with ``normalize: false``).
             show_progress: a progress bar; None: only for more than 512 texts.
             convert_to_numpy: return a numpy array instead of a tensor.
+            dimension: keep the first this many coordinates (a Matryoshka-trained model), re-normalised when
+                ``normalize``; None: ``truncate_dim`` (all coordinates when that is None too).
 
         Returns:
             float32 embeddings on the CPU, shape (len(texts), dimension), or (dimension,) for one string.
@@ -146,6 +154,12 @@ class Encoder:
         prefix = self.prompt_text(prompt)
         max_length = {"query": self.query_max_length, "document": self.document_max_length}.get(prompt or "",
                                                                                             self.max_length)
+        # Counted as sentence-transformers counts them, so an export's include_prompt=False agrees.
+        skip = 0 if self.pool_prompt else prompt_token_count(self.tokenizer, prefix)
+        dimension = dimension or self.truncate_dim
+        hidden = int(getattr(self.model.config, "hidden_size", 0) or 0)
+        if dimension is not None and (dimension < 1 or (hidden and dimension > hidden)):
+            raise UserError(f"dimension={dimension} must be between 1 and the embedding size {hidden}.")
         normalize = self.normalize if normalize is None else normalize
         show = len(items) > _PROGRESS_THRESHOLD if show_progress is None else show_progress
         # Longest first: the first batch shows at once whether memory suffices.
@@ -157,7 +171,7 @@ class Encoder:
             with torch.no_grad(), _progress(show, len(items), self.name) as advance:
                 for start in range(0, len(items), batch_size):
                     batch = [prefix + items[i] for i in order[start:start + batch_size]]
-                    chunks.append(self._embed(batch, normalize, max_length))
+                    chunks.append(self._embed(batch, normalize, max_length, skip, dimension))
                     advance(len(batch))
         finally:
             self.model.train(was_training)
@@ -166,12 +180,13 @@ class Encoder:
             out = torch.empty_like(sorted_emb)
             out[torch.tensor(order)] = sorted_emb
         else:
-            out = torch.empty(0, self.dimension)
+            out = torch.empty(0, dimension or self.dimension)
         if single:
             out = out[0]
         return out.numpy() if convert_to_numpy else out
 
-    def _embed(self, texts: list[str], normalize: bool, max_length: int) -> torch.Tensor:
+    def _embed(self, texts: list[str], normalize: bool, max_length: int, skip: int = 0,
+               dimension: int | None = None) -> torch.Tensor:
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
                                  return_tensors="pt")
         device = self.device
@@ -179,7 +194,9 @@ class Encoder:
         mask = encoded["attention_mask"].to(device)
         out = self.model(input_ids=encoded["input_ids"].to(device), attention_mask=mask)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        emb = pool(hidden, mask, self.pooling)
+        emb = pool(hidden, without_prompt(mask, skip), self.pooling)
+        if dimension is not None:
+            emb = emb[:, :dimension]
         if normalize:
             emb = F.normalize(emb, dim=-1)
         return emb.float().cpu()
@@ -288,6 +305,9 @@ def load_module(path: str | Path, ckpt: dict[str, Any] | None = None, *, trust_r
 
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hparams = {**module_hparams(ckpt, path), "trust_remote_code": trust_remote_code}
+    if isinstance(hparams.get("loss"), dict):
+        # Embedding needs no loss, and a file must not name a class to import and run: the default stands in.
+        hparams["loss"] = "infonce"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -369,7 +389,8 @@ def _load(path: str | Path, device, max_length: int | None, trust_remote_code: b
         return Encoder(model, tokenizer, pooling=h.get("pooling", "mean"), normalize=h.get("normalize", True),
                        query_prompt=h.get("query_prompt", ""), document_prompt=h.get("document_prompt", ""),
                        max_length=max_length or max(h.get("query_max_length", 64), h.get("document_max_length", 256)),
-                       name=name, device=device, info=info, **_side_lengths(h, max_length))
+                       name=name, device=device, info=info, pool_prompt=h.get("pool_prompt", True),
+                       **_side_lengths(h, max_length))
     if p.is_dir():
         if (p / EXPORT_CONFIG).is_file():
             return _load_export(p, device, max_length, trust_remote_code)
@@ -399,7 +420,7 @@ def _load_export(folder: Path, device, max_length: int | None, trust_remote_code
                    query_prompt=h.get("query_prompt", ""), document_prompt=h.get("document_prompt", ""),
                    max_length=max_length or int(meta.get("max_seq_length") or h.get("document_max_length", 256)),
                    name=folder.name, device=device, info={"source": str(folder), "kind": "export", **meta},
-                   **_side_lengths(h, max_length))
+                   pool_prompt=h.get("pool_prompt", True), **_side_lengths(h, max_length))
 
 
 def load_pretrained(name: str, *, pooling: str | None = None, normalize: bool | None = None,
@@ -427,7 +448,8 @@ def load_pretrained(name: str, *, pooling: str | None = None, normalize: bool | 
                    query_prompt=st.get("query_prompt", "") if query_prompt is None else query_prompt,
                    document_prompt=st.get("document_prompt", "") if document_prompt is None else document_prompt,
                    max_length=max_length, name=Path(name).name or name, device=device or "cpu",
-                   info={"source": name, "kind": "pretrained"}, **sides)
+                   info={"source": name, "kind": "pretrained"}, pool_prompt=st.get("pool_prompt", True),
+                   **sides)
 
 
 def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
@@ -442,6 +464,7 @@ def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
             if str(m.get("type", "")).endswith("Pooling"):
                 cfg = json.loads((folder / m.get("path", "1_Pooling") / "config.json").read_text(encoding="utf-8"))
                 out["pooling"] = _pooling_from_st(cfg, folder)
+                out["pool_prompt"] = bool(cfg.get("include_prompt", True))
         bert_cfg = folder / "sentence_bert_config.json"
         if bert_cfg.is_file():
             bert = json.loads(bert_cfg.read_text(encoding="utf-8"))

@@ -38,7 +38,7 @@ _LOCAL_HINT = ("evaluate local files instead, e.g. --tasks sts:pairs.jsonl retri
 
 def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"] | None = None,
              baseline: bool = False, output: str | None = None, batch_size: int = 32,
-             device: str | None = None, trust_remote_code: bool = False) -> None:
+             device: str | None = None, trust_remote_code: bool = False, dims: str | list[int] | None = None) -> None:
     """Evaluate a model on MTEB tasks and print the main score of each.
 
     Args:
@@ -54,6 +54,9 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
         device: cpu, cuda, ...; default: the GPU when there is one.
         trust_remote_code: run code shipped with the model (custom architectures); only if you trust it.
             Never taken from the checkpoint or folder itself.
+        dims: also score the first N coordinates of every embedding, for each N (e.g. 64,128,256; a model
+            trained with model.matryoshka_dims): one column per dimension beside the full one. The texts are
+            encoded once; each truncation is re-normalised (cosine) before scoring.
     """
     from lightning_embed.cli import _quiet_third_party
 
@@ -64,16 +67,25 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1.")
     out_path = _check_output(output)
+    dimensions = _parse_dims(dims)
     resolved = resolve_tasks(specs, english_only=set(SUITES[suite]) if suite else set())
     encoder = load(model, device=device, trust_remote_code=trust_remote_code)
+    too_large = [d for d in dimensions if encoder.dimension and d > encoder.dimension]
+    if too_large:
+        raise UserError(f"--dims {','.join(map(str, too_large))}: larger than the embedding size {encoder.dimension}.")
     base = baseline_encoder(encoder, trust_remote_code=trust_remote_code) if baseline else None
     if baseline and base is None:
         from lightning_embed.terminal import console
 
         console(stderr=True).print(f"note: {model} is an untrained model already; no baseline column.")
-    scores = run_mteb(encoder, resolved, batch_size=batch_size)
+    cache: dict = {}  # full embeddings, truncated per dimension instead of encoding again
+    scores = run_mteb(encoder, resolved, batch_size=batch_size, cache=cache if dimensions else None)
     base_scores = run_mteb(base, resolved, batch_size=batch_size) if base is not None else None
     results = _results(model, encoder, base, resolved, scores, base_scores)
+    if dimensions:
+        results["dims"] = {str(d): run_mteb(encoder, resolved, batch_size=batch_size, dimension=d, cache=cache)
+                           for d in dimensions}
+        results["full_dimension"] = encoder.dimension
     print_results(results)
     if out_path is not None:
         _write_json_atomic(out_path, results)
@@ -85,6 +97,20 @@ def _split_specs(tasks: str | list[str] | None) -> list[str]:
     items = [tasks] if isinstance(tasks, str) else list(tasks)
     # "a,b" and "a b" in one argument are several tasks too (as written in a config or a quoted list).
     return [spec for item in items for spec in item.replace(",", " ").split()]
+
+
+def _parse_dims(dims: str | Sequence[int] | None) -> list[int]:
+    """``--dims`` as a list of distinct positive integers, largest first (``"64,128"`` or ``[64, 128]``)."""
+    if dims is None:
+        return []
+    items = str(dims).strip("[]").replace(",", " ").split() if isinstance(dims, str) else list(dims)
+    try:
+        values = [int(item) for item in items]
+    except (TypeError, ValueError):
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"--dims {dims!r}: give positive integers, e.g. --dims 64,128,256.")
+    return sorted(set(values), reverse=True)
 
 
 def _check_output(output: str | None) -> Path | None:
@@ -191,52 +217,71 @@ def _standard_tasks(names: Sequence[str], english_only) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def _adapter_class():
     # Built on first use: importing mteb takes seconds, which `import lightning_embed` must not pay.
-    import numpy as np
+    import torch
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.types import PromptType
 
     class LightningEmbedMTEBEncoder(AbsEncoder):
         """mteb 2.x encoder protocol over an :class:`~lightning_embed.encoder.Encoder`."""
 
-        def __init__(self, encoder: Encoder, meta, batch_size: int, show_progress: bool | None) -> None:
+        def __init__(self, encoder: Encoder, meta, batch_size: int, show_progress: bool | None,
+                     dimension: int | None = None, cache: dict | None = None) -> None:
             self.model = encoder
             self.mteb_model_meta = meta
             self.batch_size = batch_size
             self.show_progress = show_progress
+            self.dimension = dimension
+            self.cache = cache
 
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             texts = [text for batch in inputs for text in batch["text"]]
             prompt = "document" if prompt_type == PromptType.document else "query"
-            heartbeat = getattr(self, "heartbeat", None)
-            chunks = []
-            # Chunked so a log shows progress inside a large corpus too (one line per interval at most).
-            chunked = heartbeat is not None and heartbeat.enabled
-            step = max(self.batch_size, 1) * 16 if chunked else max(len(texts), 1)
             try:
                 check_texts(texts, what=f"MTEB task {task_metadata.name} ({hf_split}, {hf_subset}) {prompt} texts")
             except UserError as err:
                 raise UserError(f"{err} Such a task cannot be scored as is.") from None
+            from lightning_embed.matryoshka import truncate
+
+            key = (prompt, tuple(texts))
+            if self.cache is not None and key in self.cache:
+                return truncate(self.cache[key], self.dimension, self.model.normalize).numpy()
+            heartbeat = getattr(self, "heartbeat", None)
+            # Chunked so a log shows progress inside a large corpus too (one line per interval at most).
+            chunked = heartbeat is not None and heartbeat.enabled
+            step = max(self.batch_size, 1) * 16 if chunked else max(len(texts), 1)
+            # With a cache, the full embeddings are kept and every dimension is a truncation of them.
+            dimension = None if self.cache is not None else self.dimension
+            chunks = []
             for start in range(0, max(len(texts), 1), step):
                 part = texts[start:start + step]
-                chunks.append(self.model.encode(part, batch_size=self.batch_size, prompt=prompt,
-                                                show_progress=self.show_progress, convert_to_numpy=True))
+                chunks.append(self.model.encode(part, batch_size=self.batch_size, prompt=prompt, dimension=dimension,
+                                                show_progress=self.show_progress, convert_to_numpy=False))
                 if chunked:
                     heartbeat(len(part), note=f"task {task_metadata.name}")
-            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            full = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+            if self.cache is None:
+                return full.numpy()
+            self.cache[key] = full
+            return truncate(full, self.dimension, self.model.normalize).numpy()
 
     return LightningEmbedMTEBEncoder
 
 
-def mteb_encoder(encoder: Encoder, batch_size: int = 32, show_progress: bool | None = None):
-    """Wraps an :class:`~lightning_embed.encoder.Encoder` in mteb 2.x's encoder protocol."""
+def mteb_encoder(encoder: Encoder, batch_size: int = 32, show_progress: bool | None = None,
+                 dimension: int | None = None, cache: dict | None = None):
+    """Wraps an :class:`~lightning_embed.encoder.Encoder` in mteb 2.x's encoder protocol.
+
+    ``dimension`` keeps the first coordinates of each embedding (re-normalised); ``cache`` keeps the full
+    embeddings of each list of texts, so several dimensions are scored from one encoding.
+    """
     from mteb.models.model_meta import ModelMeta, ScoringFunction
 
     meta = ModelMeta.create_empty({
         "name": f"lightning-embed/{encoder.name}", "revision": "local", "framework": ["PyTorch"],
         "similarity_fn_name": ScoringFunction.COSINE if encoder.normalize else ScoringFunction.DOT_PRODUCT,
-        "embed_dim": encoder.dimension or None, "max_tokens": encoder.max_length, "modalities": ["text"],
+        "embed_dim": dimension or encoder.dimension or None, "max_tokens": encoder.max_length, "modalities": ["text"],
     })
-    return _adapter_class()(encoder, meta, batch_size, show_progress)
+    return _adapter_class()(encoder, meta, batch_size, show_progress, dimension, cache)
 
 
 def baseline_encoder(encoder: Encoder, *, trust_remote_code: bool = False) -> Encoder | None:
@@ -256,15 +301,18 @@ def baseline_encoder(encoder: Encoder, *, trust_remote_code: bool = False) -> En
     return base
 
 
-def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32,
-             show_progress: bool | None = None) -> dict[str, float]:
-    """Runs mteb on local (:class:`LocalTask`) and mteb tasks; returns each task's main score."""
+def run_mteb(encoder: Encoder, tasks: Sequence[Any], *, batch_size: int = 32, show_progress: bool | None = None,
+             dimension: int | None = None, cache: dict | None = None) -> dict[str, float]:
+    """Runs mteb on local (:class:`LocalTask`) and mteb tasks; returns each task's main score.
+
+    ``dimension``: score the first coordinates only; ``cache``: see :func:`mteb_encoder`.
+    """
     import datasets
     import mteb
 
     from lightning_embed.terminal import Heartbeat
 
-    model = mteb_encoder(encoder, batch_size, show_progress)
+    model = mteb_encoder(encoder, batch_size, show_progress, dimension, cache)
     # Plain lines when stdout is not a terminal (a rich bar would only show its last frame in a log).
     # (none when progress is off, as for the MTEB callback inside a fit, which has its own progress lines)
     model.heartbeat = Heartbeat(f"evaluate {encoder.name}", unit="texts embedded") if show_progress is not False \
@@ -324,9 +372,12 @@ def print_results(results: dict[str, Any]) -> None:
     from lightning_embed.terminal import console
 
     with_base = results.get("baseline_main_scores") is not None
+    dims = results.get("dims") or {}
     table = Table(title=f"MTEB main scores: {results['model']}", title_justify="left")
-    for col in ("task", "type", "metric", "score", *(("baseline", "Δ") if with_base else ())):
-        table.add_column(col, justify="right" if col in ("score", "baseline", "Δ") else "left",
+    score = f"score ({results['full_dimension']}d)" if dims else "score"
+    numeric = (score, "baseline", "Δ", *(f"{d}d" for d in dims))
+    for col in ("task", "type", "metric", score, *(("baseline", "Δ") if with_base else ()), *(f"{d}d" for d in dims)):
+        table.add_column(col, justify="right" if col in numeric else "left",
                          no_wrap=col == "task")  # a task's name is its key in the JSON: show it whole
     for name, d in results["tasks"].items():
         row = [name, str(d["type"]), d["metric"], _fmt(d["main_score"])]
@@ -335,6 +386,7 @@ def print_results(results: dict[str, Any]) -> None:
             delta = s - b if s is not None and b is not None else None
             colour = "green" if delta is not None and delta > 0 else "red"
             row += [_fmt(b), f"[{colour}]{delta:+.4f}[/{colour}]" if delta is not None else "-"]
+        row += [_fmt(scores.get(name)) for scores in dims.values()]
         table.add_row(*row)
     console().print(table)
     if with_base:

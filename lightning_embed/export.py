@@ -167,6 +167,8 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) -> None:
     model = module.tuning.export(module.backbone)
+    if hparams.get("bidirectional"):
+        _check_bidirectional(model, module.backbone_info.is_decoder)
     # trust_remote_code as the module was built (from the caller for a checkpoint, never the file's own)
     pooler = _original_pooler(model, hparams, bool(module.hparams.get("trust_remote_code", False)))
     if pooler is not None:
@@ -180,7 +182,10 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
             model.pooler = None  # the export may be the live module's backbone (full tuning): leave it as it was
     module.tokenizer.save_pretrained(folder)
     max_len = max(int(hparams.get("query_max_length", 64)), int(hparams.get("document_max_length", 256)))
-    _patch_json(folder / "tokenizer_config.json", {"model_max_length": max_len})
+    # sentence-transformers leaves the prompt out of pooling by zeroing the first columns, right for right padding
+    # only; padding never changes an embedding here, so a left-padding tokenizer is exported padding right.
+    right = {} if hparams.get("pool_prompt", True) else {"padding_side": "right"}
+    _patch_json(folder / "tokenizer_config.json", {"model_max_length": max_len, **right})
     pooling = hparams.get("pooling", "mean")
     normalize = bool(hparams.get("normalize", True))
     hidden = int(getattr(model.config, "hidden_size", 0) or 0)
@@ -193,7 +198,8 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
     _write_json(folder / "modules.json", modules)
     _write_json(folder / "sentence_bert_config.json", _st_transformer_config(hparams, max_len))
     (folder / "1_Pooling").mkdir()
-    _write_json(folder / "1_Pooling" / "config.json", _st_pooling_config(pooling, hidden))
+    _write_json(folder / "1_Pooling" / "config.json",
+                _st_pooling_config(pooling, hidden, bool(hparams.get("pool_prompt", True))))
     query_prompt, document_prompt = hparams.get("query_prompt", ""), hparams.get("document_prompt", "")
     _write_json(folder / "config_sentence_transformers.json", {
         "__version__": _versions(("sentence-transformers", "transformers", "torch")),
@@ -260,7 +266,17 @@ def _st_reads_side_lengths() -> bool:
     return {"query_length", "document_length"} <= set(getattr(Transformer, "config_keys", ()))
 
 
-def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
+def _check_bidirectional(model, is_decoder: bool) -> None:
+    """Refuses to write a ``bidirectional`` decoder whose saved config would not make it attend both ways."""
+    from lightning_embed.bidirectional import attends_both_ways, attends_causally
+
+    if is_decoder and (attends_causally(model) or not attends_both_ways(model)):
+        raise UserError(f"the model was trained with bidirectional attention, but {type(model).__name__} does not "
+                        "attend both ways with config.is_causal=false in this transformers version; an export "
+                        "would silently run causal, so none is written.")
+
+
+def _st_pooling_config(pooling: str, hidden: int, include_prompt: bool = True) -> dict[str, Any]:
     mode = ST_POOLING[pooling]
     return {
         "word_embedding_dimension": hidden,
@@ -270,7 +286,7 @@ def _st_pooling_config(pooling: str, hidden: int) -> dict[str, Any]:
         "pooling_mode_mean_sqrt_len_tokens": False,
         "pooling_mode_weightedmean_tokens": mode == "weightedmean",
         "pooling_mode_lasttoken": mode == "lasttoken",
-        "include_prompt": True,
+        "include_prompt": include_prompt,
     }
 
 

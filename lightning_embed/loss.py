@@ -29,6 +29,21 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(gathered, dim=0), dist.get_rank()
 
 
+def own_negatives_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, num_negatives: int,
+                       temperature: float) -> torch.Tensor:
+    """Each query against its own positive (the target) and its own k hard negatives only: no in-batch negatives.
+
+    For classification-like data (a mixture source with ``in_batch_negatives: false``), where another
+    example's positive may answer a query too.
+    """
+    if not num_negatives:
+        raise ValueError("in_batch_negatives=False needs hard negatives (num_negatives >= 1)")
+    b = queries.shape[0]
+    own = torch.cat([positives[:, None], negatives.view(b, num_negatives, -1)], dim=1)
+    logits = torch.einsum("bh,bch->bc", queries, own) / temperature
+    return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=queries.device))
+
+
 class InfoNCELoss(nn.Module):
     """InfoNCE over cosine similarities with in-batch and hard negatives, optionally symmetric.
 
@@ -40,6 +55,8 @@ class InfoNCELoss(nn.Module):
     queries) is averaged in, as in the study. With ``in_batch_negatives=False`` (classification-like data,
     where another example's positive may answer a query too) a query scores only against its own positive
     and hard negatives: nothing is gathered across devices and there is no document->query direction.
+    This is ``model.loss: infonce``, the default; see :mod:`lightning_embed.losses` for the others and for
+    plugging in your own class.
 
     Reference: van den Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018);
     Ziarko et al., "Repurposing Language Models into Embedding Models" (NeurIPS 2024), inverse
@@ -74,12 +91,7 @@ class InfoNCELoss(nn.Module):
             )
         positives, negatives = documents[:b], documents[b:]
         if not in_batch_negatives:
-            if not num_negatives:
-                raise ValueError("in_batch_negatives=False needs hard negatives (num_negatives >= 1)")
-            # Row i: its positive (the target, column 0), then its own k hard negatives.
-            own = torch.cat([positives[:, None], negatives.view(b, num_negatives, -1)], dim=1)
-            logits = torch.einsum("bh,bch->bc", queries, own) / self.temperature
-            return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=queries.device))
+            return own_negatives_loss(queries, positives, negatives, num_negatives, self.temperature)
         rank = 0
         all_queries = queries
         if self.gather_across_devices:

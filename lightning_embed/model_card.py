@@ -150,8 +150,8 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
     shown = f"[{base['hub_id']}](https://huggingface.co/{base['hub_id']})" if base["hub_id"] else f"`{backbone}`"
     lines = ["---", yaml.safe_dump(front_matter(hparams, info, name), sort_keys=False, allow_unicode=True).strip(),
              "---", "", f"# Text-embedding model fine-tuned from {base['hub_id'] or backbone}", "",
-             f"Fine-tuned from {shown} with lightning-embed by contrastive fine-tuning (InfoNCE with in-batch "
-             "negatives), following Ziarko et al., *Repurposing Language Models into Embedding Models: Finding "
+             f"Fine-tuned from {shown} with lightning-embed by contrastive fine-tuning "
+             f"({loss_name(hparams.get('loss'))} with in-batch negatives), following Ziarko et al., *Repurposing Language Models into Embedding Models: Finding "
              "the Compute-Optimal Recipe* (NeurIPS 2024)."]
     if base["hub_id"] and base["hub_id"] != backbone:
         lines += ["", f"The base model was the bundled `{backbone}`: {base['hub_id']}, {base['provenance']}."]
@@ -172,6 +172,13 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
               "## Model", "", "| | |", "|---|---|", f"| base model | {shown} |"]
     if hparams.get("num_layers"):
         lines.append(f"| blocks kept | first {hparams['num_layers']} |")
+    if hparams.get("bidirectional"):
+        lines.append("| attention | bidirectional (`is_causal: false` in config.json) |")
+    if hparams.get("pool_prompt") is False:
+        lines.append("| prompt tokens | left out of pooling (`include_prompt: false`) |")
+    if hparams.get("matryoshka_dims"):
+        dims = ", ".join(str(d) for d in hparams["matryoshka_dims"])
+        lines.append(f"| Matryoshka dimensions | {dims} (`SentenceTransformer(DIR, truncate_dim=d)`) |")
     lines += [f"| pooling | {hparams.get('pooling', 'mean')} (over the attention mask) |",
               f"| normalised | {'yes (L2)' if normalize else 'no'} |",
               f"| similarity | {'cosine' if normalize else 'dot product'} |",
@@ -181,7 +188,8 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
               f"{hparams.get('document_max_length')}, other texts {max_length} tokens (as trained) |",
               f"| embedding dimension | {dimension} |", "", "## Training", "", "| | |", "|---|---|",
               f"| tuning strategy | {strategy} |",
-              f"| temperature | {hparams.get('temperature')} (symmetric: {hparams.get('symmetric')}) |",
+              f"| loss | {loss_name(hparams.get('loss'))}, temperature {hparams.get('temperature')} "
+              f"(symmetric: {hparams.get('symmetric')}) |",
               f"| learning rate | {hparams.get('learning_rate')} ({hparams.get('lr_schedule')}, warm-up "
               f"{hparams.get('warmup_ratio')}, weight decay {hparams.get('weight_decay')}) |"]
     if data.get("train"):
@@ -220,6 +228,14 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
             lines += ["", "The number of held-out pairs was not recorded with this checkpoint."]
     lines += ["", "## Framework versions", ""] + [f"- {k}: {v}" for k, v in versions().items()] + [""]
     return "\n".join(lines)
+
+
+def loss_name(spec) -> str:
+    """The contrastive loss of ``model.loss`` (a name, a ``{name: ...}`` or a ``class_path`` mapping) in words."""
+    if isinstance(spec, dict):
+        spec = spec.get("name") or spec.get("class_path", "?")
+    names = {"infonce": "InfoNCE", "gte": "GTE's improved contrastive loss"}
+    return names.get(str(spec or "infonce").lower(), f"`{spec}`")
 
 
 def _prompt(text) -> str:

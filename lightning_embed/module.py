@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning as L
@@ -12,13 +11,17 @@ from torch import nn
 
 from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
-from lightning_embed.loss import InfoNCELoss
+from lightning_embed.bidirectional import attends_causally, make_bidirectional
+from lightning_embed.losses import LossSpec, build_loss, takes_keyword
+from lightning_embed.matryoshka import MatryoshkaLoss, check_matryoshka
 from lightning_embed.metrics import retrieval_metrics
+from lightning_embed.options import check_options
+from lightning_embed.schedule import warmup_then_decay
 from lightning_embed.acceleration import auto_compile, make_room_to_compile, switch_training_attention
 from lightning_embed.models import describe, hf_model, load_backbone, load_tokenizer
 from lightning_embed.packing import decide_packing, pack_and_encode, packing_problem, plan_packing
-from lightning_embed.pooling import POOLING_MODES, PoolingMode, pool
-from lightning_embed.strategy import TuningStrategy, build_strategy
+from lightning_embed.pooling import PoolingMode, pool, prompt_token_count, without_prompt
+from lightning_embed.strategy import TuningStrategy, build_strategy, strategy_spec
 from lightning_embed.unpadding import (computed_positions, default_overhead, encode_micro_batches, plan_micro_batches,
                                        right_padded)
 
@@ -35,8 +38,21 @@ class EmbeddingModule(L.LightningModule):
             or ``{class_path: ..., init_args: {...}}``. ``lightning-embed strategies`` lists them.
         pooling: ``mean`` (the study's choice), ``last``, ``cls`` or ``weighted_mean``.
         normalize: L2-normalise embeddings (cosine similarity).
-        temperature: softmax temperature of InfoNCE (0.025 = inverse temperature 40, as the study).
-        symmetric: average the query->document and document->query losses (as the study).
+        temperature: softmax temperature of the loss (0.025 = inverse temperature 40, as the study).
+        symmetric: average the query->document and document->query losses (as the study; InfoNCE only).
+        loss: the contrastive loss: ``infonce`` (the study's InfoNCE), ``gte`` (GTE's improved contrastive loss:
+            query-query and document-document in-batch negatives in the partition function), or your own class
+            as ``{class_path: my_module.MyLoss, init_args: {...}}`` (:mod:`lightning_embed.losses`).
+        matryoshka_dims: Matryoshka training: the loss is computed on each of these leading slices of every
+            embedding (re-normalised) and summed, e.g. ``[576, 256, 128, 64]`` (list the full size first to keep
+            training it); strictly decreasing, at most the hidden size. One forward per batch
+            (:mod:`lightning_embed.matryoshka`). None: the full embedding only.
+        matryoshka_weights: one weight per ``matryoshka_dims`` entry (default 1 each).
+        pool_prompt: pool the query/document prompt's tokens too (default); ``false`` pools only the text after
+            the prompt (sentence-transformers' ``include_prompt=False``), in training, ``encode`` and the export.
+        bidirectional: make every attention layer of a decoder backbone (Llama, Qwen2, GPT-NeoX, Mistral, ...)
+            attend both ways (LLM2Vec, GritLM), packing included; the export keeps it (``is_causal: false`` in
+            its config.json, honoured by transformers without remote code). On an encoder: a note, nothing to do.
         gather_across_devices: under DDP, use every rank's documents as negatives (gathered with gradients).
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (0.1 as the study), on matrices only (not biases or norms).
@@ -106,6 +122,11 @@ class EmbeddingModule(L.LightningModule):
         normalize: bool = True,
         temperature: float = 0.025,
         symmetric: bool = True,
+        loss: LossSpec = "infonce",
+        matryoshka_dims: list[int] | None = None,
+        matryoshka_weights: list[float] | None = None,
+        pool_prompt: bool = True,
+        bidirectional: bool = False,
         gather_across_devices: bool = True,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.1,
@@ -127,11 +148,11 @@ class EmbeddingModule(L.LightningModule):
     ) -> None:
         super().__init__()
         strategy = build_strategy(tuning)
-        _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
-                       document_max_length, gradcache_chunk_size, split_by_length, pack_sequences)
+        check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, query_max_length,
+                      document_max_length, gradcache_chunk_size, split_by_length, pack_sequences)
         self.save_hyperparameters(ignore=["tuning"])
         # A serialisable form of the strategy, so checkpoints load with weights_only=True.
-        self.hparams["tuning"] = _strategy_spec(strategy)
+        self.hparams["tuning"] = strategy_spec(strategy)
         self.tuning: TuningStrategy = strategy
         self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
         raw = load_backbone(
@@ -139,6 +160,11 @@ class EmbeddingModule(L.LightningModule):
             trust_remote_code=trust_remote_code,
         )
         self.backbone_info = describe(raw)
+        problems = check_matryoshka(matryoshka_dims, matryoshka_weights, self.backbone_info.hidden_size)
+        if problems:
+            raise UserError("model options: " + "; ".join(problems) + ".")
+        if bidirectional:
+            make_bidirectional(raw, backbone, is_decoder=self.backbone_info.is_decoder)
         if pack_sequences is True and (problem := packing_problem(raw)):
             raise UserError(f"pack_sequences cannot pack for backbone {backbone!r}: {problem}; set "
                             "model.pack_sequences: false (or model.split_by_length: true).")
@@ -150,7 +176,14 @@ class EmbeddingModule(L.LightningModule):
         self.backbone.train()
         if gradient_checkpointing:
             self._enable_gradient_checkpointing()
-        self.loss_fn = InfoNCELoss(temperature, symmetric=symmetric, gather_across_devices=gather_across_devices)
+        self.loss_fn = build_loss(loss, temperature=temperature, symmetric=symmetric,
+                                  gather_across_devices=gather_across_devices)
+        if matryoshka_dims:
+            self.loss_fn = MatryoshkaLoss(self.loss_fn, matryoshka_dims, matryoshka_weights, normalize=normalize)
+        #: Prompt tokens left out of pooling (queries, documents), counted as sentence-transformers counts them.
+        self.prompt_lengths = ((0, 0) if pool_prompt else
+                               (prompt_token_count(self.tokenizer, query_prompt),
+                                prompt_token_count(self.tokenizer, document_prompt)))
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         #: GradCache mini-batch size, or None (read by the FLOP model to count the extra forward).
         self.gradcache_chunk_size: int | None = gradcache_chunk_size
@@ -164,7 +197,8 @@ class EmbeddingModule(L.LightningModule):
         """Embeds a tokenised batch: backbone, pooling over real tokens, L2 normalisation (fp32 out)."""
         out = self.backbone(input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"])
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        emb = pool(hidden, encoding["attention_mask"], self.hparams.pooling)
+        # pooling_mask: the attention mask without the prompt's tokens (pool_prompt: false)
+        emb = pool(hidden, encoding.get("pooling_mask", encoding["attention_mask"]), self.hparams.pooling)
         return F.normalize(emb, dim=-1) if self.hparams.normalize else emb
 
     def make_collator(self):
@@ -215,18 +249,27 @@ class EmbeddingModule(L.LightningModule):
         if self.packing_enabled():
             return self._encode_packed(batch)
         query_plan, document_plan = self.micro_batch_plans(batch)
-        return self.encode_planned(batch.queries, query_plan), self.encode_planned(batch.documents, document_plan)
+        queries, documents = (enc if not n else {**enc, "pooling_mask": without_prompt(enc["attention_mask"], n)}
+                              for enc, n in zip((batch.queries, batch.documents), self.prompt_lengths))
+        return self.encode_planned(queries, query_plan), self.encode_planned(documents, document_plan)
 
     def _encode_packed(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         encodings = (batch.queries, batch.documents)
         lengths = _pair_lengths(batch)
         hidden, mask, _ = pack_and_encode(self.backbone, hf_model(self.backbone).config._attn_implementation,
-                                          self.backbone_info.is_decoder, encodings, lengths,
-                                          self.tokenizer.pad_token_id or 0)
+                                          self.causal, encodings, lengths, self.tokenizer.pad_token_id or 0)
+        split = len(lengths[0])
+        if any(self.prompt_lengths):
+            mask = torch.cat([without_prompt(mask[:split], self.prompt_lengths[0]),
+                              without_prompt(mask[split:], self.prompt_lengths[1])])
         emb = pool(hidden, mask, self.hparams.pooling)
         emb = F.normalize(emb, dim=-1) if self.hparams.normalize else emb
-        split = len(lengths[0])
         return emb[:split], emb[split:]
+
+    @property
+    def causal(self) -> bool:
+        """Whether the backbone attends causally: a decoder not made ``bidirectional`` (nor loaded so)."""
+        return self.backbone_info.is_decoder and attends_causally(self.backbone)
 
     def packing_enabled(self) -> bool:
         """Whether batches are encoded packed (``pack_sequences`` resolved once, see :meth:`_resolve_packing`)."""
@@ -237,7 +280,7 @@ class EmbeddingModule(L.LightningModule):
     def _resolve_packing(self) -> tuple[bool, str | None]:
         """Decides ``pack_sequences`` for this backbone: (pack?, why; None when there is nothing to say)."""
         return decide_packing(self.hparams.get("pack_sequences", False), self.backbone, self.tokenizer,
-                              causal=self.backbone_info.is_decoder,
+                              causal=self.causal,
                               other_scheme=bool(self.hparams.get("split_by_length"))
                               or self.gradcache_chunk_size is not None)
 
@@ -265,7 +308,13 @@ class EmbeddingModule(L.LightningModule):
         # Logits and loss in fp32 under mixed precision: autocast would run the similarity matmul in
         # bf16/fp16 even on fp32 embeddings (about 3 significant digits on logits up to 1/temperature).
         with torch.autocast(device_type=queries.device.type, enabled=False):
-            return self.loss_fn(queries.float(), documents.float(), num_negatives, in_batch_negatives)
+            if in_batch_negatives:
+                return self.loss_fn(queries.float(), documents.float(), num_negatives)
+            if not takes_keyword(self.loss_fn, "in_batch_negatives"):
+                raise UserError(f"model.loss {type(self.loss_fn).__name__} takes no in_batch_negatives keyword, so it "
+                                "cannot train on a mixture source with in_batch_negatives: false; use model.loss "
+                                "infonce or gte, or add the keyword to the loss.")
+            return self.loss_fn(queries.float(), documents.float(), num_negatives, in_batch_negatives=False)
 
     # ---- steps ----------------------------------------------------------------------------------------
 
@@ -285,12 +334,15 @@ class EmbeddingModule(L.LightningModule):
         """The held-out loss of a batch and its query and document embeddings (``val/loss`` per batch)."""
         queries, documents = self.encode_pair_batch(batch)
         # The held-out loss is computed without cross-device gathering: it must not depend on world size.
-        gather = self.loss_fn.gather_across_devices
-        self.loss_fn.gather_across_devices = False
+        parts = self.loss_fn.modules() if isinstance(self.loss_fn, nn.Module) else [self.loss_fn]
+        losses = [m for m in parts if getattr(m, "gather_across_devices", False)]
+        for m in losses:
+            m.gather_across_devices = False
         try:
             loss = self._contrastive_loss(queries, documents, batch.num_negatives)
         finally:
-            self.loss_fn.gather_across_devices = gather
+            for m in losses:
+                m.gather_across_devices = True
         return loss, queries, documents
 
     def _eval_step(self, batch, stage: str) -> None:
@@ -539,68 +591,12 @@ def _strategy_loads_weights(trainer) -> bool:
     return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
-def warmup_then_decay(total_steps: int, warmup_ratio: float, schedule: str):
-    """Learning-rate multiplier: linear warm-up over ``warmup_ratio`` of the steps, then decay to 0."""
-    warmup = int(round(total_steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def _unique_first(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct ids and the index of each one's first occurrence."""
     uniq, inverse = torch.unique(ids, return_inverse=True)
     first = torch.full((len(uniq),), len(ids), dtype=torch.long)
     first.scatter_reduce_(0, inverse, torch.arange(len(ids)), reduce="amin")
     return uniq, first
-
-
-def _strategy_spec(strategy: TuningStrategy) -> dict[str, Any]:
-    """A plain-data spec that :func:`build_strategy` turns back into an equal strategy."""
-    from lightning_embed.strategy import available_strategies
-
-    for name, entry in available_strategies().items():
-        if entry.cls is type(strategy):
-            return {"name": name, **strategy.hparams()}
-    cls = type(strategy)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": strategy.hparams()}
-
-
-def _check_options(pooling, temperature, learning_rate, weight_decay, warmup_ratio, qlen, dlen,
-                   gradcache_chunk_size=None, split_by_length=False, pack_sequences=False) -> None:
-    problems = []
-    if pack_sequences not in (True, False, "auto"):
-        problems.append(f"pack_sequences={pack_sequences!r} must be true, false or auto")
-    if pack_sequences is True and (split_by_length or gradcache_chunk_size is not None):
-        problems.append("pack_sequences packs a whole batch into one forward pass and cannot be combined with "
-                        "split_by_length or gradcache_chunk_size: keep one of them")
-    if gradcache_chunk_size is not None and (isinstance(gradcache_chunk_size, bool)
-                                             or not isinstance(gradcache_chunk_size, int) or gradcache_chunk_size < 1):
-        problems.append(f"gradcache_chunk_size={gradcache_chunk_size!r} must be a positive integer (texts per "
-                        "mini-batch) or None for no gradient caching")
-    if pooling not in POOLING_MODES:
-        problems.append(f"pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
-    if not temperature > 0:
-        problems.append(f"temperature={temperature} must be positive (the study uses 0.025)")
-    if not learning_rate > 0:
-        problems.append(f"learning_rate={learning_rate} must be positive")
-    if weight_decay < 0:
-        problems.append(f"weight_decay={weight_decay} must be >= 0")
-    if not 0 <= warmup_ratio < 1:
-        problems.append(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
-    if qlen < 1 or dlen < 1:
-        problems.append(f"query_max_length={qlen} and document_max_length={dlen} must be >= 1")
-    if problems:
-        raise UserError("model options: " + "; ".join(problems) + ".")
 
 
 def _unwrapped_name(name: str) -> str:

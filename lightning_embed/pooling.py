@@ -44,3 +44,35 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: PoolingMode =
         first = attention_mask.int().argmax(1)
         return hidden[rows, first]
     raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLING_MODES)}")
+
+
+def prompt_token_count(tokenizer, prompt: str) -> int:
+    """How many leading tokens of ``prompt + text`` belong to the prompt, counted as sentence-transformers does.
+
+    The prompt is tokenised alone; a trailing special token (BERT's ``[SEP]``, an EOS) is not counted, a
+    leading one (``[CLS]``, a BOS) is. This is the count sentence-transformers' ``Pooling(include_prompt=False)``
+    leaves out, so training, :meth:`~lightning_embed.encoder.Encoder.encode` and an exported model agree.
+    """
+    if not prompt:
+        return 0
+    ids = tokenizer(prompt)["input_ids"]
+    count = len(ids)
+    if ids and ids[-1] in set(getattr(tokenizer, "all_special_ids", ())):
+        count -= 1
+    return count
+
+
+def without_prompt(attention_mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """``attention_mask`` with each row's first ``prompt_length`` real tokens set to 0 (pooled without the prompt).
+
+    With right padding these are the first columns, as sentence-transformers masks them.
+
+    Example:
+        >>> without_prompt(torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]]), 2).tolist()
+        [[0, 0, 1, 0], [0, 0, 0, 1]]
+    """
+    if prompt_length <= 0:
+        return attention_mask
+    mask = attention_mask.long()
+    seen = torch.cumsum(mask, dim=1)  # real tokens up to and including each position
+    return (mask * (seen > prompt_length)).to(attention_mask.dtype)

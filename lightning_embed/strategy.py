@@ -292,6 +292,15 @@ def build_strategy(spec: str | dict[str, Any] | TuningStrategy | None) -> Tuning
     raise StrategyError(f"model.tuning must be a name, a mapping or a TuningStrategy, not {type(spec).__name__}.")
 
 
+def strategy_spec(strategy: TuningStrategy) -> dict[str, Any]:
+    """A plain-data spec that :func:`build_strategy` turns back into an equal strategy."""
+    for name, entry in available_strategies().items():
+        if entry.cls is type(strategy):
+            return {"name": name, **strategy.hparams()}
+    cls = type(strategy)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": strategy.hparams()}
+
+
 def _class_from_path(path: str) -> type[TuningStrategy]:
     for entry in _entries().values():
         if entry.cls is not None and f"{entry.cls.__module__}.{entry.cls.__qualname__}" == path:
