@@ -72,10 +72,24 @@ def _config_file(trainer) -> Path | None:
     from lightning.pytorch.cli import SaveConfigCallback
 
     for callback in trainer.callbacks:
-        if isinstance(callback, SaveConfigCallback) and trainer.log_dir:
-            path = Path(trainer.log_dir) / callback.config_filename
+        if isinstance(callback, SaveConfigCallback):
+            path = Path(_log_dir(trainer)) / callback.config_filename
             return path if path.is_file() else None
     return None
+
+
+def _log_dir(trainer) -> str:
+    """Where SaveConfigCallback wrote the config: ``Trainer.log_dir`` without its broadcast.
+
+    ``Trainer.log_dir`` broadcasts from rank zero, and the summary runs on rank zero alone: under DDP the other
+    ranks would never join, and the run would hang at its very end (docs/bugs.md).
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if not trainer.loggers:
+        return str(trainer.default_root_dir)
+    first = trainer.loggers[0]
+    return str(first.log_dir if isinstance(first, TensorBoardLogger) else first.save_dir)
 
 
 def _evaluate_tasks(config: dict[str, Any] | None) -> str:
