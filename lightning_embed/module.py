@@ -12,7 +12,7 @@ from torch import nn
 from lightning_embed.errors import UserError
 from lightning_embed.gradcache import cached_encode
 from lightning_embed.bidirectional import attends_causally, make_bidirectional
-from lightning_embed.losses import LossSpec, build_loss, takes_keyword
+from lightning_embed.losses import LossSpec, build_loss, call_loss
 from lightning_embed.matryoshka import MatryoshkaLoss, check_matryoshka
 from lightning_embed.metrics import retrieval_metrics
 from lightning_embed.options import check_options
@@ -308,13 +308,7 @@ class EmbeddingModule(L.LightningModule):
         # Logits and loss in fp32 under mixed precision: autocast would run the similarity matmul in
         # bf16/fp16 even on fp32 embeddings (about 3 significant digits on logits up to 1/temperature).
         with torch.autocast(device_type=queries.device.type, enabled=False):
-            if in_batch_negatives:
-                return self.loss_fn(queries.float(), documents.float(), num_negatives)
-            if not takes_keyword(self.loss_fn, "in_batch_negatives"):
-                raise UserError(f"model.loss {type(self.loss_fn).__name__} takes no in_batch_negatives keyword, so it "
-                                "cannot train on a mixture source with in_batch_negatives: false; use model.loss "
-                                "infonce or gte, or add the keyword to the loss.")
-            return self.loss_fn(queries.float(), documents.float(), num_negatives, in_batch_negatives=False)
+            return call_loss(self.loss_fn, queries.float(), documents.float(), num_negatives, in_batch_negatives)
 
     # ---- steps ----------------------------------------------------------------------------------------
 

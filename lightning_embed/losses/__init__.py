@@ -101,6 +101,21 @@ def takes_keyword(loss: nn.Module, name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+def call_loss(loss: nn.Module, queries, documents, num_negatives: int, in_batch_negatives: bool = True):
+    """``loss(queries, documents, num_negatives)``; a batch without in-batch negatives passes the keyword too.
+
+    Raises:
+        UserError: such a batch (a mixture source with ``in_batch_negatives: false``) for a loss without the keyword.
+    """
+    if in_batch_negatives:
+        return loss(queries, documents, num_negatives)
+    if not takes_keyword(loss, "in_batch_negatives"):
+        raise UserError(f"model.loss {type(loss).__name__} takes no in_batch_negatives keyword, so it cannot train "
+                        "on a mixture source with in_batch_negatives: false; use model.loss infonce or gte, or add "
+                        "the keyword to the loss.")
+    return loss(queries, documents, num_negatives, in_batch_negatives=False)
+
+
 def _registered(name: str) -> type:
     try:
         return LOSSES[name.lower()]
@@ -136,4 +151,4 @@ def _instantiate(cls: type, kwargs: dict[str, Any], shared: dict[str, Any], labe
         raise UserError(f"loss {label!r}: {err}") from None
 
 
-__all__ = ["LOSSES", "GTELoss", "InfoNCELoss", "LossSpec", "build_loss", "takes_keyword"]
+__all__ = ["LOSSES", "GTELoss", "InfoNCELoss", "LossSpec", "build_loss", "call_loss", "takes_keyword"]
