@@ -355,11 +355,10 @@ def check_resume(ckpt_path: str | os.PathLike, hparams: dict[str, Any]) -> None:
 def _tuning_spec(tuning: Any) -> Any:
     # The config names a strategy in any accepted form ("lora", {"name": "lora", "rank": 8}, a class path);
     # the checkpoint holds the strategy's full spec. Compare specs.
-    from lightning_embed.module import _strategy_spec
-    from lightning_embed.strategy import build_strategy
+    from lightning_embed.strategy import build_strategy, strategy_spec
 
     try:
-        return _strategy_spec(build_strategy(tuning))
+        return strategy_spec(build_strategy(tuning))
     except UserError:
         return tuning
 

@@ -179,7 +179,10 @@ def test_two_modules_compiled_in_one_process_both_compile(tiny_backbones, tmp_pa
     if not acceleration._has_cxx_compiler():
         pytest.skip("no C++ compiler: inductor cannot compile on CPU")
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(dynamo_config, name, 1)
+    # Not monkeypatch: its undo deletes the attribute, which dynamo's config module takes as "hide this option",
+    # and every later torch.compile / flex_attention in the process fails (docs/bugs.md).
+    before_limit = getattr(dynamo_config, name)
+    setattr(dynamo_config, name, 1)
     monkeypatch.setattr(acceleration, "_compiled", {"modules": 0, "base_limit": None})
     torch._dynamo.reset()
     pairs = tmp_path / "pairs.jsonl"
@@ -197,4 +200,5 @@ def test_two_modules_compiled_in_one_process_both_compile(tiny_backbones, tmp_pa
         assert graphs[0] >= 1 and graphs[1] >= 1, f"graphs compiled per fit: {graphs}"
         assert getattr(dynamo_config, name) == 2  # raised once, for the second module
     finally:
+        setattr(dynamo_config, name, before_limit)
         torch._dynamo.reset()

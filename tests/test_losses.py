@@ -225,3 +225,34 @@ def test_a_checkpoint_never_makes_inference_import_its_loss_class(tiny_backbones
     encoder = load(path, device="cpu")  # would raise "cannot import loss class" if the class were imported
     assert encoder.encode("a text").shape == (32,)
     assert encoder.info["hparams"]["loss"] == {"class_path": "nowhere_to_be_found.Loss"}
+
+
+def test_every_shipped_loss_honours_a_batch_without_in_batch_negatives():
+    """A mixture source with in_batch_negatives: false: only each query's own documents count, for every loss."""
+    from lightning_embed.losses import call_loss
+    from lightning_embed.matryoshka import MatryoshkaLoss
+
+    torch.manual_seed(0)
+    b, k, h = 4, 2, 16
+    q = F.normalize(torch.randn(b, h), dim=-1)
+    d = F.normalize(torch.randn(b * (1 + k), h), dim=-1)
+    own = torch.cat([d[:b, None], d[b:].view(b, k, h)], dim=1)
+    expected = F.cross_entropy(torch.einsum("bh,bch->bc", q, own) / 0.05, torch.zeros(b, dtype=torch.long))
+    for loss in (InfoNCELoss(0.05, gather_across_devices=False), GTELoss(0.05, gather_across_devices=False)):
+        assert torch.allclose(call_loss(loss, q, d, k, in_batch_negatives=False), expected, rtol=1e-5)
+        assert not torch.allclose(call_loss(loss, q, d, k), expected, rtol=1e-3)  # the in-batch loss differs
+    nested = MatryoshkaLoss(GTELoss(0.05, gather_across_devices=False), [h])
+    assert torch.allclose(call_loss(nested, q, d, k, in_batch_negatives=False), expected, rtol=1e-5)
+
+
+def test_a_loss_without_the_keyword_is_refused_for_such_a_batch():
+    from lightning_embed.losses import call_loss
+
+    class Plain(torch.nn.Module):
+        def forward(self, queries, documents, num_negatives=0):
+            return (queries @ documents.T).mean()
+
+    q, d = torch.randn(2, 4), torch.randn(4, 4)
+    assert call_loss(Plain(), q, d, 1).ndim == 0
+    with pytest.raises(UserError, match="takes no in_batch_negatives keyword"):
+        call_loss(Plain(), q, d, 1, in_batch_negatives=False)

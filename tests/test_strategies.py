@@ -268,6 +268,9 @@ def test_options_parse_with_jsonargparse():
 @pytest.mark.parametrize(("arch", "spec"), ARCH_CASES)
 def test_trains_exactly_the_intended_parameters(arch, spec, tiny_backbones):
     spec = _for_arch(spec, arch)
+    # Seeded: LoRA's A moves only in the second step, by a gradient through B's first step; with some random
+    # states (the suite's order decides them) one A's gradient underflows and the test failed by chance.
+    torch.manual_seed(0)
     raw = load_backbone(tiny_backbones[arch])
     expected = expected_trainable(spec, arch, raw)
     strategy = build_strategy(spec)
