@@ -29,6 +29,8 @@ _WARNING_MESSAGES = (
     ".*litlogger.*", ".*Tip:.*",
     # Lightning's summary sizes bf16-mixed weights as fp32 (which they are: only the compute is bf16).
     ".*is not supported by the model summary.*",
+    # A fit without a validation set hands Lightning an empty list of loaders, on purpose.
+    ".*Total length of .* across ranks is zero.*",
 )
 # Loggers whose records below ERROR are chatter for this tool's user.
 _CHATTY_LOGGERS = ("transformers", "lightning.pytorch.utilities.rank_zero", "torch.distributed",
