@@ -1,7 +1,7 @@
 """Lightning progress for logs: :class:`PlainProgressBar` prints lines where a live bar would show nothing.
 
 On a terminal, ``fit`` shows rich's live bar; in a file or a pipe a live bar leaves only its last frame, so
-:func:`default_progress_bar` picks plain lines every ``LIGHTNING_EMBED_PROGRESS_EVERY`` seconds (default 30).
+:func:`default_progress_bar` picks plain lines every ``LIGHTNING_EMBED_PROGRESS_EVERY`` seconds (default 20).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class PlainProgressBar(ProgressBar):
     batch counts the same way.
 
     Args:
-        every: seconds between lines; None: ``LIGHTNING_EMBED_PROGRESS_EVERY`` or 30.
+        every: seconds between lines; None: ``LIGHTNING_EMBED_PROGRESS_EVERY`` or 20.
     """
 
     def __init__(self, every: float | None = None) -> None:
