@@ -17,7 +17,6 @@ a failure never leaves a half-written model behind.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from lightning_embed.encoder import (
 )
 from lightning_embed.errors import UserError
 from lightning_embed.model_card import model_card
+from lightning_embed.runs import installed_versions
 from lightning_embed.terminal import Heartbeat
 
 EXPORT_FORMAT_VERSION = 1
@@ -202,7 +202,7 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
                 _st_pooling_config(pooling, hidden, bool(hparams.get("pool_prompt", True))))
     query_prompt, document_prompt = hparams.get("query_prompt", ""), hparams.get("document_prompt", "")
     _write_json(folder / "config_sentence_transformers.json", {
-        "__version__": _versions(("sentence-transformers", "transformers", "torch")),
+        "__version__": installed_versions(("sentence-transformers", "transformers", "torch")),
         "model_type": "SentenceTransformer",
         "prompts": {"query": query_prompt, "document": document_prompt},
         # No default prompt: a plain encode() adds none, as lightning_embed.load(...).encode() does;
@@ -218,7 +218,7 @@ def _write(module, folder: Path, hparams: dict[str, Any], info: dict[str, Any]) 
         "max_seq_length": max_len,
         "hparams": hparams,
         "training": {k: v for k, v in info.items() if k not in ("run", "config")},
-        "versions": _versions(("lightning-embed", "torch", "transformers", "peft")),
+        "versions": installed_versions(("lightning-embed", "torch", "transformers", "peft")),
     }
     _write_json(folder / EXPORT_CONFIG, meta)
     (folder / "README.md").write_text(model_card(hparams, info, hidden, max_len, name=info.get("name", folder.name)),
@@ -349,15 +349,6 @@ def _find_config(checkpoint: Path) -> dict[str, Any] | None:
             return config if isinstance(config, dict) else None
     return None
 
-
-def _versions(dists) -> dict[str, str]:
-    out = {}
-    for dist in dists:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -7,7 +7,6 @@ schedule), so the step count the budget buys is set in ``setup`` and the schedul
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import time
 import uuid
@@ -34,7 +33,7 @@ from lightning_embed.flop_budget import (
 )
 from lightning_embed.flops import ACCOUNTINGS, Accounting, FlopModel, TokenStats
 from lightning_embed.rank_failures import error_line, first_failure, leave_note, sigterm_held
-from lightning_embed.runs import RunRecord, append_run, check_runs_file, jsonable
+from lightning_embed.runs import RunRecord, append_run, check_runs_file, installed_versions, jsonable
 
 _STATE_VERSION = 1
 #: Order of the per-batch counters that are all-reduced across ranks.
@@ -463,7 +462,8 @@ class FlopCallback(Callback):
             val_examples=self._initial[1] if self._initial else None, metrics_step=self._metrics_step,
             seed=int(seed) if seed and seed.lstrip("-").isdigit() else None, world_size=trainer.world_size,
             duration_s=self._duration_before + time.monotonic() - self._setup_time, train_time_s=c.train_time_s,
-            versions=_versions(), hparams=hparams, config=self._config(trainer, hparams),
+            versions=installed_versions(("torch", "lightning", "transformers", "lightning-embed"), "unknown"),
+            hparams=hparams, config=self._config(trainer, hparams),
             data=self._data, source_examples=dict(self.source_examples), error=error,
             run_id=self.run_id or "",
         )
@@ -515,15 +515,6 @@ def _name_or_path(pl_module: L.LightningModule) -> str:
     config = getattr(getattr(pl_module, "backbone", None), "config", None)
     return str(getattr(config, "_name_or_path", "") or type(getattr(pl_module, "backbone", pl_module)).__name__)
 
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("torch", "lightning", "transformers", "lightning-embed"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
 
 
 __all__ = ["FlopCallback", "FlopCounter"]

@@ -10,7 +10,6 @@ held-out pairs behind them, the hardware the run trained on and the library vers
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +119,9 @@ def held_out_size(info: dict[str, Any]) -> int | None:
 
 def versions() -> dict[str, str]:
     """Installed versions of the libraries an export depends on."""
-    out = {}
-    for dist in _VERSIONED:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    from lightning_embed.runs import installed_versions
+
+    return installed_versions(_VERSIONED)
 
 
 def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, max_length: int,

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -295,4 +296,17 @@ def read_runs(path: str | os.PathLike) -> list[RunRecord]:
     return records
 
 
-__all__ = ["RunRecord", "RunStatus", "SCHEMA_VERSION", "append_run", "check_runs_file", "jsonable", "read_runs"]
+def installed_versions(dists, missing: str | None = None) -> dict[str, str]:
+    """``{distribution: installed version}``; one not installed maps to ``missing``, or is left out when None."""
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            if missing is not None:
+                out[dist] = missing
+    return out
+
+
+__all__ = ["RunRecord", "RunStatus", "SCHEMA_VERSION", "append_run", "check_runs_file", "installed_versions", "jsonable",
+           "read_runs"]

@@ -35,6 +35,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lightning_embed.class_paths import import_subclass, unknown_options
 from lightning_embed.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the recipe consults strategies without it
@@ -305,25 +306,16 @@ def _class_from_path(path: str) -> type[TuningStrategy]:
     for entry in _entries().values():
         if entry.cls is not None and f"{entry.cls.__module__}.{entry.cls.__qualname__}" == path:
             return entry.cls
-    module_name, _, attr = path.rpartition(".")
-    try:
-        import importlib
-
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise StrategyError(f"cannot import tuning strategy class {path!r}: {err}.") from None
-    if not (isinstance(cls, type) and issubclass(cls, TuningStrategy)):
-        raise StrategyError(f"{path!r} is not a TuningStrategy subclass.")
+    cls, why = import_subclass(path, TuningStrategy, "tuning strategy class", "TuningStrategy")
+    if cls is None:
+        raise StrategyError(why)
     return cls
 
 
 def _instantiate(cls: type[TuningStrategy], kwargs: dict[str, Any], label: str) -> TuningStrategy:
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in kwargs if k not in params or k == "self"]
-    if unknown and not accepts_any:
-        valid = ", ".join(p for p in params if p != "self") or "none"
-        raise StrategyError(f"tuning strategy {label!r} has no option(s) {', '.join(unknown)}; its options: {valid}.")
+    why = unknown_options(cls, kwargs)
+    if why:
+        raise StrategyError(f"tuning strategy {label!r} {why}.")
     try:
         return cls(**kwargs)
     except StrategyError:

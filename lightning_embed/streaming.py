@@ -161,18 +161,10 @@ class PairStream(IterableDataset):
                         yield f"{shard}: row {index}", row
                         index += 1
                 return
-            with shard.open(encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise UserError(f"{shard}: line {number} is not valid JSON ({err.msg}); a .jsonl shard "
-                                        "holds one JSON object per line.") from None
-                    if not isinstance(row, dict):
-                        raise UserError(f"{shard}: line {number} is not a JSON object.")
-                    yield f"{shard}: line {number}", row
+            from lightning_embed.data import jsonl_rows  # here: data imports this module
+
+            for where, row in jsonl_rows(shard):  # read lazily, a line at a time
+                yield f"{shard}: {where}", row
         except UnicodeDecodeError:
             raise UserError(f"{shard} is not UTF-8 text; re-save it as UTF-8.") from None
         except OSError as err:

@@ -38,12 +38,12 @@ The module's ``temperature``, ``symmetric`` and ``gather_across_devices`` are pa
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
 from torch import nn
 
+from lightning_embed.class_paths import import_subclass, unknown_options
 from lightning_embed.errors import UserError
 from lightning_embed.loss import InfoNCELoss
 from lightning_embed.losses.gte import GTELoss
@@ -125,23 +125,17 @@ def _registered(name: str) -> type:
 
 
 def _import(path: str) -> type:
-    module_name, _, attr = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise UserError(f"cannot import loss class {path!r}: {err}.") from None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise UserError(f"loss {path!r} is not a torch.nn.Module subclass.")
+    cls, why = import_subclass(path, nn.Module, "loss class", "torch.nn.Module")
+    if cls is None:
+        raise UserError(why)
     return cls
 
 
 def _instantiate(cls: type, kwargs: dict[str, Any], shared: dict[str, Any], label: str) -> nn.Module:
+    why = unknown_options(cls, kwargs)
+    if why:
+        raise UserError(f"loss {label!r} {why}.")
     params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in kwargs if k not in params or k == "self"]
-    if unknown and not accepts_any:
-        valid = ", ".join(p for p in params if p != "self") or "none"
-        raise UserError(f"loss {label!r} has no option(s) {', '.join(unknown)}; its options: {valid}.")
     for key in _SHARED:
         if key in params and key not in kwargs:
             kwargs[key] = shared[key]
