@@ -6,76 +6,77 @@ from typing import TYPE_CHECKING
 # Public names -> defining module. Imported on first use, so that light commands (recipe, laws) start
 # without importing torch, transformers and lightning.
 _EXPORTS = {
-    "EmbeddingModule": "lightning_embed.module",
-    "Encoder": "lightning_embed.encoder",
-    "InfoNCELoss": "lightning_embed.loss",
-    "MixtureSource": "lightning_embed.mixtures",
+    "EmbeddingModule": "lightning_embed.training.module",
+    "Encoder": "lightning_embed.models.encoder",
+    "InfoNCELoss": "lightning_embed.losses.infonce",
+    "MixtureSource": "lightning_embed.data.mixtures",
     "GTELoss": "lightning_embed.losses",
-    "MatryoshkaLoss": "lightning_embed.matryoshka",
+    "MatryoshkaLoss": "lightning_embed.losses.matryoshka",
     "build_loss": "lightning_embed.losses",
-    "PairBatch": "lightning_embed.data",
-    "PairCollator": "lightning_embed.data",
-    "PairDataModule": "lightning_embed.data",
-    "PairExample": "lightning_embed.data",
+    "PairBatch": "lightning_embed.data.batches",
+    "PairCollator": "lightning_embed.data.batches",
+    "PairDataModule": "lightning_embed.data.datamodule",
+    "PairExample": "lightning_embed.data.batches",
     "TuningStrategy": "lightning_embed.strategy",
     "UserError": "lightning_embed.errors",
     "available_strategies": "lightning_embed.strategy",
     "build_strategy": "lightning_embed.strategy",
-    "load": "lightning_embed.encoder",
-    "load_backbone": "lightning_embed.models",
-    "load_tokenizer": "lightning_embed.models",
-    "pool": "lightning_embed.pooling",
-    "FlopCallback": "lightning_embed.flop_callback",
-    "FlopCount": "lightning_embed.flops",
-    "FlopModel": "lightning_embed.flops",
-    "paper_flops_per_token": "lightning_embed.flops",
-    "RunRecord": "lightning_embed.runs",
-    "read_runs": "lightning_embed.runs",
-    "dry_run": "lightning_embed.flop_budget",
-    "builtin_fingerprint": "lightning_embed.fingerprints",
-    "source_fingerprint": "lightning_embed.fingerprints",
-    "FaultTolerance": "lightning_embed.faults",
-    "consolidate_checkpoint": "lightning_embed.distributed_checkpoint",
-    "read_distributed_checkpoint": "lightning_embed.distributed_checkpoint",
-    "mine_hard_negatives": "lightning_embed.mining",
+    "load": "lightning_embed.models.encoder",
+    "load_backbone": "lightning_embed.models.backbones",
+    "load_tokenizer": "lightning_embed.models.backbones",
+    "pool": "lightning_embed.models.pooling",
+    "FlopCallback": "lightning_embed.flops.callback",
+    "FlopCount": "lightning_embed.flops.model",
+    "FlopModel": "lightning_embed.flops.model",
+    "paper_flops_per_token": "lightning_embed.flops.model",
+    "RunRecord": "lightning_embed.flops.records",
+    "read_runs": "lightning_embed.flops.records",
+    "dry_run": "lightning_embed.flops.budget",
+    "builtin_fingerprint": "lightning_embed.data.fingerprints",
+    "source_fingerprint": "lightning_embed.data.fingerprints",
+    "FaultTolerance": "lightning_embed.training.faults",
+    "consolidate_checkpoint": "lightning_embed.training.distributed_checkpoint",
+    "read_distributed_checkpoint": "lightning_embed.training.distributed_checkpoint",
+    "mine_hard_negatives": "lightning_embed.data.mining",
     # What a run prints and writes (issue 17)
-    "Heartbeat": "lightning_embed.terminal",
-    "PlainProgressBar": "lightning_embed.progress",
-    "default_loggers": "lightning_embed.loggers",
-    "fit_summary": "lightning_embed.run_summary",
-    "model_card": "lightning_embed.model_card",
+    "Heartbeat": "lightning_embed.cli.terminal",
+    "PlainProgressBar": "lightning_embed.cli.progress",
+    "default_loggers": "lightning_embed.training.loggers",
+    "fit_summary": "lightning_embed.cli.run_summary",
+    "model_card": "lightning_embed.models.model_card",
 }
 
 if TYPE_CHECKING:
-    from lightning_embed.loggers import default_loggers
-    from lightning_embed.model_card import model_card
-    from lightning_embed.progress import PlainProgressBar
-    from lightning_embed.run_summary import fit_summary
-    from lightning_embed.terminal import Heartbeat
-    from lightning_embed.data import PairBatch, PairCollator, PairDataModule, PairExample
-    from lightning_embed.encoder import Encoder, load
-    from lightning_embed.distributed_checkpoint import consolidate_checkpoint, read_distributed_checkpoint
+    from lightning_embed.training.loggers import default_loggers
+    from lightning_embed.models.model_card import model_card
+    from lightning_embed.cli.progress import PlainProgressBar
+    from lightning_embed.cli.run_summary import fit_summary
+    from lightning_embed.cli.terminal import Heartbeat
+    from lightning_embed.data.batches import PairBatch, PairCollator, PairExample
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.models.encoder import Encoder, load
+    from lightning_embed.training.distributed_checkpoint import consolidate_checkpoint, read_distributed_checkpoint
     from lightning_embed.errors import UserError
-    from lightning_embed.faults import FaultTolerance
-    from lightning_embed.flop_budget import dry_run
-    from lightning_embed.fingerprints import builtin_fingerprint, source_fingerprint
-    from lightning_embed.flop_callback import FlopCallback
-    from lightning_embed.flops import FlopCount, FlopModel, paper_flops_per_token
-    from lightning_embed.runs import RunRecord, read_runs
-    from lightning_embed.loss import InfoNCELoss
-    from lightning_embed.mining import mine_hard_negatives
-    from lightning_embed.mixtures import MixtureSource
+    from lightning_embed.training.faults import FaultTolerance
+    from lightning_embed.flops.budget import dry_run
+    from lightning_embed.data.fingerprints import builtin_fingerprint, source_fingerprint
+    from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.flops.model import FlopCount, FlopModel, paper_flops_per_token
+    from lightning_embed.flops.records import RunRecord, read_runs
+    from lightning_embed.losses.infonce import InfoNCELoss
+    from lightning_embed.data.mining import mine_hard_negatives
+    from lightning_embed.data.mixtures import MixtureSource
     from lightning_embed.losses import GTELoss, build_loss
-    from lightning_embed.matryoshka import MatryoshkaLoss
-    from lightning_embed.models import load_backbone, load_tokenizer
-    from lightning_embed.module import EmbeddingModule
-    from lightning_embed.pooling import pool
+    from lightning_embed.losses.matryoshka import MatryoshkaLoss
+    from lightning_embed.models.backbones import load_backbone, load_tokenizer
+    from lightning_embed.training.module import EmbeddingModule
+    from lightning_embed.models.pooling import pool
     from lightning_embed.strategy import TuningStrategy, available_strategies, build_strategy
 
 
 def _install_library_filters() -> None:
     # Before any library import: bitsandbytes logs a CPU-kernel note on import that only QLoRA users need.
-    from lightning_embed.quiet import install_library_filters
+    from lightning_embed.cli.quiet import install_library_filters
 
     install_library_filters()
 

@@ -35,7 +35,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lightning_embed.class_paths import import_subclass, unknown_options
+from lightning_embed.training.class_paths import import_subclass, unknown_options
 from lightning_embed.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the recipe consults strategies without it
@@ -118,7 +118,7 @@ class TuningStrategy:
         """Training FLOP per token as the study counts them (attention ignored), for ``paper`` accounting.
 
         The default derives the formula from which parameters of ``tuned`` train
-        (:func:`lightning_embed.flops.backward_reach`): 6N when every base parameter trains; 2N + 4N_t when
+        (:func:`lightning_embed.flops.model.backward_reach`): 6N when every base parameter trains; 2N + 4N_t when
         only whole top blocks (and what follows them) train, since the backward pass stops at the lowest
         trained block; otherwise 4N + 2N_t, the backward pass running through the whole network with
         weight gradients only for N_t. Built-in strategies override it with their fixed formula.
@@ -134,7 +134,7 @@ class TuningStrategy:
         """
         if tuned is None:
             return None
-        from lightning_embed.flops import backward_reach
+        from lightning_embed.flops.model import backward_reach
 
         n, n_t = float(non_embedding), float(trainable)
         reach = backward_reach(tuned)
@@ -438,7 +438,7 @@ def backbone_parts(backbone: nn.Module) -> BackboneParts:
     Raises:
         BackboneError: when the blocks cannot be found.
     """
-    from lightning_embed.models import find_blocks
+    from lightning_embed.models.backbones import find_blocks
 
     path, blocks = find_blocks(backbone)
     block_names = tuple(f"{path}.{i}" if path else str(i) for i in range(len(blocks)))

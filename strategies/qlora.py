@@ -91,7 +91,7 @@ class QLoRATuning(LoRATuning):
     def apply(self, backbone: nn.Module) -> nn.Module:
         # A bad option must fail before any weight is touched.
         raise_if_problems(self.name, self.validate(backbone))
-        from lightning_embed.quiet import bitsandbytes_note
+        from lightning_embed.cli.quiet import bitsandbytes_note
 
         bitsandbytes_note()  # its note on a missing CPU kernel concerns 4-bit layers: shown only here
         for name in backbone_parts(backbone).linear_layers(backbone):

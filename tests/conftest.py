@@ -19,7 +19,7 @@ ARCHES = ("gpt_neox", "llama", "bert")
 
 def pytest_report_header(config) -> str:
     """Which CPU and bf16 path the suite ran on: float rounding, and so close calls, differ between them."""
-    from lightning_embed.precision import describe_hardware
+    from lightning_embed.training.precision import describe_hardware
 
     return describe_hardware()
 

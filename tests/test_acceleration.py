@@ -6,12 +6,12 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_embed import acceleration
-from lightning_embed.acceleration import (AUTO_COMPILE_MIN_STEPS, FP32_SCORE_ATTENTION, auto_compile,
+from lightning_embed.training import acceleration
+from lightning_embed.training.acceleration import (AUTO_COMPILE_MIN_STEPS, FP32_SCORE_ATTENTION, auto_compile,
                                           fp32_score_attention, training_attention)
-from lightning_embed.data import PairDataModule
-from lightning_embed.models import hf_model
-from lightning_embed.module import EmbeddingModule
+from lightning_embed.data.datamodule import PairDataModule
+from lightning_embed.models.backbones import hf_model
+from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.strategy import strategy_class
 from lightning_embed.testing import assert_close_relative
 
@@ -140,7 +140,7 @@ def test_compile_auto_compiles_long_runs(tiny_backbones, monkeypatch):
 
 
 def test_a_backbone_that_cannot_switch_attention_keeps_its_own(tiny_backbones, monkeypatch):
-    from lightning_embed.acceleration import switch_training_attention
+    from lightning_embed.training.acceleration import switch_training_attention
 
     module = EmbeddingModule(backbone=tiny_backbones["llama"])
     model = hf_model(module.backbone)
@@ -172,9 +172,9 @@ def test_two_modules_compiled_in_one_process_both_compile(tiny_backbones, tmp_pa
     import torch._dynamo.config as dynamo_config
     from torch._dynamo.utils import counters
 
-    from lightning_embed import acceleration
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.training import acceleration
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     if not acceleration._has_cxx_compiler():
         pytest.skip("no C++ compiler: inductor cannot compile on CPU")

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.bidirectional import attends_both_ways, attends_causally
-from lightning_embed.data import PairDataModule, PairExample
+from lightning_embed.models.bidirectional import attends_both_ways, attends_causally
+from lightning_embed.data.batches import PairExample
+from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
-from lightning_embed.module import EmbeddingModule
+from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.testing import assert_close_relative
 
 TEXTS = [PairExample(f"query {i} " + "word " * (i % 3), f"document {i} about " + "topic " * (1 + i % 4), (), i)
@@ -51,7 +52,7 @@ def test_encoder_gets_a_note_not_an_error(tiny_backbones, capsys):
 
 
 def test_architecture_that_ignores_the_flag_is_refused(tiny_backbones, monkeypatch):
-    from lightning_embed import bidirectional
+    from lightning_embed.models import bidirectional
 
     monkeypatch.setattr(bidirectional, "attends_both_ways", lambda model: False)
     with pytest.raises(UserError, match="would stay causal"):
@@ -83,8 +84,8 @@ def test_export_runs_bidirectional_in_sentence_transformers_and_transformers(tin
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    from lightning_embed.encoder import load
-    from lightning_embed.export import export_checkpoint
+    from lightning_embed.models.encoder import load
+    from lightning_embed.models.export import export_checkpoint
 
     ckpt, module = _train(tiny_backbones["llama"], tmp_path / "run", bidirectional=True, tuning={"name": "lora",
                                                                                                    "rank": 4})
@@ -107,7 +108,7 @@ def test_export_runs_bidirectional_in_sentence_transformers_and_transformers(tin
 
 
 def test_export_refuses_a_model_that_would_run_causal(tiny_backbones, tmp_path):
-    from lightning_embed.export import export_module
+    from lightning_embed.models.export import export_module
 
     module = EmbeddingModule(backbone=tiny_backbones["llama"], bidirectional=True)
     module.backbone.config.is_causal = True  # as if the architecture had dropped the flag
@@ -122,7 +123,7 @@ def test_the_saved_flag_makes_each_family_bidirectional_without_remote_code(fami
     """What the export relies on: config.is_causal=false survives save/load and every layer attends both ways."""
     from transformers import AutoConfig, AutoModel
 
-    from lightning_embed.bidirectional import make_bidirectional
+    from lightning_embed.models.bidirectional import make_bidirectional
 
     sizes = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
              "num_attention_heads": 4}

@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch.nn.functional as F
 
-from lightning_embed.checkpoint_model import module_arguments
-from lightning_embed.encoder import load
+from lightning_embed.models.checkpoint_model import module_arguments
+from lightning_embed.models.encoder import load
 from test_export import DOCUMENTS, QUERIES, reference_embeddings, train_checkpoint
 
 
 def test_module_arguments_match_the_class():
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.training.module import EmbeddingModule
 
     assert module_arguments() == set(inspect.signature(EmbeddingModule.__init__).parameters) - {"self"}
 

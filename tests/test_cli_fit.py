@@ -11,9 +11,9 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_embed.cli import main
-from lightning_embed.data import PairDataModule
-from lightning_embed.module import EmbeddingModule
+from lightning_embed.cli.main import main
+from lightning_embed.data.datamodule import PairDataModule
+from lightning_embed.training.module import EmbeddingModule
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
@@ -43,7 +43,7 @@ def fit_args(backbone: str, train: Path, root: Path, *extra: str) -> list[str]:
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     """Runs the installed entry point in a fresh process (exit code and stderr as a user sees them)."""
-    code = "from lightning_embed.cli import main; main()"
+    code = "from lightning_embed.cli.main import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
@@ -74,7 +74,7 @@ def test_print_config_and_composed_configs(tiny_backbones, tmp_path, capsys):
 
 
 def test_fit_defaults_to_bf16_where_the_hardware_has_it(tiny_backbones, tmp_path, capsys, monkeypatch):
-    from lightning_embed import precision
+    from lightning_embed.training import precision
 
     base = tmp_path / "base.yaml"
     base.write_text(f"model:\n  backbone: {tiny_backbones['llama']}\n")
@@ -144,7 +144,7 @@ def test_resume_from_end_of_epoch_is_exact(tiny_backbones, tmp_path):
 
 
 def test_every_fit_appends_a_run_record(tiny_backbones, tmp_path):
-    from lightning_embed.runs import read_runs
+    from lightning_embed.flops.records import read_runs
 
     train = write_pairs(tmp_path / "pairs.jsonl", n=16)
     for _ in range(2):

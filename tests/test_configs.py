@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_embed.cli import main
+from lightning_embed.cli.main import main
 
 CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml"))
 TRAINING = [p for p in CONFIGS if p.stem in {"quickstart", "full", "lora", "qlora", "freeze", "bias"}]

@@ -13,18 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_embed import stdlib_source
-from lightning_embed.data import (
-    PairBatch,
-    PairBatchSampler,
-    PairCollator,
-    PairDataModule,
-    PairExample,
-    builtin_sources,
-    read_examples,
-)
+from lightning_embed.data import stdlib_source
+from lightning_embed.data.batches import PairBatch, PairCollator, PairExample
+from lightning_embed.data.datamodule import PairDataModule
+from lightning_embed.data.reading import builtin_sources, read_examples
+from lightning_embed.data.sampling import PairBatchSampler
 from lightning_embed.errors import UserError
-from lightning_embed.models import load_tokenizer
+from lightning_embed.models.backbones import load_tokenizer
 
 ROWS = [
     {"query": f"how do I do task {i}?", "positive": f"def task_{i}(): return {i}",

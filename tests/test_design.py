@@ -24,7 +24,7 @@ from lightning_embed.recipe import laws_fit, recipe, solve
 from lightning_embed.recipe.catalogue import load_shipped_family, meta_model, resolve_models
 from lightning_embed.recipe.laws import Law, LawsFile, save_laws
 from lightning_embed.recipe.sweep import load_manifest, run_sweep, sweep_plan
-from lightning_embed.runs import RunRecord
+from lightning_embed.flops.records import RunRecord
 from lightning_embed.strategy import build_strategy, refresh_strategies, strategy_class
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,13 +246,13 @@ def test_focus_keeps_the_sizes_around_each_budgets_predicted_optimum(tmp_path):
 
 def test_sweep_plan_help_documents_the_design_options(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli", "sweep", "plan", "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", "sweep", "plan", "--help"], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     for flag in ("--seeds", "--seed-points", "--laws", "--focus", "--settings", "iso-FLOP minimum"):
         assert flag in text
-    bad = subprocess.run([sys.executable, "-m", "lightning_embed.cli", "sweep", "plan", str(tmp_path / "x"),
+    bad = subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", "sweep", "plan", str(tmp_path / "x"),
                           "--budgets", "1e14", "--seeds", "1", "1"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_embed.data import PairBatch, PairExample
+from lightning_embed.data.batches import PairBatch, PairExample
 from lightning_embed.testing import assert_close_relative, close_mismatches
 
 WORLD = 2
@@ -137,7 +137,7 @@ def _counting_fsdp2_reductions():
 def _worker(rank: int, world: int, port: int, backbones: dict[str, str], out: str) -> None:
     import torch.distributed as dist
 
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.training.module import EmbeddingModule
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -239,8 +239,8 @@ _COMMON = textwrap.dedent('''
     import lightning as L
     import torch
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -275,7 +275,7 @@ _DDP_SCRIPT = _COMMON + textwrap.dedent('''
                            self.path)
 
 
-    from lightning_embed.flop_callback import FlopCallback
+    from lightning_embed.flops.callback import FlopCallback
 
     backbone, out = sys.argv[1], Path(sys.argv[2])
     L.seed_everything(0)
@@ -302,7 +302,7 @@ def test_lightning_ddp_with_gradcache_equals_one_process(tiny_backbones, tmp_pat
     retrieval metrics over a set that splits unevenly across ranks equal one process's."""
     import lightning as L
 
-    from lightning_embed.flop_callback import FlopCallback
+    from lightning_embed.flops.callback import FlopCallback
 
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT)
@@ -310,8 +310,8 @@ def test_lightning_ddp_with_gradcache_equals_one_process(tiny_backbones, tmp_pat
 
     # One process, batch 8 = the two ranks' batches of 4 (the sampler packs the same global batches).
     L.seed_everything(0)
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     module = EmbeddingModule(backbone=tiny_backbones["gpt_neox"], query_max_length=16, document_max_length=24,
                              warmup_ratio=0.0, lr_schedule="constant", pack_sequences=False)
@@ -439,7 +439,7 @@ def test_fsdp2_model_parallel_strategy_trains_and_resumes(tiny_backbones, tmp_pa
 
 @pytest.mark.parametrize("config", ["ddp", "fsdp", "fsdp2"])
 def test_distributed_configs_parse(tiny_backbones, config, capsys):
-    from lightning_embed.cli import main
+    from lightning_embed.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(ROOT / "configs" / f"{config}.yaml"),

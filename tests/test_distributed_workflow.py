@@ -42,7 +42,7 @@ _RUNNER = textwrap.dedent('''
     commands.append(current)
     exec(os.environ.get("INJECT", ""))  # the failure tests' fault, on one rank
 
-    from lightning_embed.cli import main
+    from lightning_embed.cli.main import main
 
     codes = []
     for command in commands:
@@ -197,8 +197,8 @@ def test_small_validation_set_is_spread_over_ranks_and_scored_once(workflow):
     batch, and the retrieval metrics equal one process scoring all 16 pairs with the saved model."""
     import lightning as L
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.encoder import load_module
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.models.encoder import load_module
 
     assert workflow["codes"][0][2] == workflow["codes"][1][2] == 0, workflow["result"].stderr[-3000:]
     root = workflow["root"]
@@ -217,7 +217,7 @@ def test_fsdp2_folder_exports_and_evaluates_like_ddp(workflow, tmp_path, capsys)
     """FSDP2 writes a distributed checkpoint folder; `export`, `evaluate` and `load` take it as it is,
     and its embeddings equal the same 2 steps under DDP (same seed and data) within 1e-5."""
     import lightning_embed
-    from lightning_embed.cli import main
+    from lightning_embed.cli.main import main
 
     assert workflow["codes"][0][3] == workflow["codes"][1][3] == 0, workflow["result"].stderr[-3000:]
     root = workflow["root"]
@@ -255,7 +255,7 @@ def test_fsdp_strategy_config_trains_and_saves_a_complete_folder_on_cpu(workflow
     own wrapping policy) on 2 CPU processes, all but NCCL: 2 steps train, the sharded state dict is a
     complete distributed checkpoint folder (both shards, index, Lightning's meta.pt), and export reads it."""
     import lightning_embed
-    from lightning_embed.export import export_checkpoint
+    from lightning_embed.models.export import export_checkpoint
 
     assert workflow["codes"][0][4] == workflow["codes"][1][4] == 0, workflow["result"].stderr[-3000:]
     root = workflow["root"]
@@ -284,7 +284,7 @@ def test_fsdp_strategy_matches_ddp_on_cpu(workflow):
 
 _FAIL_IN_STEP = textwrap.dedent('''
     if os.environ["RANK"] == "1":
-        from lightning_embed.module import EmbeddingModule
+        from lightning_embed.training.module import EmbeddingModule
 
         _step = EmbeddingModule.training_step
 
@@ -342,7 +342,7 @@ def test_weight_decay_groups_survive_fsdp1_flat_views(tiny_backbones):
     the weight matrices must still get weight decay, norms and biases none (as without FSDP)."""
     from types import SimpleNamespace
 
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.training.module import EmbeddingModule
 
     module = EmbeddingModule(backbone=tiny_backbones["llama"], weight_decay=0.1)
     module._trainer = SimpleNamespace(estimated_stepping_batches=10, strategy=None)  # one process

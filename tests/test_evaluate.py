@@ -12,12 +12,12 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_embed.cli import main
-from lightning_embed.encoder import load, load_pretrained
+from lightning_embed.cli.main import main
+from lightning_embed.models.encoder import load, load_pretrained
 from lightning_embed.errors import UserError
-from lightning_embed.evaluate import resolve_tasks, run_mteb
-from lightning_embed.mteb_callback import MTEBCallback
-from lightning_embed.mteb_tasks import parse_local_task
+from lightning_embed.evaluation.evaluate import resolve_tasks, run_mteb
+from lightning_embed.evaluation.mteb_callback import MTEBCallback
+from lightning_embed.evaluation.mteb_tasks import parse_local_task
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -133,8 +133,8 @@ def test_mteb_callback_logs_scores_for_checkpoint_selection(tiny_backbones, task
     from lightning.pytorch.callbacks import ModelCheckpoint
     from test_export import write_pairs
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     L.seed_everything(0)
     pairs = write_pairs(tmp_path / "train.jsonl", n=16)
@@ -155,7 +155,7 @@ def test_mteb_callback_logs_scores_for_checkpoint_selection(tiny_backbones, task
 
 
 def test_empty_texts_from_any_task_are_named_not_embedded(tiny_backbones):
-    from lightning_embed.evaluate import mteb_encoder
+    from lightning_embed.evaluation.evaluate import mteb_encoder
 
     adapter = mteb_encoder(load_pretrained(tiny_backbones["bert"]), batch_size=4)
     meta = type("Meta", (), {"name": "SomeHubTask"})()
@@ -183,9 +183,9 @@ def test_real_model_export_and_evaluate(tmp_path):
     """all-MiniLM-L6-v2, briefly tuned on stdlib-code: export round trip and a local retrieval task."""
     from sentence_transformers import SentenceTransformer
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.export import export_checkpoint
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.models.export import export_checkpoint
+    from lightning_embed.training.module import EmbeddingModule
 
     L.seed_everything(0)
     module = EmbeddingModule(backbone="all-minilm-l6-v2", learning_rate=2e-5, query_max_length=32,

@@ -12,12 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.cli import main
-from lightning_embed.data import PairDataModule, PairExample
-from lightning_embed.encoder import load
+from lightning_embed.cli.main import main
+from lightning_embed.data.batches import PairExample
+from lightning_embed.data.datamodule import PairDataModule
+from lightning_embed.models.encoder import load
 from lightning_embed.errors import UserError
-from lightning_embed.export import export_checkpoint
-from lightning_embed.module import EmbeddingModule
+from lightning_embed.models.export import export_checkpoint
+from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.testing import assert_close_relative
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
@@ -123,7 +124,7 @@ def test_round_trip_through_sentence_transformers(arch, tuning, pooling, normali
 @pytest.fixture(scope="module")
 def lora_run(tiny_backbones, tmp_path_factory):
     """A LoRA checkpoint with FLOP counted and held-out metrics (for the model card)."""
-    from lightning_embed.flop_callback import FlopCallback
+    from lightning_embed.flops.callback import FlopCallback
 
     root = tmp_path_factory.mktemp("lora_run")
     flops = FlopCallback(runs_file=str(root / "runs.jsonl"))
@@ -166,7 +167,7 @@ def test_overwrite_replaces_atomically(lora_run, tmp_path):
 
 
 def test_failure_leaves_nothing_behind(lora_run, tmp_path, monkeypatch):
-    import lightning_embed.export as export_module
+    import lightning_embed.models.export as export_module
 
     def broken(module, folder, hparams, info):
         (folder / "config.json").write_text("{}")

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.encoder import load
+from lightning_embed.models.encoder import load
 from lightning_embed.errors import UserError
-from lightning_embed.export import export_checkpoint
+from lightning_embed.models.export import export_checkpoint
 from test_export import reference_embeddings, train_checkpoint
 
 LONG = ["alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa",

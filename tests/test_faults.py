@@ -18,8 +18,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_embed.cli import main
-from lightning_embed.runs import read_runs
+from lightning_embed.cli.main import main
+from lightning_embed.flops.records import read_runs
 
 TESTS = Path(__file__).parent
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -70,7 +70,7 @@ def fit_args(setup: dict, root: Path, *extra: str) -> list[str]:
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from lightning_embed.cli import main; main()"
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from lightning_embed.cli.main import main; main()"
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
 
@@ -229,7 +229,7 @@ def test_unwritable_outputs_are_refused_before_any_work(setup, straight, tmp_pat
     expect_user_error(fit_args(setup, blocker / "run"), capsys, "trainer.default_root_dir")
     ckpt = str(next(straight.rglob("mid-step=2*.ckpt")))
     expect_user_error(["export", ckpt, "-o", str(blocker / "model")], capsys, "--output")
-    import lightning_embed.evaluate as evaluate
+    import lightning_embed.evaluation.evaluate as evaluate
 
     monkeypatch.setattr(evaluate, "run_mteb", lambda *a, **k: pytest.fail("scored before checking --output"))
     task = TESTS.parent / "examples" / "tasks" / "stdlib-code-retrieval.jsonl"
@@ -272,9 +272,9 @@ def test_config_mistakes_are_one_line_without_the_usage(setup, tmp_path, capsys)
 def test_trust_remote_code_is_never_read_from_a_checkpoint_or_export(setup, straight, tmp_path, monkeypatch):
     import transformers
 
-    import lightning_embed.module as module
+    import lightning_embed.training.module as module
     from lightning_embed import load
-    from lightning_embed.export import export_checkpoint
+    from lightning_embed.models.export import export_checkpoint
 
     ckpt = torch.load(next(straight.rglob("mid-step=2*.ckpt")), map_location="cpu", weights_only=True)
     ckpt["hyper_parameters"]["trust_remote_code"] = True  # a crafted checkpoint
@@ -288,7 +288,7 @@ def test_trust_remote_code_is_never_read_from_a_checkpoint_or_export(setup, stra
     load(crafted, device="cpu")
     folder = export_checkpoint(crafted, tmp_path / "export")
     assert seen and not any(seen)
-    from lightning_embed.encoder import EXPORT_CONFIG
+    from lightning_embed.models.encoder import EXPORT_CONFIG
 
     assert json.loads((folder / EXPORT_CONFIG).read_text())["hparams"]["trust_remote_code"] is True
     real_auto = transformers.AutoModel.from_pretrained

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lightning_embed.errors import UserError
-from lightning_embed.fingerprints import builtin_fingerprint, file_sha256, pairs_digest, source_fingerprint
+from lightning_embed.data.fingerprints import builtin_fingerprint, file_sha256, pairs_digest, source_fingerprint
 
 
 def test_a_file_is_fingerprinted_by_its_bytes(tmp_path):
@@ -47,7 +47,7 @@ def test_pairs_digest_depends_on_content_and_order():
 
 
 def test_stdlib_code_is_fingerprinted_from_its_pairs(monkeypatch):
-    from lightning_embed import stdlib_source
+    from lightning_embed.data import stdlib_source
 
     pairs = [{"module": "m", "qualname": f"f{i}", "query": f"query {i}", "positive": f"code {i}",
               "split": "val" if i == 2 else "train"} for i in range(3)]
@@ -58,8 +58,8 @@ def test_stdlib_code_is_fingerprinted_from_its_pairs(monkeypatch):
 
 
 def test_a_fit_on_a_file_records_its_fingerprint(tiny_backbones, tmp_path):
-    from lightning_embed.cli import main
-    from lightning_embed.runs import read_runs
+    from lightning_embed.cli.main import main
+    from lightning_embed.flops.records import read_runs
 
     train = tmp_path / "pairs.jsonl"
     with train.open("w") as handle:

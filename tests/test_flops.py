@@ -10,8 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_embed.errors import UserError
-from lightning_embed.flop_budget import dry_run, parse_budget, plan_budget, report_table, sample_loader
-from lightning_embed.flops import (
+from lightning_embed.flops.budget import dry_run, parse_budget, plan_budget, report_table, sample_loader
+from lightning_embed.flops.model import (
     FlopCount,
     FlopModel,
     TokenStats,
@@ -19,7 +19,7 @@ from lightning_embed.flops import (
     paper_flops_per_token,
     parameter_counts,
 )
-from lightning_embed.models import count_parameters, find_blocks, load_backbone
+from lightning_embed.models.backbones import count_parameters, find_blocks, load_backbone
 
 LORA_TARGETS = {"gpt_neox": ["query_key_value", "dense"], "llama": ["q_proj", "v_proj", "o_proj"],
                 "bert": ["query", "value"]}
@@ -122,7 +122,7 @@ def test_qlora_counts_the_4bit_forward_flop_counter_misses(tiny_backbones):
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama", "bert"])
 def test_probe_runs_on_meta_stand_ins_of_real_weights(tiny_backbones, arch):
-    from lightning_embed.flop_probe import _probe_once
+    from lightning_embed.flops.probe import _probe_once
 
     model = _tune(load_backbone(tiny_backbones[arch], attn_implementation="eager"), arch, "lora")
     meta, _ = _probe_once(model, 8, False, on_meta=True)  # raises if the meta path broke
@@ -254,7 +254,7 @@ def test_paper_methods_are_inferred_and_adapters_left_out_of_n(tiny_backbones):
 
 @pytest.mark.parametrize("bad", [-1, 0, "abc", True, float("nan"), "inf"])
 def test_bad_budgets_are_user_errors(bad):
-    from lightning_embed.flop_callback import FlopCallback
+    from lightning_embed.flops.callback import FlopCallback
 
     with pytest.raises(UserError, match="max_flops"):
         FlopCallback(max_flops=bad)
@@ -297,8 +297,8 @@ def pairs_file(tmp_path_factory):
 def _fit(tiny_backbones, pairs_file, callback, *, ckpt_path=None, callbacks=(), module_cls=None, **trainer_kwargs):
     import lightning as L
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     L.seed_everything(0)
     # Padded batches: the counts are checked against the masks (packed counting: tests/test_packing.py).
@@ -313,8 +313,8 @@ def _fit(tiny_backbones, pairs_file, callback, *, ckpt_path=None, callbacks=(), 
 
 
 def test_fit_stops_at_the_budget_and_records_it(tiny_backbones, pairs_file, tmp_path):
-    from lightning_embed.flop_callback import FlopCallback
-    from lightning_embed.runs import read_runs
+    from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.flops.records import read_runs
 
     runs = tmp_path / "runs.jsonl"
     # estimate_batches=1: the plan comes from one batch, so the real steps cost more or less than planned.
@@ -337,7 +337,7 @@ def test_counts_match_the_batches_seen_and_reach_the_loggers(tiny_backbones, pai
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.loggers import Logger
 
-    from lightning_embed.flop_callback import FlopCallback
+    from lightning_embed.flops.callback import FlopCallback
 
     class Masks(Callback):
         def __init__(self):
@@ -379,7 +379,7 @@ class _FixedShapePairs:
     def make(batches: int = 6):
         import lightning as L
 
-        from lightning_embed.data import PairBatch
+        from lightning_embed.data.batches import PairBatch
 
         def batch(seed: int) -> PairBatch:
             g = torch.Generator().manual_seed(seed)
@@ -400,9 +400,9 @@ def test_resumed_run_counts_like_an_uninterrupted_one(tiny_backbones, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_embed.flop_callback import FlopCallback
-    from lightning_embed.module import EmbeddingModule
-    from lightning_embed.runs import read_runs
+    from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.training.module import EmbeddingModule
+    from lightning_embed.flops.records import read_runs
 
     # Every step has the same stats, so the budget can be sized to buy exactly 10 steps (> one epoch of 6).
     batch = _FixedShapePairs.make().train_dataloader().dataset[0]
@@ -435,12 +435,12 @@ def test_resumed_run_counts_like_an_uninterrupted_one(tiny_backbones, tmp_path):
 _DDP_SCRIPT = """
 import json, os, sys
 import torch, lightning as L
-from lightning_embed.data import PairBatch
-from lightning_embed.flop_callback import FlopCallback
-from lightning_embed.flops import FlopModel
-from lightning_embed.models import load_backbone
-from lightning_embed.module import EmbeddingModule
-from lightning_embed.runs import read_runs
+from lightning_embed.data.batches import PairBatch
+from lightning_embed.flops.callback import FlopCallback
+from lightning_embed.flops.model import FlopModel
+from lightning_embed.models.backbones import load_backbone
+from lightning_embed.training.module import EmbeddingModule
+from lightning_embed.flops.records import read_runs
 
 def make_batch(i):  # every batch has its own padded width: ranks pad differently
     g = torch.Generator().manual_seed(i)
@@ -503,9 +503,9 @@ def test_ddp_counts_every_rank_exactly(tiny_backbones, tmp_path):
 
 
 def test_failed_fit_is_recorded_as_failed(tiny_backbones, pairs_file, tmp_path):
-    from lightning_embed.flop_callback import FlopCallback
-    from lightning_embed.module import EmbeddingModule
-    from lightning_embed.runs import read_runs
+    from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.training.module import EmbeddingModule
+    from lightning_embed.flops.records import read_runs
 
     class Crashing(EmbeddingModule):
         def training_step(self, batch, batch_idx):
@@ -523,7 +523,7 @@ def test_failed_fit_is_recorded_as_failed(tiny_backbones, pairs_file, tmp_path):
 
 
 def test_bad_setup_fails_before_training_without_a_record(tiny_backbones, pairs_file, tmp_path):
-    from lightning_embed.flop_callback import FlopCallback
+    from lightning_embed.flops.callback import FlopCallback
 
     runs = tmp_path / "runs.jsonl"
     with pytest.raises(UserError, match="does not buy one training step"):
@@ -536,8 +536,8 @@ def test_bad_setup_fails_before_training_without_a_record(tiny_backbones, pairs_
 
 
 def test_dry_run_matches_the_callback_plan(tiny_backbones, pairs_file):
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     module = EmbeddingModule(backbone=tiny_backbones["gpt_neox"], attn_implementation="eager")
     data = PairDataModule(train=pairs_file, batch_size=4)

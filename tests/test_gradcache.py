@@ -11,10 +11,11 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_embed.data import PairDataModule, PairExample
+from lightning_embed.data.batches import PairExample
+from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
-from lightning_embed.gradcache import cached_encode, split_encoding
-from lightning_embed.module import EmbeddingModule
+from lightning_embed.training.gradcache import cached_encode, split_encoding
+from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.testing import FP32_REL, assert_close_relative, close_mismatches
 
 LORA = {"name": "lora", "rank": 4}
@@ -90,7 +91,7 @@ class _FlipGradient(torch.autograd.Function):
 def test_the_tolerance_catches_a_wrong_gradcache_gradient(tiny_backbones, monkeypatch, fault):
     """The normwise tolerance passes GradCache's rounding but not a real error: a mini-batch that gets no
     gradient, or the wrong sign, fails the same comparison (the loss itself is unchanged by either)."""
-    import lightning_embed.gradcache as gradcache
+    import lightning_embed.training.gradcache as gradcache
 
     module = make_module(tiny_backbones["gpt_neox"])
     module.backbone.eval()
@@ -150,7 +151,7 @@ class AutocastProbe:
     """Records, for every call of the transformer blocks, whether CPU autocast was on."""
 
     def __init__(self, module: EmbeddingModule):
-        from lightning_embed.models import find_blocks
+        from lightning_embed.models.backbones import find_blocks
 
         self.states: list[bool] = []
         _, blocks = find_blocks(module.backbone)
@@ -211,7 +212,7 @@ def test_gradcache_chunk_size_is_validated(tiny_backbones, bad):
 
 
 def test_flop_model_sees_gradcache(tiny_backbones):
-    from lightning_embed.flop_budget import training_flags
+    from lightning_embed.flops.budget import training_flags
 
     module = EmbeddingModule(backbone=tiny_backbones["llama"], gradcache_chunk_size=8)
     assert module.hparams.gradcache_chunk_size == 8

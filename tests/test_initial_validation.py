@@ -22,7 +22,7 @@ def pairs_file(tmp_path_factory):
 def _module(tiny_backbones):
     import lightning as L
 
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.training.module import EmbeddingModule
 
     L.seed_everything(0)
     return EmbeddingModule(backbone=tiny_backbones["gpt_neox"], attn_implementation="eager", pack_sequences=False,
@@ -37,9 +37,9 @@ def _trainer(callbacks, **kwargs):
 
 
 def test_record_carries_the_loss_of_the_untrained_module(tiny_backbones, pairs_file, tmp_path):
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.flop_callback import FlopCallback
-    from lightning_embed.runs import read_runs
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.flops.records import read_runs
 
     def data():
         return PairDataModule(train=pairs_file, val=pairs_file, batch_size=4, max_val_examples=12)
@@ -56,9 +56,9 @@ def test_record_carries_the_loss_of_the_untrained_module(tiny_backbones, pairs_f
 
 
 def test_no_validation_set_and_opting_out_leave_it_empty(tiny_backbones, pairs_file, tmp_path):
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.flop_callback import FlopCallback
-    from lightning_embed.runs import read_runs
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.flops.records import read_runs
 
     runs = tmp_path / "runs.jsonl"
     data = PairDataModule(train=pairs_file, batch_size=4)  # a file source has no validation split

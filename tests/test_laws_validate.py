@@ -15,7 +15,7 @@ from lightning_embed.recipe.validate import seed_noise
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lightning_embed.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 

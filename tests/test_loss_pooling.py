@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.loss import InfoNCELoss
-from lightning_embed.pooling import pool
+from lightning_embed.losses.infonce import InfoNCELoss
+from lightning_embed.models.pooling import pool
 
 
 def _reference_infonce(q, d, k, t, symmetric):

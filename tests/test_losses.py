@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_embed.errors import UserError
-from lightning_embed.loss import InfoNCELoss
+from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.losses import GTELoss, build_loss
 from lightning_embed.testing import close_mismatches
 
@@ -121,7 +121,7 @@ def test_unknown_loss_is_one_line_exit_2(tiny_backbones, tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli", "fit", "--model.backbone",
+    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", "fit", "--model.backbone",
                            tiny_backbones["llama"], "--model.loss", "triplet", "--trainer.max_steps", "1"],
                           check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
@@ -151,7 +151,7 @@ def _shard(q, d, k, rank):
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from lightning_embed.matryoshka import MatryoshkaLoss
+    from lightning_embed.losses.matryoshka import MatryoshkaLoss
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=120))
@@ -194,8 +194,8 @@ def test_gte_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path)
 
 
 def test_gte_and_matryoshka_under_gradcache_equal_the_uncached_batch(tiny_backbones):
-    from lightning_embed.data import PairExample
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.batches import PairExample
+    from lightning_embed.training.module import EmbeddingModule
     from lightning_embed.testing import assert_close_relative
 
     torch.manual_seed(0)
@@ -215,8 +215,8 @@ def test_gte_and_matryoshka_under_gradcache_equal_the_uncached_batch(tiny_backbo
 
 
 def test_a_checkpoint_never_makes_inference_import_its_loss_class(tiny_backbones, tmp_path):
-    from lightning_embed.encoder import load
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.models.encoder import load
+    from lightning_embed.training.module import EmbeddingModule
 
     module = EmbeddingModule(backbone=tiny_backbones["llama"])
     path = tmp_path / "model.ckpt"
@@ -230,7 +230,7 @@ def test_a_checkpoint_never_makes_inference_import_its_loss_class(tiny_backbones
 def test_every_shipped_loss_honours_a_batch_without_in_batch_negatives():
     """A mixture source with in_batch_negatives: false: only each query's own documents count, for every loss."""
     from lightning_embed.losses import call_loss
-    from lightning_embed.matryoshka import MatryoshkaLoss
+    from lightning_embed.losses.matryoshka import MatryoshkaLoss
 
     torch.manual_seed(0)
     b, k, h = 4, 2, 16

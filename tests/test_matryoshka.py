@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_embed.errors import UserError
-from lightning_embed.loss import InfoNCELoss
+from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.losses import GTELoss
-from lightning_embed.matryoshka import MatryoshkaLoss, check_matryoshka, truncate
+from lightning_embed.losses.matryoshka import MatryoshkaLoss, check_matryoshka, truncate
 
 
 def _embeddings(b=6, k=1, h=16):
@@ -51,7 +51,7 @@ def test_bad_dims_are_named(dims, weights, message):
 
 
 def test_module_rejects_dims_above_hidden_size(tiny_backbones):
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.training.module import EmbeddingModule
 
     with pytest.raises(UserError, match="exceeds the embedding size 32"):
         EmbeddingModule(backbone=tiny_backbones["llama"], matryoshka_dims=[64, 16])
@@ -59,8 +59,8 @@ def test_module_rejects_dims_above_hidden_size(tiny_backbones):
 
 def test_module_loss_is_computed_once_per_batch_and_trains(tiny_backbones):
     """The module's Matryoshka loss equals the sum of the plain losses on truncated embeddings of one forward."""
-    from lightning_embed.data import PairExample
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.batches import PairExample
+    from lightning_embed.training.module import EmbeddingModule
 
     torch.manual_seed(0)
     module = EmbeddingModule(backbone=tiny_backbones["llama"], matryoshka_dims=[32, 16, 8], loss="gte",
@@ -94,12 +94,12 @@ def test_export_truncates_in_sentence_transformers_and_evaluate_scores_each_dime
     import lightning as L
     from sentence_transformers import SentenceTransformer
 
-    from lightning_embed.cli import main
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.encoder import load
-    from lightning_embed.evaluate import resolve_tasks, run_mteb
-    from lightning_embed.export import export_checkpoint
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.cli.main import main
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.models.encoder import load
+    from lightning_embed.evaluation.evaluate import resolve_tasks, run_mteb
+    from lightning_embed.models.export import export_checkpoint
+    from lightning_embed.training.module import EmbeddingModule
 
     L.seed_everything(0)
     pairs = tmp_path / "pairs.jsonl"

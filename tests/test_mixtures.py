@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lightning_embed.cli import main
-from lightning_embed.data import PairCollator, PairDataModule
+from lightning_embed.cli.main import main
+from lightning_embed.data.batches import PairCollator
+from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
-from lightning_embed.loss import InfoNCELoss
-from lightning_embed.mixtures import MixtureCollator, MixtureView, mixture_sampler
-from lightning_embed.sampling import PairBatchSampler
+from lightning_embed.losses.infonce import InfoNCELoss
+from lightning_embed.data.mixtures import MixtureCollator, MixtureView, mixture_sampler
+from lightning_embed.data.sampling import PairBatchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,7 +207,7 @@ def test_fit_from_yaml_records_examples_per_source_and_resumes_exactly(two_sourc
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    code = "from lightning_embed.cli import main; main()"
+    code = "from lightning_embed.cli.main import main; main()"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
 
@@ -250,8 +251,8 @@ _DDP_SCRIPT = textwrap.dedent('''
     import lightning as L
     import torch
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")

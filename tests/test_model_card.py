@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import yaml
 
-from lightning_embed.export import export_checkpoint
-from lightning_embed.model_card import base_model, model_card
+from lightning_embed.models.export import export_checkpoint
+from lightning_embed.models.model_card import base_model, model_card
 from test_export import lora_run  # noqa: F401 - the fixture: a LoRA run with FLOP counted and held-out metrics
 
 

@@ -6,11 +6,12 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_embed.data import PairDataModule, PairExample
+from lightning_embed.data.batches import PairExample
+from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
-from lightning_embed.flop_callback import FlopCallback
-from lightning_embed.module import EmbeddingModule
-from lightning_embed.packing import plan_packing
+from lightning_embed.flops.callback import FlopCallback
+from lightning_embed.training.module import EmbeddingModule
+from lightning_embed.training.packing import plan_packing
 from lightning_embed.testing import assert_close_relative
 
 
@@ -99,7 +100,7 @@ def test_auto_packs_where_packing_checks_out(tiny_backbone):
 
 def test_a_backbone_that_packs_differently_is_not_packed(tiny_backbones, monkeypatch):
     # As RoBERTa would: its position ids start after the padding index, so 0-based ones change the output.
-    monkeypatch.setattr("lightning_embed.packing.packing_mismatch", lambda *args: 0.5)
+    monkeypatch.setattr("lightning_embed.training.packing.packing_mismatch", lambda *args: 0.5)
     auto = EmbeddingModule(backbone=tiny_backbones["bert"])
     assert not auto.packing_enabled()
     assert "differ by 0.5" in auto._resolve_packing()[1]
@@ -108,8 +109,8 @@ def test_a_backbone_that_packs_differently_is_not_packed(tiny_backbones, monkeyp
 
 
 def test_packing_mismatch_is_float_noise_on_real_architectures(tiny_backbone):
-    from lightning_embed.models import hf_model
-    from lightning_embed.packing import PACKING_TOLERANCE, packing_mismatch
+    from lightning_embed.models.backbones import hf_model
+    from lightning_embed.training.packing import PACKING_TOLERANCE, packing_mismatch
 
     module = EmbeddingModule(backbone=tiny_backbone)
     for attention in ("eager", "sdpa"):

@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.data import PairDataModule, PairExample
-from lightning_embed.module import EmbeddingModule
-from lightning_embed.pooling import pool, prompt_token_count, without_prompt
+from lightning_embed.data.batches import PairExample
+from lightning_embed.data.datamodule import PairDataModule
+from lightning_embed.training.module import EmbeddingModule
+from lightning_embed.models.pooling import pool, prompt_token_count, without_prompt
 from lightning_embed.testing import assert_close_relative
 
 QUERIES = ["alpha bravo", "return the number of items", "split a string into words please", "x"]
@@ -67,8 +68,8 @@ def test_training_pools_only_the_text_after_the_prompt(tiny_backbones, arch):
 def test_export_pools_without_the_prompt_in_sentence_transformers(tiny_backbones, tmp_path, padding):
     from sentence_transformers import SentenceTransformer
 
-    from lightning_embed.encoder import load
-    from lightning_embed.export import export_checkpoint
+    from lightning_embed.models.encoder import load
+    from lightning_embed.models.export import export_checkpoint
 
     L.seed_everything(0)
     pairs = tmp_path / "pairs.jsonl"
@@ -104,7 +105,7 @@ def test_export_pools_without_the_prompt_in_sentence_transformers(tiny_backbones
         assert F.cosine_similarity(encoder.encode(QUERIES, prompt="query"), ref_q).min() > 0.9999, source
         assert F.cosine_similarity(encoder.encode(DOCUMENTS, prompt="document"), ref_d).min() > 0.9999, source
     # Read as a plain sentence-transformers folder, include_prompt: false is honoured too.
-    from lightning_embed.encoder import load_pretrained
+    from lightning_embed.models.encoder import load_pretrained
 
     foreign = load_pretrained(str(out))
     assert not foreign.pool_prompt

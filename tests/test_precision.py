@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_embed import precision
+from lightning_embed.training import precision
 
 
 @pytest.mark.parametrize(("amx", "avx512_bf16", "path", "default"), [

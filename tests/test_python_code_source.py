@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lightning_embed import python_code_source as pcs
-from lightning_embed import stdlib_source
+from lightning_embed.data import python_code_source as pcs
+from lightning_embed.data import stdlib_source
 from lightning_embed.errors import UserError
-from lightning_embed.fingerprints import pairs_digest
+from lightning_embed.data.fingerprints import pairs_digest
 
 ALPHA = '''
 def add_numbers(a, b):
@@ -226,8 +226,9 @@ def test_no_usable_pairs_is_a_user_error(fake_tree, monkeypatch):
 
 
 def test_the_data_module_and_listing_know_the_source(fake_tree, capsys):
-    from lightning_embed.data import PairDataModule, builtin_sources
-    from lightning_embed.reporting import data
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.data.reading import builtin_sources
+    from lightning_embed.cli.reporting import data
 
     assert "python-code" in builtin_sources()
     data()  # the listing does not spend minutes mining: it says how to
@@ -247,8 +248,8 @@ def test_the_data_module_and_listing_know_the_source(fake_tree, capsys):
 
 
 def test_fit_on_the_source_writes_the_fingerprint_into_the_run_record(fake_tree, tiny_backbones, tmp_path):
-    from lightning_embed.cli import main
-    from lightning_embed.runs import read_runs
+    from lightning_embed.cli.main import main
+    from lightning_embed.flops.records import read_runs
 
     root = tmp_path / "run"
     main(["fit", f"--model.backbone={tiny_backbones['llama']}", "--model.query_max_length=16",

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lightning_embed.quiet import VERBOSE_ENV, bitsandbytes_note, install_library_filters
+from lightning_embed.cli.quiet import VERBOSE_ENV, bitsandbytes_note, install_library_filters
 from test_cli_fit import write_pairs
 
 # What a user cannot act on: warnings, deprecations, load reports and bars, Lightning's tips, bnb's kernel note.
@@ -26,7 +26,7 @@ def _run(args: list[str], cwd: Path, **env: str) -> str:
 
 def _fit(backbone: str, tmp_path: Path, *extra: str, **env: str) -> str:
     train = write_pairs(tmp_path / "pairs.jsonl", n=16)
-    code = "from lightning_embed.cli import main; main()"
+    code = "from lightning_embed.cli.main import main; main()"
     return _run(["-c", code, "fit", f"--model.backbone={backbone}", "--model.query_max_length=16",
                  "--model.document_max_length=24", f"--data.train={train}", f"--data.val={train}",
                  "--data.batch_size=8", f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_epochs=1",
@@ -36,7 +36,7 @@ def _fit(backbone: str, tmp_path: Path, *extra: str, **env: str) -> str:
 def test_fit_export_and_load_print_no_noise(tiny_backbones, tmp_path):
     out = _fit(tiny_backbones["bert"], tmp_path)  # BERT: its export drops the pooler (the load report case)
     ckpt = next((tmp_path / "run").rglob("*.ckpt"))
-    out += _run(["-c", "from lightning_embed.cli import main; main()", "export", str(ckpt), "-o",
+    out += _run(["-c", "from lightning_embed.cli.main import main; main()", "export", str(ckpt), "-o",
                  str(tmp_path / "export")], tmp_path)
     out += _run(["-c", "import sys, lightning_embed\n"
                  "for path in sys.argv[1:]:\n    lightning_embed.load(path, device='cpu').encode(['a text'])\n",
@@ -59,7 +59,7 @@ def test_verbose_shows_library_messages(tiny_backbones, tmp_path):
 
 
 def test_verbose_environment_variable(monkeypatch):
-    from lightning_embed.quiet import verbose
+    from lightning_embed.cli.quiet import verbose
 
     monkeypatch.setenv(VERBOSE_ENV, "1")
     assert verbose()
@@ -83,7 +83,7 @@ def test_bert_export_carries_the_base_pooler_so_loaders_report_nothing_missing(t
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from lightning_embed.export import export_checkpoint
+    from lightning_embed.models.export import export_checkpoint
     from test_export import train_checkpoint
 
     ckpt, module = train_checkpoint(tiny_backbones["bert"], tmp_path / "run", steps=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from lightning_embed.rank_failures import error_line, first_failure, leave_note
+from lightning_embed.training.rank_failures import error_line, first_failure, leave_note
 
 GLOO = "DistBackendError: [gloo/transport/tcp/pair.cc:537] Read error: Connection closed by peer"
 

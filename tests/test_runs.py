@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lightning_embed.errors import UserError
-from lightning_embed.runs import SCHEMA_VERSION, RunRecord, append_run, check_runs_file, read_runs
+from lightning_embed.flops.records import SCHEMA_VERSION, RunRecord, append_run, check_runs_file, read_runs
 
 
 def _record(**overrides) -> RunRecord:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lightning_embed import strategy as registry
-from lightning_embed.models import load_backbone
+from lightning_embed.models.backbones import load_backbone
 from lightning_embed.strategy import (
     StrategyError,
     apply_strategy,
@@ -500,7 +500,7 @@ def test_example_plugin_installs_is_listed_and_trains(tmp_path, tiny_backbones):
     script = textwrap.dedent(
         f"""
         import json, torch
-        from lightning_embed.models import load_backbone
+        from lightning_embed.models.backbones import load_backbone
         from lightning_embed.strategy import apply_strategy, available_strategies, build_strategy
         entry = available_strategies()["norm"]
         raw = load_backbone({tiny_backbones["gpt_neox"]!r})
@@ -600,7 +600,7 @@ class _TopBlock(registry.TuningStrategy):
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
 def test_base_class_defaults_derive_the_method_from_what_trains(arch):
-    from lightning_embed.flops import FlopModel, parameter_counts
+    from lightning_embed.flops.model import FlopModel, parameter_counts
 
     assert _TopBlock.paper_flops_per_token(100, 10) is None  # needs a tuned module to say
     assert _TopBlock.trainable_params(None, {}) is None  # unknown from counts: the recipe measures it
@@ -664,7 +664,7 @@ def test_asking_a_builtin_imports_neither_torch_nor_other_plugins():
 
 def test_paper_formula_by_name_asks_the_registry(monkeypatch):
     from lightning_embed.errors import UserError
-    from lightning_embed.flops import paper_flops_per_token
+    from lightning_embed.flops.model import paper_flops_per_token
 
     real = registry.entry_points
     plugin = SimpleNamespace(name="topblock", value="tests:_TopBlock", dist=SimpleNamespace(name="t"),

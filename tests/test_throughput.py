@@ -6,8 +6,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.data import PairBatchSampler, PairCollator, PairDataModule, PairExample
-from lightning_embed.module import EmbeddingModule
+from lightning_embed.data.batches import PairCollator, PairExample
+from lightning_embed.data.datamodule import PairDataModule
+from lightning_embed.data.sampling import PairBatchSampler
+from lightning_embed.training.module import EmbeddingModule
 
 
 def _examples(n: int = 480) -> list[PairExample]:
@@ -27,7 +29,7 @@ def _real_share(batches, examples, collate) -> float:
 
 
 def test_token_lengths_count_prompt_truncation_and_negatives(tiny_backbones):
-    from lightning_embed.models import load_tokenizer
+    from lightning_embed.models.backbones import load_tokenizer
 
     tok = load_tokenizer(tiny_backbones["llama"])
     collate = PairCollator(tok, query_max_length=6, document_max_length=50, document_prompt="doc: ")
@@ -41,7 +43,7 @@ def test_token_lengths_count_prompt_truncation_and_negatives(tiny_backbones):
 
 
 def test_group_by_length_token_lengths_cut_padding_and_are_seed_reproducible(tiny_backbones):
-    from lightning_embed.models import load_tokenizer
+    from lightning_embed.models.backbones import load_tokenizer
 
     examples = _examples()
     collate = PairCollator(load_tokenizer(tiny_backbones["llama"]), 16, 64)
@@ -63,7 +65,7 @@ def test_group_by_length_token_lengths_cut_padding_and_are_seed_reproducible(tin
 
 
 def test_data_module_groups_by_the_collators_token_lengths(tiny_backbones):
-    from lightning_embed.models import load_tokenizer
+    from lightning_embed.models.backbones import load_tokenizer
 
     data = PairDataModule(train="builtin:stdlib-code", batch_size=8, group_by_length=True, max_train_examples=400)
     data.collator = PairCollator(load_tokenizer(tiny_backbones["llama"]), 256, 1024)

@@ -7,7 +7,7 @@ a scalar. The module computes it on embeddings only, so GradCache, packing, spli
 with any loss. A loss that gathers other ranks' embeddings should keep a ``gather_across_devices`` attribute:
 the held-out loss switches it off so that ``val/loss`` does not depend on the number of processes.
 
-Registered names: ``infonce`` (:class:`~lightning_embed.loss.InfoNCELoss`, the study's symmetric InfoNCE, the
+Registered names: ``infonce`` (:class:`~lightning_embed.losses.infonce.InfoNCELoss`, the study's symmetric InfoNCE, the
 default) and ``gte`` (:class:`~lightning_embed.losses.gte.GTELoss`). Your own loss, with no edit of
 lightning-embed::
 
@@ -43,9 +43,9 @@ from typing import Any
 
 from torch import nn
 
-from lightning_embed.class_paths import import_subclass, unknown_options
+from lightning_embed.training.class_paths import import_subclass, unknown_options
 from lightning_embed.errors import UserError
-from lightning_embed.loss import InfoNCELoss
+from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.losses.gte import GTELoss
 
 #: A loss as a config value: a registered name, ``{name: ..., OPTION: ...}`` or ``{class_path:, init_args:}``.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_embed.loss import gather_with_grad, own_negatives_loss
+from lightning_embed.losses.infonce import gather_with_grad, own_negatives_loss
 
 
 class GTELoss(nn.Module):
@@ -24,7 +24,7 @@ class GTELoss(nn.Module):
     rank averages over its own queries, so DDP's gradient averaging gives exactly the loss and gradients of the
     concatenated global batch (and GradCache, which only sees embeddings, works unchanged).
 
-    Inputs are as for :class:`~lightning_embed.loss.InfoNCELoss`: L2-normalised ``queries`` (B, H) and
+    Inputs are as for :class:`~lightning_embed.losses.infonce.InfoNCELoss`: L2-normalised ``queries`` (B, H) and
     ``documents`` (B*(1+k), H), the B positives first and then k hard negatives per query, query i's at rows
     B+i*k .. B+i*k+k-1. The same computation as sentence-transformers' ``MultipleNegativesRankingLoss`` with
     ``directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")`` and

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_embed.errors import UserError
-from lightning_embed.outputs import write_text_atomically
-from lightning_embed.precision import cpu_model as cpu_name
+from lightning_embed.cli.outputs import write_text_atomically
+from lightning_embed.training.precision import cpu_model as cpu_name
 
 
 def read_initial_losses(path: str | Path) -> list[dict[str, Any]]:
@@ -78,8 +78,8 @@ def initial_loss_table(observations: list, rows: list[dict[str, Any]]):
 
 
 def _measure(config: list[Path], backbone: str, num_layers: int | None, batch_size: int | None) -> dict[str, Any]:
-    from lightning_embed.cli import _quiet_third_party, _trainer_cli
-    from lightning_embed.terminal import interactive
+    from lightning_embed.cli.main import _quiet_third_party, _trainer_cli
+    from lightning_embed.cli.terminal import interactive
 
     _quiet_third_party()
     args = [arg for c in config for arg in ("--config", str(c))]
@@ -97,7 +97,7 @@ def _measure(config: list[Path], backbone: str, num_layers: int | None, batch_si
     if "loss" not in metrics:
         raise UserError(f"the config(s) {', '.join(map(str, config))} give no validation set; set data.val (or use a "
                         "builtin source, which has one).")
-    from lightning_embed.models import count_parameters
+    from lightning_embed.models.backbones import count_parameters
 
     _, non_embedding = count_parameters(cli.model.backbone)
     data = cli.datamodule

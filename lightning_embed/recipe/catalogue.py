@@ -15,7 +15,7 @@ A family is one YAML file (the shipped ones live in ``lightning_embed/resources/
 
 ``config`` is a Hugging Face configuration (``model_type`` plus its fields). Parameter counts are derived
 from it by building the model on the ``meta`` device (no weights, no download) and counting with
-:func:`lightning_embed.models.count_parameters`. Building needs torch and transformers (seconds), so the
+:func:`lightning_embed.models.backbones.count_parameters`. Building needs torch and transformers (seconds), so the
 shipped files carry the counts (``counts:``) and the recipe never builds a model; a user's file without
 counts is counted once and the result cached in ``$LIGHTNING_EMBED_CACHE/catalogue-counts.json``.
 ``python -m lightning_embed.recipe.catalogue FILE...`` (re)writes the ``counts`` of family files.
@@ -133,7 +133,7 @@ def count_model(model) -> ModelCounts:
     """Counts a (meta or real) base model; see :class:`ModelCounts` for what each number is."""
     from torch import nn
 
-    from lightning_embed.models import count_parameters, find_blocks
+    from lightning_embed.models.backbones import count_parameters, find_blocks
     from lightning_embed.strategy import backbone_parts
 
     total, non_emb = count_parameters(model)
@@ -161,7 +161,7 @@ def count_model(model) -> ModelCounts:
 
 
 def cache_dir() -> Path:
-    """``lightning_embed.models.cache_dir()`` without importing models.py (which pulls torch, seconds)."""
+    """``lightning_embed.models.backbones.cache_dir()`` without importing models.py (which pulls torch, seconds)."""
     return Path(os.environ.get("LIGHTNING_EMBED_CACHE", Path.home() / ".cache" / "lightning-embed"))
 
 

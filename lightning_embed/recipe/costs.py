@@ -3,7 +3,7 @@
 Every answer comes from the method's tuning strategy (found by name in the strategy registry), never from
 a table here: its ``trainable_params``, ``paper_flops_per_token`` and ``tuning_spec`` classmethods.
 
-Two accountings, as ``lightning_embed.flops``:
+Two accountings, as ``lightning_embed.flops.model``:
 
 - ``paper``: the strategy's per-token formula (the study's: full 6N, freeze 2N + 4N_t, lora/qlora/bias
   4N + 2N_t; N without embeddings, N_t the trainable non-embedding parameters, attention ignored) times the
@@ -11,7 +11,7 @@ Two accountings, as ``lightning_embed.flops``:
   strategies this is arithmetic on the catalogue's cached counts: no torch, so ``recipe`` answers at once.
   A strategy that declares neither its N_t nor its formula is measured instead: the candidate is built on
   the ``meta`` device and tuned (about half a second, cached on disk like exact FLOP below).
-- ``exact``: :class:`lightning_embed.flops.FlopModel` of the candidate built on the ``meta`` device with the
+- ``exact``: :class:`lightning_embed.flops.model.FlopModel` of the candidate built on the ``meta`` device with the
   tuning strategy applied (attention and the real backward included). Building costs about half a second
   per model and setting, so results are cached in ``$LIGHTNING_EMBED_CACHE/recipe-flops.json``, keyed by
   the configuration, the strategy spec, the lengths and the FLOP model's source (a changed FLOP model
@@ -68,7 +68,7 @@ def trainable_params(counts: ModelCounts, method: str, setting: dict[str, Any]) 
 
 
 def paper_flops_per_token(method: str, n: float, n_t: float) -> float:
-    """The strategy's paper FLOP per token (:func:`lightning_embed.flops.paper_flops_per_token`, torch-free).
+    """The strategy's paper FLOP per token (:func:`lightning_embed.flops.model.paper_flops_per_token`, torch-free).
 
     Raises:
         UserError: the strategy declares no formula (it is measured on a tuned model: :func:`paper_costs`).
@@ -101,7 +101,7 @@ def _measured(entries: list[tuple[ModelEntry, str, dict[str, Any]]]) -> list[tup
             continue
         import warnings
 
-        from lightning_embed.flops import parameter_counts
+        from lightning_embed.flops.model import parameter_counts
         from lightning_embed.recipe.catalogue import meta_model
         from lightning_embed.strategy import StrategyError, apply_strategy, build_strategy
 
@@ -169,7 +169,7 @@ def _flops_source_hash() -> str:
     import importlib.util
 
     digest = hashlib.sha256()
-    for module in ("lightning_embed.flops", "lightning_embed.flop_probe"):
+    for module in ("lightning_embed.flops.model", "lightning_embed.flops.probe"):
         spec = importlib.util.find_spec(module)
         if spec is None or spec.origin is None:
             raise UserError(f"--accounting exact needs {module}, which this installation lacks; "
@@ -225,7 +225,7 @@ def exact_flops_per_example(
     if missing:
         import warnings
 
-        from lightning_embed.flops import FlopModel
+        from lightning_embed.flops.model import FlopModel
         from lightning_embed.recipe.catalogue import meta_model
         from lightning_embed.strategy import StrategyError, apply_strategy, build_strategy
 

@@ -386,7 +386,7 @@ def _train_examples(laws: list[Law]) -> int | None:
     if len(sources) != 1 or None in sources:
         return None
     try:
-        from lightning_embed.data import read_examples
+        from lightning_embed.data.reading import read_examples
 
         return len(read_examples(str(sources.pop())))
     except (UserError, OSError, ImportError):

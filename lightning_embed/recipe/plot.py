@@ -206,7 +206,7 @@ def laws_plot(
         problems.append(f"output {str(output)!r} must be a .png file")
     if problems:
         raise UserError("laws plot: " + "; ".join(problems) + ".")
-    from lightning_embed.outputs import check_output
+    from lightning_embed.cli.outputs import check_output
 
     check_output(output, "laws plot -o")
     law_file = load_laws(laws)

@@ -1,6 +1,6 @@
 """Run records as the laws see them: one :class:`Observation` per completed run.
 
-Run records are JSON lines written by ``fit`` (the FLOP callback; schema in ``lightning_embed/runs.py``,
+Run records are JSON lines written by ``fit`` (the FLOP callback; schema in ``lightning_embed/flops/records.py``,
 read with its ``read_runs``). This module is the one place that knows their field names, so the fitting
 code depends only on :class:`Observation`; a record may be a ``RunRecord`` or a plain mapping.
 
@@ -139,7 +139,7 @@ def observation(record: Any, source: str) -> Observation | None:
 
 
 def _records(path: Path) -> list[tuple[str, Any]]:
-    from lightning_embed.runs import read_runs
+    from lightning_embed.flops.records import read_runs
 
     return [(f"{path} record {i} (run {r.run_id[:8]})", r) for i, r in enumerate(read_runs(path), 1)]
 

@@ -33,7 +33,7 @@ DEFAULT_LAWS_FILE = Path("laws.yaml")
 SHIPPED_LAWS_FILE = Path(__file__).resolve().parent.parent / "resources" / "laws" / "smollm2-135m-truncated.yaml"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TRAIN = "builtin:stdlib-code"
-FLOP_CALLBACK = "lightning_embed.flop_callback.FlopCallback"
+FLOP_CALLBACK = "lightning_embed.flops.callback.FlopCallback"
 
 
 @dataclass(eq=False)  # compared by identity: the winner is one of the candidates
@@ -205,7 +205,7 @@ def solve(
 def _available(train: str | None, laws: LawsFile) -> int | None:
     """Training pairs to check repeats against: counted from ``train``, else the laws' recorded count."""
     if train:
-        from lightning_embed.data import read_examples  # imports torch: only when --train is given
+        from lightning_embed.data.reading import read_examples  # imports torch: only when --train is given
 
         return len(read_examples(train))
     recorded = laws.provenance.get("train_examples")
@@ -270,7 +270,7 @@ def fit_config(candidate: Candidate, budget: float, *, batch_size: int, accounti
 
 def save_config(config: dict[str, Any], path: Path, header: str = "") -> Path:
     """Writes a fit config as YAML, with ``header`` as comment lines on top."""
-    from lightning_embed.outputs import write_text_atomically
+    from lightning_embed.cli.outputs import write_text_atomically
 
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return write_text_atomically(path, comment + yaml.safe_dump(config, sort_keys=False, width=110))
@@ -328,7 +328,7 @@ def summary(recipe: Recipe) -> str:
 
 def wide_console():
     """A rich console; natural width when writing to a file or pipe (rich would assume 80 and wrap)."""
-    from lightning_embed.terminal import console
+    from lightning_embed.cli.terminal import console
 
     return console()
 
@@ -480,7 +480,7 @@ def recipe(
     if problems:
         raise UserError("recipe: " + "; ".join(problems) + ".")
     if write_config is not None:  # before solving: the config must be writable
-        from lightning_embed.outputs import check_output
+        from lightning_embed.cli.outputs import check_output
 
         check_output(write_config, "recipe --write_config")
     law_file = load_laws(laws_path)

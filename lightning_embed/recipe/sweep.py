@@ -31,14 +31,14 @@ from typing import Any
 import yaml
 
 from lightning_embed.errors import UserError
-from lightning_embed.outputs import write_text_atomically
+from lightning_embed.cli.outputs import write_text_atomically
 from lightning_embed.recipe.catalogue import resolve_models
 from lightning_embed.recipe.costs import Accounting, flops_per_example, method_problem
 from lightning_embed.recipe.design import GridPoint, method_settings, parse_setting_values, predict, seed_order
 from lightning_embed.recipe.design import focus as design_focus
 from lightning_embed.recipe.laws import load_laws, setting_label
 from lightning_embed.recipe.solve import DEFAULT_TRAIN, FLOP_CALLBACK, build_fit_config, save_config
-from lightning_embed.terminal import duration
+from lightning_embed.cli.terminal import duration
 
 MANIFEST = "sweep.yaml"
 SCHEMA_VERSION = 1
@@ -303,7 +303,7 @@ def fit_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("lightning-embed")
-    return [found] if found else [sys.executable, "-m", "lightning_embed.cli"]
+    return [found] if found else [sys.executable, "-m", "lightning_embed.cli.main"]
 
 
 def load_manifest(directory: Path) -> list[SweepPoint]:

@@ -1,0 +1,1 @@
+"""Training data: sources, validation, batching, streaming, mixtures and hard-negative mining."""

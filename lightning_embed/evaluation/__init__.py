@@ -1,0 +1,1 @@
+"""Evaluation: MTEB tasks from local files, the evaluate command, retrieval metrics."""

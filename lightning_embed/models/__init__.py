@@ -1,0 +1,1 @@
+"""Backbones in, embedding models out: loading, pooling, attention, encoding, export."""
