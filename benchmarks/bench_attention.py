@@ -3,7 +3,7 @@
 One SmolLM2-135M attention layer's shapes (9 heads of 64), a padding + causal mask as a padded batch has,
 fp32 and bf16. Prints milliseconds per forward + backward for sdpa's flash kernel, sdpa's math kernel and
 eager (matmul, masked fp32 softmax, matmul, as Hugging Face's eager attention), best of ``--repeats``.
-This is what :func:`lightning_embed.acceleration.training_attention` was decided from.
+This is what :func:`lightning_embed.training.acceleration.training_attention` was decided from.
 
     python benchmarks/bench_attention.py
     python benchmarks/bench_attention.py --lengths 64,256 --dtypes bf16

@@ -25,11 +25,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_embed.data import PairDataModule  # noqa: E402
-from lightning_embed.matryoshka import truncate  # noqa: E402
-from lightning_embed.metrics import retrieval_metrics  # noqa: E402
-from lightning_embed.module import EmbeddingModule  # noqa: E402
-from lightning_embed.precision import cpu_model  # noqa: E402
+from lightning_embed.data.datamodule import PairDataModule  # noqa: E402
+from lightning_embed.losses.matryoshka import truncate  # noqa: E402
+from lightning_embed.evaluation.metrics import retrieval_metrics  # noqa: E402
+from lightning_embed.training.module import EmbeddingModule  # noqa: E402
+from lightning_embed.training.precision import cpu_model  # noqa: E402
 
 SYSTEMS = {  # name -> EmbeddingModule options on top of the shared ones
     "plain": {},
@@ -58,7 +58,7 @@ def held_out(module: EmbeddingModule, data: PairDataModule, dims: list[int]) -> 
 def _hidden_size(backbone: str) -> int:
     from transformers import AutoConfig
 
-    from lightning_embed.models import resolve_backbone
+    from lightning_embed.models.backbones import resolve_backbone
 
     return int(AutoConfig.from_pretrained(resolve_backbone(backbone)[0]).hidden_size)
 

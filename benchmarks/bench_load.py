@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("export")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from lightning_embed.precision import describe_hardware
+    from lightning_embed.training.precision import describe_hardware
 
     print(describe_hardware())
     for repeat in range(args.repeats):

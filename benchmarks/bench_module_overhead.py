@@ -4,8 +4,8 @@ Same model weights, same pre-tokenised batches, same loss, optimiser and schedul
 in one process, several rounds, and the medians of steady-state seconds per step are compared (the first
 steps of each run are warm-up and not timed). Target: overhead <= 5%.
 
-    python benchmarks/module_overhead.py --backbone tiny --steps 30
-    python benchmarks/module_overhead.py --backbone smollm2-135m --steps 8 --batch-size 16
+    python benchmarks/bench_module_overhead.py --backbone tiny --steps 30
+    python benchmarks/bench_module_overhead.py --backbone smollm2-135m --steps 8 --batch-size 16
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lightning_embed.data import PairCollator, read_examples  # noqa: E402
-from lightning_embed.loss import InfoNCELoss  # noqa: E402
-from lightning_embed.models import load_backbone  # noqa: E402
-from lightning_embed.module import EmbeddingModule, warmup_then_decay  # noqa: E402
-from lightning_embed.pooling import pool  # noqa: E402
+from lightning_embed.data.batches import PairCollator  # noqa: E402
+from lightning_embed.data.reading import read_examples  # noqa: E402
+from lightning_embed.losses.infonce import InfoNCELoss  # noqa: E402
+from lightning_embed.models.backbones import load_backbone  # noqa: E402
+from lightning_embed.training.module import EmbeddingModule, warmup_then_decay  # noqa: E402
+from lightning_embed.models.pooling import pool  # noqa: E402
 
 
 def make_batches(module: EmbeddingModule, n: int, batch_size: int, qlen: int, dlen: int):

@@ -23,8 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lightning as L  # noqa: E402
 
-from lightning_embed.data import PairDataModule  # noqa: E402
-from lightning_embed.module import EmbeddingModule  # noqa: E402
+from lightning_embed.data.datamodule import PairDataModule  # noqa: E402
+from lightning_embed.training.module import EmbeddingModule  # noqa: E402
 
 SETTINGS = {  # name -> (precision, EmbeddingModule options, PairDataModule options)
     "fp32": ("32-true", {}, {}),

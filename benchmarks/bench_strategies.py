@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/strategies.py                       # tiny GPT-NeoX and SmolLM2-135M, all built-ins
-    python benchmarks/strategies.py --models tiny --strategies lora qlora --steps 5
+    python benchmarks/bench_strategies.py                    # tiny GPT-NeoX and SmolLM2-135M, all built-ins
+    python benchmarks/bench_strategies.py --models tiny --strategies lora qlora --steps 5
 
 Each (model, strategy) runs in a fresh child process so its memory is measured alone; the autocast
 settings run one after the other in it, each with its own peak. A step is forward + symmetric InfoNCE on
@@ -35,11 +35,6 @@ import sys
 import tempfile
 import time
 import warnings
-
-# Run as a script, this file's folder comes first on sys.path and this very file (strategies.py) would
-# shadow the built-in `strategies` package that the entry points name.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 DEFAULT_STRATEGIES = ["full", "lora", "qlora", "freeze", "bias"]
 
@@ -75,7 +70,7 @@ def child(model_name: str, spec: str, autocast: list[bool], steps: int, batch: i
     import torch
     import torch.nn.functional as F
 
-    from lightning_embed.models import load_backbone
+    from lightning_embed.models.backbones import load_backbone
     from lightning_embed.strategy import build_strategy, parameter_summary
 
     torch.manual_seed(0)
@@ -176,7 +171,7 @@ def _import_everything(model_name: str) -> None:
         import bitsandbytes  # noqa: F401
     except ImportError:
         pass
-    from lightning_embed.models import resolve_backbone
+    from lightning_embed.models.backbones import resolve_backbone
 
     path, gguf = resolve_backbone(model_name)
     config = AutoConfig.from_pretrained(path, gguf_file=gguf)

@@ -7,10 +7,10 @@ Systems, on the same backbone, data (``builtin:stdlib-code``), batch size, learn
   temperature 0.025), its defaults (fp32, random batches);
 - ``st-bf16``: the same with ``bf16=True`` (its best on this hardware);
 - ``le-default``: ``lightning-embed fit`` as it comes: ``EmbeddingModule`` + ``PairDataModule`` at their
-  defaults and the precision ``fit`` picks (:func:`lightning_embed.precision.default_precision`: bf16-mixed
+  defaults and the precision ``fit`` picks (:func:`lightning_embed.training.precision.default_precision`: bf16-mixed
   on a CPU with AMX/AVX512-BF16 or a bf16 GPU). That includes sequence packing (``pack_sequences: auto``,
-  :mod:`lightning_embed.packing`: queries and documents in packed rows, one forward per step), the training
-  attention of :mod:`lightning_embed.acceleration` (eager on CPU in bf16 for short texts) and
+  :mod:`lightning_embed.training.packing`: queries and documents in packed rows, one forward per step), the training
+  attention of :mod:`lightning_embed.training.acceleration` (eager on CPU in bf16 for short texts) and
   ``compile: auto`` (off for a run this short);
 - ``le-padded``: ``le-default`` without packing (padded batches, as sentence-transformers computes them):
   packing's share, and a check that packing leaves the held-out loss alone;
@@ -28,7 +28,7 @@ The systems alternate, ``--repeats`` rounds (round r uses data seed r for every 
 steady-state seconds per step (step-start to step-start, from a Lightning callback / an HF
 ``TrainerCallback``, first ``--warmup`` steps skipped), real (non-padding) tokens per second over the timed
 steps, the share of real tokens among computed positions, MFU (hardware FLOP of
-:class:`lightning_embed.flops.FlopModel` per second over a bf16 or fp32 matmul peak measured in the same
+:class:`lightning_embed.flops.model.FlopModel` per second over a bf16 or fp32 matmul peak measured in the same
 run), and the held-out loss after training: InfoNCE query->document at temperature 0.025, in fp32, on the
 first ``--val-examples`` pairs of the held-out split, the same evaluation for every system. Medians over
 rounds and ratios to ST are printed.
@@ -58,13 +58,15 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lightning_embed.data import PairCollator, PairDataModule, read_examples  # noqa: E402
-from lightning_embed.flops import FlopModel, TokenStats  # noqa: E402
-from lightning_embed.loss import InfoNCELoss  # noqa: E402
-from lightning_embed.models import load_tokenizer, resolve_backbone  # noqa: E402
-from lightning_embed.module import EmbeddingModule  # noqa: E402
-from lightning_embed.pooling import pool  # noqa: E402
-from lightning_embed.precision import default_precision  # noqa: E402
+from lightning_embed.data.batches import PairCollator  # noqa: E402
+from lightning_embed.data.datamodule import PairDataModule  # noqa: E402
+from lightning_embed.data.reading import read_examples  # noqa: E402
+from lightning_embed.flops.model import FlopModel, TokenStats  # noqa: E402
+from lightning_embed.losses.infonce import InfoNCELoss  # noqa: E402
+from lightning_embed.models.backbones import load_tokenizer, resolve_backbone  # noqa: E402
+from lightning_embed.training.module import EmbeddingModule  # noqa: E402
+from lightning_embed.models.pooling import pool  # noqa: E402
+from lightning_embed.training.precision import default_precision  # noqa: E402
 
 
 @dataclass(frozen=True)

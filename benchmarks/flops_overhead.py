@@ -21,14 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-# This folder comes first on sys.path when a script here runs, and benchmarks/strategies.py would then
-# shadow the `strategies` plugin package the entry points load.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -36,8 +31,8 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from lightning_embed.flop_callback import FlopCallback  # noqa: E402
-from lightning_embed.flops import FlopModel  # noqa: E402
+from lightning_embed.flops.callback import FlopCallback  # noqa: E402
+from lightning_embed.flops.model import FlopModel  # noqa: E402
 
 
 class TimedFlopCallback(FlopCallback):
@@ -79,7 +74,7 @@ class StepTimer(Callback):
 
 def synthetic_data(batches: int, batch_size: int, query_len: int, doc_len: int, vocab: int):
     """Fixed-shape pairs with some padding (a quarter of the rows are half length)."""
-    from lightning_embed.data import PairBatch
+    from lightning_embed.data.batches import PairBatch
 
     def mask(rows: int, width: int) -> torch.Tensor:
         m = torch.ones(rows, width, dtype=torch.long)
@@ -101,7 +96,7 @@ def synthetic_data(batches: int, batch_size: int, query_len: int, doc_len: int, 
 
 
 def run_fit(args) -> None:
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.training.module import EmbeddingModule
 
     backbone = args.backbone
     if backbone == "tiny":

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _fit(workdir: Path, backbone: Path, devices: str, name: str, *extra: str) -> Path:
     """Runs `lightning-embed fit` with configs/fsdp.yaml; returns the checkpoint it wrote."""
     root = workdir / name
-    cmd = [sys.executable, "-m", "lightning_embed.cli", "fit", "--config", str(ROOT / "configs" / "fsdp.yaml"),
+    cmd = [sys.executable, "-m", "lightning_embed.cli.main", "fit", "--config", str(ROOT / "configs" / "fsdp.yaml"),
            f"--model.backbone={backbone}", "--model.query_max_length=32", "--model.document_max_length=64",
            "--data.train=builtin:stdlib-code", "--data.batch_size=8", "--data.max_train_examples=256",
            "--trainer.max_steps=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"GPUs: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}; torch {torch.__version__}")
     import lightning_embed
-    from lightning_embed.export import export_checkpoint
+    from lightning_embed.models.export import export_checkpoint
     from lightning_embed.testing import make_tiny_backbone
 
     with tempfile.TemporaryDirectory() as tmp:

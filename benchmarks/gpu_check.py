@@ -11,7 +11,7 @@ Rows (SmolLM2-135M, ``builtin:stdlib-code``, no network):
   in a subprocess, as ``fsdp_gpu_smoke.py`` runs them (DDP needs two GPUs; FSDP2 runs on one too).
 
 Columns: seconds per step (median after warm-up), real (non-padding) tokens per second, the ratio to
-sentence-transformers bf16, MFU (hardware FLOP of :class:`lightning_embed.flops.FlopModel` per second) against
+sentence-transformers bf16, MFU (hardware FLOP of :class:`lightning_embed.flops.model.FlopModel` per second) against
 the bf16 matmul peak measured in the same run and against the datasheet's dense bf16 peak where the device is
 known, peak memory (``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS). A part that cannot run
 says why in its row. The table and a JSON are rewritten after every row, so a run stopped early keeps what it
@@ -50,7 +50,7 @@ import bench_throughput as bench
 import torch
 
 from lightning_embed.errors import UserError
-from lightning_embed.outputs import check_output, write_text_atomically
+from lightning_embed.cli.outputs import check_output, write_text_atomically
 
 #: Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by a word of the device name.
 DATASHEET_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
@@ -132,8 +132,8 @@ def _fill(row: Row, summary: dict, check: Check) -> Row:
 def lightning_embed_row(check: Check, part: str, tuning: dict, pack: bool, compile_: bool, batch: int,
                         chunk: int | None = None) -> Row:
     """Trains with ``bench_throughput.run_lightning_embed`` under a setting registered for this row."""
-    from lightning_embed.acceleration import training_attention
-    from lightning_embed.flex_packing import FLEX_ATTENTION
+    from lightning_embed.training.acceleration import training_attention
+    from lightning_embed.training.flex_packing import FLEX_ATTENTION
 
     name = f"gpu-check-{part}-{'packed' if pack else 'padded'}-{'compiled' if compile_ else 'eager'}"
     bench.LE_SETTINGS[name] = (None, {"pack_sequences": pack, "compile": compile_, "gradcache_chunk_size": chunk}, {})
@@ -171,8 +171,8 @@ def sentence_transformers_row(check: Check, part: str, tuning: dict) -> Row:
 
 def gradient_row(check: Check) -> Row:
     """One fp32 step packed (flex on CUDA) against padded (sdpa): relative differences of loss and gradients."""
-    from lightning_embed.data import read_examples
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.reading import read_examples
+    from lightning_embed.training.module import EmbeddingModule
     from lightning_embed.testing import relative_difference
 
     cuda = check.device == "cuda"
@@ -216,7 +216,7 @@ def cli_row(check: Check, part: str, config: str, devices: int, workdir: Path) -
         extra.append(f"--trainer.strategy.init_args.data_parallel_size={devices}")
     if check.device == "cpu":
         extra += ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]
-    cmd = [sys.executable, "-m", "lightning_embed.cli", "fit", "--config", str(ROOT / "configs" / config),
+    cmd = [sys.executable, "-m", "lightning_embed.cli.main", "fit", "--config", str(ROOT / "configs" / config),
            f"--model.backbone={check.backbone}", f"--model.query_max_length={check.max_length}",
            f"--model.document_max_length={check.max_length}", "--data.train=builtin:stdlib-code",
            f"--data.batch_size={check.batch}", f"--data.max_train_examples={4 * check.batch * devices}",
@@ -275,7 +275,7 @@ def format_table(rows: list[Row], check: Check) -> str:
 
 def device_name(device: str) -> str:
     """The GPU's name, or the CPU model."""
-    from lightning_embed.precision import cpu_model
+    from lightning_embed.training.precision import cpu_model
 
     return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
 
@@ -284,7 +284,7 @@ def export_architecture(folder: Path) -> Path:
     """Writes the bundled SmolLM2-135M's config and tokenizer (no weights, a few MB) to ``folder``."""
     from transformers import AutoConfig
 
-    from lightning_embed.models import load_tokenizer, resolve_backbone
+    from lightning_embed.models.backbones import load_tokenizer, resolve_backbone
 
     path, gguf = resolve_backbone("smollm2-135m")
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,9 @@ import sys
 import tempfile
 import time
 
-# lightning_embed.models (torch, transformers) is imported first, as it is in any fit: its import is not the
+# lightning_embed.models.backbones (torch, transformers) is imported first, as it is in any fit: its import is not the
 # source's cost.
-_LOAD = ("import time; import lightning_embed.models; from lightning_embed import python_code_source as s; "
+_LOAD = ("import time; import lightning_embed.models.backbones; from lightning_embed import python_code_source as s; "
          "t = time.perf_counter(); s.load('train'); s.load('val'); print(time.perf_counter() - t)")
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as cache:
         os.environ["LIGHTNING_EMBED_CACHE"] = cache
-        from lightning_embed import python_code_source as source
+        from lightning_embed.data import python_code_source as source
 
         start = time.perf_counter()
         pairs, meta = source.load_with_metadata()

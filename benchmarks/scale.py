@@ -87,8 +87,8 @@ def memory_child(backbone: str, batch: int, chunk: int | None, steps: int) -> No
     """One configuration in this (fresh) process; prints a JSON line."""
     import torch
 
-    from lightning_embed.data import PairBatch
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.batches import PairBatch
+    from lightning_embed.training.module import EmbeddingModule
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -157,8 +157,8 @@ def ddp_child(backbone: str, pairs: str, batch: int, steps: int, devices: int) -
     import lightning as L
     import torch
 
-    from lightning_embed.data import PairDataModule
-    from lightning_embed.module import EmbeddingModule
+    from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training.module import EmbeddingModule
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)

@@ -44,9 +44,9 @@ warnings.filterwarnings("ignore")
 import lightning as L
 import torch
 
-from lightning_embed.data import PairDataModule
-from lightning_embed.module import EmbeddingModule
-from lightning_embed.precision import default_precision
+from lightning_embed.data.datamodule import PairDataModule
+from lightning_embed.training.module import EmbeddingModule
+from lightning_embed.training.precision import default_precision
 
 mode, pattern, steps, batches = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
