@@ -357,19 +357,22 @@ def raise_if_problems(strategy: str, problems: list[str]) -> None:
         raise StrategyError(f"tuning strategy {strategy!r}: " + "; ".join(p.rstrip(".") for p in problems) + ".")
 
 
-def apply_strategy(strategy: TuningStrategy, backbone: nn.Module) -> nn.Module:
+def apply_strategy(strategy: TuningStrategy, backbone: nn.Module, name: str | None = None) -> nn.Module:
     """Validates ``strategy`` against ``backbone`` (every problem at once), then applies it.
+
+    Args:
+        strategy: the tuning strategy.
+        backbone: the untuned backbone.
+        name: how the user named the backbone (hub id, folder, alias), for the message; None: its kind.
 
     Raises:
         StrategyError: listing everything :meth:`TuningStrategy.validate` found.
     """
     problems = strategy.validate(backbone)
     if problems:
-        raise StrategyError(
-            f"tuning strategy {strategy!r} cannot tune this {backbone_kind(backbone)} backbone: "
-            + "; ".join(p.rstrip(".") for p in problems)
-            + "."
-        )
+        which = repr(name) if name is not None else f"this {backbone_kind(backbone)} backbone"
+        raise StrategyError(f"tuning strategy {strategy!r} cannot tune {which}: "
+                            + "; ".join(p.rstrip(".") for p in problems) + ".")
     return strategy.apply(backbone)
 
 
@@ -511,27 +514,12 @@ class ParameterSummary:
         return f"{self.trainable:,} of {self.total:,} parameters train ({100 * self.share:.3g}%)"
 
 
-def _logical_numel(p: torch.Tensor) -> int:
-    # bitsandbytes packs two 4-bit values per byte; its quant_state keeps the original shape.
-    state = getattr(p, "quant_state", None)
-    shape = getattr(state, "shape", None)
-    if shape is not None:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        return n
-    return p.numel()
-
-
 def parameter_summary(model: nn.Module) -> ParameterSummary:
-    """Total and trainable parameter counts (shared parameters counted once)."""
-    total = trainable = 0
-    for p in model.parameters():  # parameters() already drops duplicates (tied weights)
-        n = _logical_numel(p)
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return ParameterSummary(total, trainable)
+    """Total and trainable parameter counts (shared parameters once, 4-bit weights at their logical size)."""
+    from lightning_embed.models.parameters import parameter_counts  # torch: not needed to list strategies
+
+    counts = parameter_counts(model)
+    return ParameterSummary(counts.total, counts.trainable)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -53,7 +53,7 @@ def test_training_pools_only_the_text_after_the_prompt(tiny_backbones, arch):
     batch = _batch(module)
     with torch.no_grad():
         packed = module.encode_pair_batch(batch)
-        module._packing = False
+        module.choose_encoding(pack_sequences=False)
         padded = module.encode_pair_batch(batch)
         out = module.backbone(input_ids=batch.queries["input_ids"], attention_mask=batch.queries["attention_mask"])
         want = F.normalize(pool(out.last_hidden_state,

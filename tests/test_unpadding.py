@@ -34,7 +34,7 @@ def test_plan_covers_every_row_once_and_cuts_padding():
 @pytest.mark.parametrize("gradcache", [None, 4])
 def test_split_batch_has_the_loss_and_gradients_of_the_padded_batch(tiny_backbones, arch, gradcache, monkeypatch):
     # Tiny texts: a small per-micro-batch overhead so that the batch is cut as a real one would be.
-    monkeypatch.setattr("lightning_embed.training.module.default_overhead", lambda device: 4)
+    monkeypatch.setattr("lightning_embed.training.encoding.default_overhead", lambda device: 4)
     torch.manual_seed(0)
     split = EmbeddingModule(backbone=tiny_backbones[arch], query_max_length=16, document_max_length=48,
                             gradcache_chunk_size=gradcache, split_by_length=True)

@@ -25,7 +25,7 @@ Rules on top of stdlib-code's:
 Which pairs exist depends on the installed versions, so every mined set carries a :func:`fingerprint`: a
 short sha256 of each split's pairs plus the Python and package versions. Run records store it, so runs on
 different mined data are never pooled silently. Pairs are cached as JSON lines (with a metadata file) under
-:func:`lightning_embed.models.backbones.cache_dir`, keyed by the versions: only the first use pays for mining.
+:func:`lightning_embed.models.cache_dir`, keyed by the versions: only the first use pays for mining.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def _cache_key(found: dict[str, str]) -> str:
 
 def cache_path(found: dict[str, str] | None = None) -> Path:
     """The JSONL cache of mined pairs for these package versions (its metadata sits beside it, ``.meta.json``)."""
-    from lightning_embed.models.backbones import cache_dir
+    from lightning_embed.models import cache_dir
 
     return cache_dir() / f"python-code-{_cache_key(found if found is not None else versions())}.jsonl"
 

@@ -8,7 +8,7 @@ modules only exist on some platforms).
 
 The held-out split is by module (a stable CRC32 of the dotted module name puts about 10% of the modules in
 validation), so no validation function shares a module with a training one. Mined pairs are cached as one
-JSON line each under :func:`lightning_embed.models.backbones.cache_dir`, so only the first use pays for parsing.
+JSON line each under :func:`lightning_embed.models.cache_dir`, so only the first use pays for parsing.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def stdlib_root() -> Path:
 
 def cache_path() -> Path:
     """The JSONL cache of mined pairs for this Python version."""
-    from lightning_embed.models.backbones import cache_dir
+    from lightning_embed.models import cache_dir
 
     return cache_dir() / f"stdlib-code-{platform.python_version()}-v{_FORMAT_VERSION}.jsonl"
 

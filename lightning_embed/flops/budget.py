@@ -21,7 +21,14 @@ from typing import Any
 import torch
 
 from lightning_embed.errors import UserError
-from lightning_embed.flops.model import Accounting, FlopCount, FlopModel, ParameterCounts, TokenStats
+from lightning_embed.flops.contract import CostedModule
+from lightning_embed.flops.model import (
+    Accounting,
+    FlopCount,
+    FlopModel,
+    ParameterCounts,
+    TokenStats,
+)
 
 #: Batches collated to estimate the per-step cost.
 DEFAULT_ESTIMATE_BATCHES = 64
@@ -311,12 +318,12 @@ def dry_run(
     else:
         if datamodule is None:
             raise UserError("a data module is needed to measure lengths (or give query_tokens and document_tokens).")
-        sample = sample_loader(_train_loader(module, datamodule), num_batches)
+        sample = sample_loader(fresh_train_loader(module, datamodule), num_batches)
     return plan_budget(flop_model, budget, sample, world_size=world_size,
                        accumulate_grad_batches=accumulate_grad_batches, **flags)
 
 
-def flop_model_for(module: Any, accounting: Accounting = "exact") -> FlopModel:
+def flop_model_for(module: CostedModule, accounting: Accounting = "exact") -> FlopModel:
     """The FLOP model of an EmbeddingModule's trained backbone (paper formula from its tuning name)."""
     backbone = getattr(module, "backbone", None)
     if backbone is None:
@@ -326,14 +333,22 @@ def flop_model_for(module: Any, accounting: Accounting = "exact") -> FlopModel:
     return FlopModel.from_module(backbone, accounting=accounting, method=method)
 
 
-def training_flags(module: Any) -> dict[str, bool]:
+def training_flags(module: CostedModule) -> dict[str, bool]:
     """GradCache and recomputation as the module trains (hardware FLOP only)."""
     return {"gradcache": getattr(module, "gradcache_chunk_size", None) is not None,
             "recompute": bool(getattr(module, "gradient_checkpointing", False))}
 
 
-def _train_loader(module: Any, datamodule: Any) -> Iterable:
-    # Without a trainer the data module cannot ask the model for its collator; hand it over.
+def fresh_train_loader(module: CostedModule, datamodule: Any = None, trainer: Any = None) -> Iterable:
+    """A training loader to measure lengths from, never the one the trainer will consume.
+
+    With a trainer: its data module's loader, or the loaders given to ``fit``. Without one (a dry run), the data
+    module is set up here, with the module's collator when it has none.
+    """
+    if trainer is not None:
+        if trainer.datamodule is not None:
+            return trainer.datamodule.train_dataloader()
+        return trainer.fit_loop._data_source.dataloader()  # the loaders given to fit(); no public accessor
     if getattr(datamodule, "collator", "absent") is None and callable(getattr(module, "make_collator", None)):
         datamodule.collator = module.make_collator()
     datamodule.prepare_data()
@@ -388,5 +403,5 @@ def print_report(report: BudgetReport, console: Any = None) -> None:
     (console or output_console()).print(report_table(report))
 
 
-__all__ = ["BudgetReport", "DataSample", "batch_masks", "batch_stats", "dry_run", "flop_model_for", "parse_budget",
+__all__ = ["BudgetReport", "DataSample", "batch_masks", "batch_stats", "dry_run", "flop_model_for", "fresh_train_loader", "parse_budget",
            "plan_budget", "print_report", "report_table", "sample_loader", "training_flags"]

@@ -18,22 +18,34 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_embed.training.distributed_checkpoint import remove_partial_checkpoints
-from lightning_embed.errors import UserError
 from lightning_embed.data.fingerprints import data_fingerprints
+from lightning_embed.errors import UserError
 from lightning_embed.flops.budget import (
     DEFAULT_ESTIMATE_BATCHES,
     BudgetReport,
     batch_masks,
     flop_model_for,
+    fresh_train_loader,
     parse_budget,
     plan_budget,
     sample_loader,
     training_flags,
 )
 from lightning_embed.flops.model import ACCOUNTINGS, Accounting, FlopModel, TokenStats
-from lightning_embed.training.rank_failures import error_line, first_failure, leave_note, sigterm_held
-from lightning_embed.flops.records import RunRecord, append_run, check_runs_file, installed_versions, jsonable
+from lightning_embed.flops.records import (
+    RunRecord,
+    append_run,
+    check_runs_file,
+    installed_versions,
+    jsonable,
+)
+from lightning_embed.training.distributed_checkpoint import remove_partial_checkpoints
+from lightning_embed.training.rank_failures import (
+    error_line,
+    first_failure,
+    leave_note,
+    sigterm_held,
+)
 
 _STATE_VERSION = 1
 #: Order of the per-batch counters that are all-reduced across ranks.
@@ -70,6 +82,9 @@ class FlopCallback(Callback):
     per-batch token statistics are all-reduced, so ranks with different padding are counted exactly. They
     stay on the device between log steps (the count is linear in them), so counting adds no host sync
     per step; with a budget the total is read every step, to stop in time.
+
+    The module must satisfy :class:`~lightning_embed.flops.contract.CostedModule`: the callback probes its
+    ``backbone`` and, after each training step, costs the positions its ``encoding`` path reports it computed.
 
     With ``max_flops``, before training the callback measures the cost of a step on a sample of training
     batches and sets ``max_steps`` to the steps the budget buys (``max_epochs`` becomes unlimited: the
@@ -192,7 +207,7 @@ class FlopCallback(Callback):
         plan, problem = None, None
         if trainer.is_global_zero:
             try:
-                sample = sample_loader(_train_loader(trainer, pl_module), self.estimate_batches)
+                sample = sample_loader(fresh_train_loader(pl_module, trainer=trainer), self.estimate_batches)
                 plan = plan_budget(self.flop_model, self.max_flops, sample, world_size=trainer.world_size,
                                    accumulate_grad_batches=trainer.accumulate_grad_batches, **self._flags)
             except UserError as err:
@@ -254,7 +269,9 @@ class FlopCallback(Callback):
         masks, examples = batch_masks(batch)
         for name, count in (getattr(batch, "source_counts", None) or {}).items():
             self.source_examples[name] = self.source_examples.get(name, 0) + int(count)
-        computed = pl_module.computed_positions(batch) if hasattr(pl_module, "computed_positions") else None
+        # What the module's encoding path ran for this batch (split or packed rows); None: the padded masks.
+        encoding = getattr(pl_module, "encoding", None)
+        computed = getattr(encoding, "computed", None)
         self._accumulate(trainer, masks, examples, computed if computed and len(computed) == len(masks) else None)
         if trainer.global_step == self._last_step:
             return  # gradient accumulation: the optimizer step is not done yet
@@ -488,17 +505,11 @@ class FlopCallback(Callback):
         }
 
 
-def _train_loader(trainer: L.Trainer, pl_module: L.LightningModule):
-    """A fresh training loader (the trainer's own is built later and must not be consumed)."""
-    if trainer.datamodule is not None:
-        return trainer.datamodule.train_dataloader()
-    source = trainer.fit_loop._data_source  # the loaders given to fit(); no public accessor exists
-    return source.dataloader()
-
-
 def _compute_dtype(trainer: L.Trainer) -> torch.dtype | None:
     try:
-        from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+        from lightning.pytorch.callbacks.throughput_monitor import (
+            _plugin_to_compute_dtype,
+        )
 
         return _plugin_to_compute_dtype(trainer.precision_plugin)
     except Exception:  # an unknown precision plugin: no MFU, everything else still works

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lightning_embed.errors import UserError
+from lightning_embed.models.parameters import ParameterCounts, adapter_param_ids, parameter_counts
 from lightning_embed.flops.probe import PROBE_LENGTHS, MatmulOp, Poly, probe_matmuls
 
 Accounting = Literal["exact", "paper"]
@@ -151,23 +152,6 @@ class TokenStats:
     __rmul__ = __mul__
 
 
-@dataclass(frozen=True)
-class ParameterCounts:
-    """Parameter counts as the study counts them (quantised weights at their logical size).
-
-    Attributes:
-        total: every parameter once (tied weights once, adapters included).
-        non_embedding: N: the base model's parameters whose name lacks ``emb`` (adapters excluded).
-        trainable: every parameter that requires grad.
-        trainable_non_embedding: N_t: trainable parameters whose name lacks ``emb``.
-    """
-
-    total: int
-    non_embedding: int
-    trainable: int
-    trainable_non_embedding: int
-
-
 # ---------------------------------------------------------------------------------------------- model
 
 
@@ -227,7 +211,11 @@ class FlopModel:
         Raises:
             UserError: the backbone's forward cannot be probed (reported with the reason).
         """
-        from lightning_embed.strategy import StrategyError, TuningStrategy, strategy_class
+        from lightning_embed.strategy import (
+            StrategyError,
+            TuningStrategy,
+            strategy_class,
+        )
 
         ops = probe_matmuls(backbone, probe_lengths)
         params = parameter_counts(backbone)
@@ -325,55 +313,6 @@ class FlopModel:
         return out
 
 
-# ---------------------------------------------------------------------------------------------- params
-
-
-def _adapter_param_ids(module: nn.Module) -> set[int]:
-    """Parameters that adapters added (peft tuner layers name them in ``adapter_layer_names``)."""
-    ids: set[int] = set()
-    for m in module.modules():
-        for attr in getattr(m, "adapter_layer_names", ()) or ():
-            sub = getattr(m, attr, None)
-            if isinstance(sub, nn.Module):
-                ids.update(id(p) for p in sub.parameters())
-            elif isinstance(sub, nn.ParameterDict):
-                ids.update(id(p) for p in sub.values())
-    return ids
-
-
-def _logical_numel(module: nn.Module, name: str, p: torch.Tensor) -> int:
-    # bitsandbytes packs 4-bit weights two per byte; the study counts the logical matrix.
-    if name == "weight" and type(p).__name__ == "Params4bit":
-        return int(module.in_features) * int(module.out_features)
-    return p.numel()
-
-
-def parameter_counts(backbone: nn.Module) -> ParameterCounts:
-    """Total, non-embedding (N), trainable and trainable non-embedding (N_t) parameter counts.
-
-    Agrees with :func:`lightning_embed.models.backbones.count_parameters` on plain models; on wrapped ones it also
-    leaves adapters out of N and counts 4-bit weights at their logical size.
-    """
-    adapters = _adapter_param_ids(backbone)
-    seen: set[int] = set()
-    total = non_emb = trainable = trainable_non_emb = 0
-    for module_name, module in backbone.named_modules():
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            n = _logical_numel(module, name, p)
-            full = f"{module_name}.{name}" if module_name else name
-            is_emb = "emb" in full
-            total += n
-            if not is_emb and id(p) not in adapters:
-                non_emb += n
-            if p.requires_grad:
-                trainable += n
-                trainable_non_emb += 0 if is_emb else n
-    return ParameterCounts(total, non_emb, trainable, trainable_non_emb)
-
-
 def backward_reach(backbone: nn.Module) -> BackwardReach:
     """How far the backward pass of a tuned module reaches, as the study's formulas tell them apart.
 
@@ -384,7 +323,7 @@ def backward_reach(backbone: nn.Module) -> BackwardReach:
     """
     from lightning_embed.models.backbones import find_blocks
 
-    adapters = _adapter_param_ids(backbone)
+    adapters = adapter_param_ids(backbone)
     named = [(n, p) for n, p in backbone.named_parameters() if "emb" not in n]
     trainable = [(n, p) for n, p in named if p.requires_grad]
     if not trainable:
@@ -418,7 +357,7 @@ def infer_paper_method(backbone: nn.Module) -> str:
         return "full"
     if reach == "top":
         return "freeze"
-    adapters = _adapter_param_ids(backbone)
+    adapters = adapter_param_ids(backbone)
     trainable = [(n, p) for n, p in backbone.named_parameters() if "emb" not in n and p.requires_grad]
     if not any(id(p) in adapters for _, p in trainable) and all(n.endswith("bias") for n, _ in trainable):
         return "bias"

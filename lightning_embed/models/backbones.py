@@ -17,6 +17,8 @@ from pathlib import Path
 from torch import nn
 
 from lightning_embed.errors import UserError
+from lightning_embed.models import cache_dir
+from lightning_embed.models.parameters import parameter_counts
 
 #: Bundled offline backbones: alias -> (how to locate it, what it is).
 BACKBONE_ALIASES: dict[str, str] = {
@@ -43,11 +45,6 @@ BACKBONE_SOURCES: dict[str, dict[str, str]] = {
 
 class BackboneError(UserError):
     """A backbone could not be found or loaded (a user mistake, reported without a traceback)."""
-
-
-def cache_dir() -> Path:
-    """Where converted models are cached (``$LIGHTNING_EMBED_CACHE`` or ``~/.cache/lightning-embed``)."""
-    return Path(os.environ.get("LIGHTNING_EMBED_CACHE", Path.home() / ".cache" / "lightning-embed"))
 
 
 def _package_dir(package: str, install_hint: str) -> Path:
@@ -225,17 +222,9 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(total, non-embedding)`` parameter counts; the study excludes every name containing ``emb``."""
-    seen: set[int] = set()
-    total = non_emb = 0
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if "emb" not in name:
-            non_emb += p.numel()
-    return total, non_emb
+    """``(total, non-embedding)`` parameter counts (:func:`~lightning_embed.models.parameters.parameter_counts`)."""
+    counts = parameter_counts(model)
+    return counts.total, counts.non_embedding
 
 
 def describe(model: nn.Module) -> BackboneInfo:

@@ -63,7 +63,7 @@ def rebuild_backbone(path: str | Path, ckpt: dict[str, Any], hparams: dict[str, 
         UserError: a backbone that cannot be found, a strategy that cannot be rebuilt, weights that do not fit.
     """
     from lightning_embed.models.backbones import load_backbone, load_tokenizer
-    from lightning_embed.strategy import build_strategy
+    from lightning_embed.strategy import apply_strategy, build_strategy
 
     backbone = hparams.get("backbone", "smollm2-135m")
     try:
@@ -79,10 +79,7 @@ def rebuild_backbone(path: str | Path, ckpt: dict[str, Any], hparams: dict[str, 
                 from lightning_embed.models.backbones import describe
 
                 make_bidirectional(raw, backbone, is_decoder=describe(raw).is_decoder)
-            problems = strategy.validate(raw)
-            if problems:
-                raise UserError(f"tuning strategy {strategy!r} cannot tune {backbone!r}: " + "; ".join(problems))
-            model = strategy.apply(raw)
+            model = apply_strategy(strategy, raw, backbone)
     except UserError as err:
         raise UserError(f"{path}: cannot rebuild its model: {err}") from None
     state = ckpt["state_dict"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -36,6 +35,7 @@ from typing import Any
 import yaml
 
 from lightning_embed.errors import UserError
+from lightning_embed.models import cache_dir
 
 SCHEMA_VERSION = 1
 #: Bump when the way counts are derived changes, so stale cached counts are recomputed.
@@ -158,11 +158,6 @@ def count_model(model) -> ModelCounts:
         block=sum(p.numel() for p in blocks.parameters()), final_norm=final_norm, bias=bias,
         lora_in_out=lora_in_out,
     )
-
-
-def cache_dir() -> Path:
-    """``lightning_embed.models.backbones.cache_dir()`` without importing models.py (which pulls torch, seconds)."""
-    return Path(os.environ.get("LIGHTNING_EMBED_CACHE", Path.home() / ".cache" / "lightning-embed"))
 
 
 def _cache_file() -> Path:

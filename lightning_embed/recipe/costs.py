@@ -101,7 +101,7 @@ def _measured(entries: list[tuple[ModelEntry, str, dict[str, Any]]]) -> list[tup
             continue
         import warnings
 
-        from lightning_embed.flops.model import parameter_counts
+        from lightning_embed.models.parameters import parameter_counts
         from lightning_embed.recipe.catalogue import meta_model
         from lightning_embed.strategy import StrategyError, apply_strategy, build_strategy
 

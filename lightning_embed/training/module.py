@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import lightning as L
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_embed.errors import UserError
-from lightning_embed.training.gradcache import cached_encode
 from lightning_embed.models.bidirectional import attends_causally, make_bidirectional
 from lightning_embed.losses import LossSpec, build_loss, call_loss
 from lightning_embed.losses.matryoshka import MatryoshkaLoss, check_matryoshka
@@ -19,11 +19,10 @@ from lightning_embed.training.options import check_options
 from lightning_embed.training.schedule import warmup_then_decay
 from lightning_embed.training.acceleration import auto_compile, make_room_to_compile, switch_training_attention
 from lightning_embed.models.backbones import describe, hf_model, load_backbone, load_tokenizer
-from lightning_embed.training.packing import decide_packing, pack_and_encode, packing_problem, plan_packing
-from lightning_embed.models.pooling import PoolingMode, pool, prompt_token_count, without_prompt
-from lightning_embed.strategy import TuningStrategy, build_strategy, strategy_spec
-from lightning_embed.training.unpadding import (computed_positions, default_overhead, encode_micro_batches, plan_micro_batches,
-                                       right_padded)
+from lightning_embed.training.encoding import EncodingOptions, EncodingPath, choose_encoding_path, resolve_packing
+from lightning_embed.training.packing import packing_problem
+from lightning_embed.models.pooling import PoolingMode, pool, prompt_token_count
+from lightning_embed.strategy import TuningStrategy, apply_strategy, build_strategy, strategy_spec
 
 TuningSpec = str | dict[str, Any] | None
 
@@ -168,10 +167,7 @@ class EmbeddingModule(L.LightningModule):
         if pack_sequences is True and (problem := packing_problem(raw)):
             raise UserError(f"pack_sequences cannot pack for backbone {backbone!r}: {problem}; set "
                             "model.pack_sequences: false (or model.split_by_length: true).")
-        problems = strategy.validate(raw)
-        if problems:
-            raise UserError(f"tuning strategy {strategy!r} cannot tune {backbone!r}: " + "; ".join(problems) + ".")
-        self.backbone: nn.Module = strategy.apply(raw)
+        self.backbone: nn.Module = apply_strategy(strategy, raw, backbone)
         # from_pretrained returns eval mode and Lightning keeps submodule modes: train like everyone else.
         self.backbone.train()
         if gradient_checkpointing:
@@ -185,10 +181,10 @@ class EmbeddingModule(L.LightningModule):
                                (prompt_token_count(self.tokenizer, query_prompt),
                                 prompt_token_count(self.tokenizer, document_prompt)))
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        #: GradCache mini-batch size, or None (read by the FLOP model to count the extra forward).
-        self.gradcache_chunk_size: int | None = gradcache_chunk_size
+        #: What chooses the encoding path (:mod:`lightning_embed.training.encoding`).
+        self.encoding_options = EncodingOptions(pack_sequences, split_by_length, gradcache_chunk_size)
+        self._encoding: EncodingPath | None = None  # chosen at fit start, or on first use outside a fit
         self._attention_before_fit: str | None = None
-        self._packing: bool | None = None  # pack_sequences resolved (None: not yet)
         self.gradient_checkpointing = gradient_checkpointing
 
     # ---- encoding -------------------------------------------------------------------------------------
@@ -213,58 +209,40 @@ class EmbeddingModule(L.LightningModule):
             document_prompt=self.hparams.document_prompt,
         )
 
-    def encode_cached(self, encoding: dict[str, torch.Tensor]) -> torch.Tensor:
-        """:meth:`encode_batch`, in GradCache mini-batches when ``gradcache_chunk_size`` is set."""
-        if self.gradcache_chunk_size is None:
-            return self.encode_batch(encoding)
-        return cached_encode(self.encode_batch, encoding, self.gradcache_chunk_size)
+    @property
+    def gradcache_chunk_size(self) -> int | None:
+        """GradCache mini-batch size, or None (the FLOP model counts GradCache's extra forward)."""
+        return self.encoding_options.gradcache_chunk_size
 
-    def micro_batch_plans(self, batch) -> list[list[tuple[list[int], int]] | None]:
-        """The length-sorted micro-batches (queries, documents) a batch is encoded in (None: as one).
+    @gradcache_chunk_size.setter
+    def gradcache_chunk_size(self, value: int | None) -> None:
+        self.choose_encoding(gradcache_chunk_size=value)
 
-        Deterministic in the batch's lengths, so the FLOP callback costs exactly the positions computed.
+    def choose_encoding(self, **changes: Any) -> None:
+        """Changes encoding options (``pack_sequences``, ``split_by_length``, ``gradcache_chunk_size``).
+
+        The path is chosen again on next use (or at fit start); the hyper-parameters, and so the run record,
+        follow.
         """
-        if not self.hparams.get("split_by_length", False):
-            return [None, None]
-        overhead = default_overhead(self.device)
-        plans = []
-        for encoding, lengths in ((batch.queries, getattr(batch, "query_lengths", None)),
-                                  (batch.documents, getattr(batch, "document_lengths", None))):
-            mask = encoding["attention_mask"]
-            if lengths is None and right_padded(mask):
-                lengths = mask.sum(1).tolist()
-            plans.append(None if lengths is None
-                         else plan_micro_batches(lengths, overhead, self.gradcache_chunk_size))
-        return plans
+        self.encoding_options = dataclasses.replace(self.encoding_options, **changes)
+        self.hparams.update(changes)
+        self._encoding = None
 
-    def encode_planned(self, encoding: dict[str, torch.Tensor], plan) -> torch.Tensor:
-        """Embeds a batch in the micro-batches of ``plan`` (GradCache-checkpointed when it is on)."""
-        if plan is None:
-            return self.encode_cached(encoding)
-        return encode_micro_batches(self.encode_batch, encoding, plan,
-                                    checkpointed=self.gradcache_chunk_size is not None)
+    @property
+    def encoding(self) -> EncodingPath:
+        """The encoding path (padded, GradCache, split or packed), chosen once: at fit start or on first use."""
+        if self._encoding is None:
+            self._encoding, _ = choose_encoding_path(self, self.encoding_options)
+        return self._encoding
 
     def encode_pair_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query and document embeddings of a :class:`~lightning_embed.data.batches.PairBatch` (packed, split or whole)."""
-        if self.packing_enabled():
-            return self._encode_packed(batch)
-        query_plan, document_plan = self.micro_batch_plans(batch)
-        queries, documents = (enc if not n else {**enc, "pooling_mask": without_prompt(enc["attention_mask"], n)}
-                              for enc, n in zip((batch.queries, batch.documents), self.prompt_lengths))
-        return self.encode_planned(queries, query_plan), self.encode_planned(documents, document_plan)
+        """Query and document embeddings of a :class:`~lightning_embed.data.batches.PairBatch`, on the encoding path."""
+        return self.encoding.encode(batch)
 
-    def _encode_packed(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        encodings = (batch.queries, batch.documents)
-        lengths = _pair_lengths(batch)
-        hidden, mask, _ = pack_and_encode(self.backbone, hf_model(self.backbone).config._attn_implementation,
-                                          self.causal, encodings, lengths, self.tokenizer.pad_token_id or 0)
-        split = len(lengths[0])
-        if any(self.prompt_lengths):
-            mask = torch.cat([without_prompt(mask[:split], self.prompt_lengths[0]),
-                              without_prompt(mask[split:], self.prompt_lengths[1])])
-        emb = pool(hidden, mask, self.hparams.pooling)
-        emb = F.normalize(emb, dim=-1) if self.hparams.normalize else emb
-        return emb[:split], emb[split:]
+    def micro_batch_plans(self, batch) -> list[list[tuple[list[int], int]] | None]:
+        """The length-sorted micro-batches (queries, documents) a batch is encoded in (None: as one)."""
+        path = self.encoding
+        return path.micro_batch_plans(batch) if hasattr(path, "micro_batch_plans") else [None, None]
 
     @property
     def causal(self) -> bool:
@@ -272,29 +250,21 @@ class EmbeddingModule(L.LightningModule):
         return self.backbone_info.is_decoder and attends_causally(self.backbone)
 
     def packing_enabled(self) -> bool:
-        """Whether batches are encoded packed (``pack_sequences`` resolved once, see :meth:`_resolve_packing`)."""
-        if self._packing is None:
-            self._packing, _ = self._resolve_packing()
-        return self._packing
+        """Whether batches are encoded packed (the encoding path is the packed one)."""
+        return self.encoding.kind == "packed"
 
     def _resolve_packing(self) -> tuple[bool, str | None]:
         """Decides ``pack_sequences`` for this backbone: (pack?, why; None when there is nothing to say)."""
-        return decide_packing(self.hparams.get("pack_sequences", False), self.backbone, self.tokenizer,
-                              causal=self.causal,
-                              other_scheme=bool(self.hparams.get("split_by_length"))
-                              or self.gradcache_chunk_size is not None)
+        return resolve_packing(self, self.encoding_options)
 
     def computed_positions(self, batch) -> list[tuple[int, int] | None]:
-        """(positions, squared widths) computed per encoding of a batch (None: its padded shape, as given).
+        """(positions, squared widths) the encoding path would compute per encoding of a batch.
 
-        Deterministic in the batch's lengths, so the FLOP callback costs exactly what was computed. A packed
-        batch is one forward over queries and documents together: its total is reported on the queries.
+        None: its padded shape, as given. A packed batch is one forward over queries and documents together:
+        its total is reported on the queries. During a fit, the FLOP callback reads what the path actually
+        computed (``encoding.computed``) instead.
         """
-        if self.packing_enabled():
-            lengths = _pair_lengths(batch)
-            plan = plan_packing([n for ls in lengths for n in ls])
-            return [(plan.positions, plan.squares), (0, 0)]
-        return [None if plan is None else computed_positions(plan) for plan in self.micro_batch_plans(batch)]
+        return self.encoding.plan(batch)
 
     def forward(self, batch) -> torch.Tensor:
         """Contrastive loss of a :class:`~lightning_embed.data.batches.PairBatch`."""
@@ -516,7 +486,8 @@ class EmbeddingModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         notes = [self._choose_training_attention()]
-        self._packing, why = self._resolve_packing()  # with the training attention, before compiling
+        # With the training attention (packing depends on it), before compiling.
+        self._encoding, why = choose_encoding_path(self, self.encoding_options)
         notes.append(why)
         if not getattr(self.backbone, "_compiled_call_impl", None):
             compile_, why = self._compile_choice()
@@ -537,18 +508,18 @@ class EmbeddingModule(L.LightningModule):
 
     def _choose_training_attention(self) -> str | None:
         """Switches to the faster attention for this device and precision when the user chose none."""
-        if self.hparams.get("attn_implementation") is not None:
+        if self.hparams.attn_implementation is not None:
             return None
         longest = max(self.hparams.query_max_length, self.hparams.document_max_length)
-        packs = self.hparams.get("pack_sequences", False) is not False and not (
-            self.hparams.get("split_by_length") or self.gradcache_chunk_size is not None)
+        options = self.encoding_options
+        packs = options.pack_sequences is not False and not options.other_scheme
         self._attention_before_fit, note = switch_training_attention(self.backbone, self.device,
                                                                      str(self.trainer.precision), longest, packs=packs)
         return note
 
     def _compile_choice(self) -> tuple[bool, str | None]:
         """Whether to compile the backbone now, and why (None: the user said so)."""
-        setting = self.hparams.get("compile", False)
+        setting = self.hparams.compile
         if setting != "auto":
             return bool(setting), None
         steps = self.trainer.estimated_stepping_batches
@@ -565,15 +536,6 @@ class EmbeddingModule(L.LightningModule):
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise UserError(f"{type(model).__name__} does not support gradient checkpointing.")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _pair_lengths(batch) -> list[list[int]]:
-    """Real lengths of a batch's query and document rows, from the collator's host copy when it has one."""
-    out = []
-    for encoding, lengths in ((batch.queries, getattr(batch, "query_lengths", None)),
-                              (batch.documents, getattr(batch, "document_lengths", None))):
-        out.append(list(lengths) if lengths is not None else encoding["attention_mask"].sum(1).tolist())
-    return out
 
 
 def _strategy_loads_weights(trainer) -> bool:

@@ -24,7 +24,6 @@ tail of a row) attend only to themselves, so no attention row is fully masked.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,17 +60,11 @@ class PackingPlan:
 def plan_packing(lengths: Sequence[int]) -> PackingPlan:
     """First-fit-decreasing packing of texts of these lengths into rows as wide as the longest.
 
-    Cached on the lengths: a step's forward and the FLOP callback ask for the same plan.
-
     Example:
         >>> plan_packing([5, 2, 3, 4]).rows
         [[(0, 5)], [(3, 4)], [(2, 3), (1, 2)]]
     """
-    return _plan_packing(tuple(int(n) for n in lengths))
-
-
-@functools.lru_cache(maxsize=16)
-def _plan_packing(lengths: tuple[int, ...]) -> PackingPlan:
+    lengths = [int(n) for n in lengths]
     width = max([1, *lengths])
     rows: list[list[tuple[int, int]]] = []
     free: list[int] = []
