@@ -26,8 +26,8 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lightning_embed.data.datamodule import PairDataModule  # noqa: E402
-from lightning_embed.losses.matryoshka import truncate  # noqa: E402
 from lightning_embed.evaluation.metrics import retrieval_metrics  # noqa: E402
+from lightning_embed.losses.matryoshka import truncate  # noqa: E402
 from lightning_embed.training.module import EmbeddingModule  # noqa: E402
 from lightning_embed.training.precision import cpu_model  # noqa: E402
 

@@ -32,10 +32,10 @@ import lightning as L  # noqa: E402
 from lightning_embed import mine_hard_negatives  # noqa: E402
 from lightning_embed.data.datamodule import PairDataModule  # noqa: E402
 from lightning_embed.data.reading import read_examples  # noqa: E402
-from lightning_embed.models.encoder import Encoder, load  # noqa: E402
 from lightning_embed.evaluation.evaluate import resolve_tasks, run_mteb  # noqa: E402
-from lightning_embed.training.module import EmbeddingModule  # noqa: E402
 from lightning_embed.evaluation.mteb_tasks import write_retrieval_task  # noqa: E402
+from lightning_embed.models.encoder import Encoder, load  # noqa: E402
+from lightning_embed.training.module import EmbeddingModule  # noqa: E402
 from lightning_embed.training.precision import cpu_model  # noqa: E402
 
 

@@ -26,8 +26,8 @@ from lightning_embed.data.batches import PairCollator  # noqa: E402
 from lightning_embed.data.reading import read_examples  # noqa: E402
 from lightning_embed.losses.infonce import InfoNCELoss  # noqa: E402
 from lightning_embed.models.backbones import load_backbone  # noqa: E402
-from lightning_embed.training.module import EmbeddingModule, warmup_then_decay  # noqa: E402
 from lightning_embed.models.pooling import pool  # noqa: E402
+from lightning_embed.training.module import EmbeddingModule, warmup_then_decay  # noqa: E402
 
 
 def make_batches(module: EmbeddingModule, n: int, batch_size: int, qlen: int, dlen: int):
@@ -115,7 +115,8 @@ def main() -> None:
     torch.manual_seed(0)
     reference = EmbeddingModule(backbone=name)
     state = {k: v.clone() for k, v in reference.backbone.state_dict().items()}
-    batches = make_batches(reference, args.steps + args.warmup, args.batch_size, args.query_length, args.document_length)
+    batches = make_batches(reference, args.steps + args.warmup, args.batch_size, args.query_length,
+                           args.document_length)
     real_tokens = sum(int(b.queries["attention_mask"].sum() + b.documents["attention_mask"].sum()) for b in batches)
     tokens_per_step = real_tokens / len(batches)
     del reference

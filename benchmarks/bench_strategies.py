@@ -162,10 +162,9 @@ def child(model_name: str, spec: str, autocast: list[bool], steps: int, batch: i
 
 def _import_everything(model_name: str) -> None:
     """Imports what loading and wrapping will import (tens of MiB of code) without allocating weights."""
+    import peft  # noqa: F401
     import torch
     from transformers import AutoConfig, AutoModel
-
-    import peft  # noqa: F401
 
     try:
         import bitsandbytes  # noqa: F401

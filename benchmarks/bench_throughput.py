@@ -64,8 +64,8 @@ from lightning_embed.data.reading import read_examples  # noqa: E402
 from lightning_embed.flops.model import FlopModel, TokenStats  # noqa: E402
 from lightning_embed.losses.infonce import InfoNCELoss  # noqa: E402
 from lightning_embed.models.backbones import load_tokenizer, resolve_backbone  # noqa: E402
-from lightning_embed.training.module import EmbeddingModule  # noqa: E402
 from lightning_embed.models.pooling import pool  # noqa: E402
+from lightning_embed.training.module import EmbeddingModule  # noqa: E402
 from lightning_embed.training.precision import default_precision  # noqa: E402
 
 
@@ -102,7 +102,8 @@ LE_SETTINGS = {
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def matmul_peak(dtype: torch.dtype, device: str, m: int = 2048, k: int = 2048, n: int = 2048, seconds: float = 1.5) -> float:
+def matmul_peak(dtype: torch.dtype, device: str, m: int = 2048, k: int = 2048, n: int = 2048,
+                seconds: float = 1.5) -> float:
     """Measured FLOP/s of an (m x k) @ (k x n) matmul."""
     a = torch.randn(m, k, dtype=dtype, device=device)
     b = torch.randn(k, n, dtype=dtype, device=device)
@@ -216,7 +217,11 @@ def run_lightning_embed(w: Workload, system: str, steps: int, seed: int):
 
 def run_sentence_transformers(w: Workload, system: str, steps: int, seed: int):
     import datasets
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers import models as st_models
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
@@ -291,7 +296,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps per run")
     parser.add_argument("--val-examples", type=int, default=128, help="held-out pairs for the loss")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--quick", action="store_true", help="1 round, 3 timed steps after 3 warm-up, 64 held-out pairs")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round, 3 timed steps after 3 warm-up, 64 held-out pairs")
     parser.add_argument("--json", help="write every run's numbers to this file")
     args = parser.parse_args()
     if args.quick:
@@ -360,9 +366,11 @@ def print_table(records, wname, systems, args) -> None:
     print(f"{'system':16s} {'s/step':>7s} {'real tok/s':>10s} {'vs st-fp32':>10s} {'vs st-bf16':>10s} "
           f"{'real share':>10s} {'MFU':>6s} {'MFU/bf16pk':>10s} {'held-out loss (per round)':>28s}")
     for s, m in med.items():
-        ratio = {b: (m["real_tok_s"] / med[b]["real_tok_s"]) if b in med else float("nan") for b in ("st-fp32", "st-bf16")}
+        ratio = {b: (m["real_tok_s"] / med[b]["real_tok_s"]) if b in med else float("nan")
+                 for b in ("st-fp32", "st-bf16")}
         losses = " ".join(f"{r['val_loss']:.3f}" for r in rows[s])
-        print(f"{s:16s} {m['s_per_step']:7.3f} {m['real_tok_s']:10.0f} {ratio['st-fp32']:9.2f}x {ratio['st-bf16']:9.2f}x "
+        print(f"{s:16s} {m['s_per_step']:7.3f} {m['real_tok_s']:10.0f} {ratio['st-fp32']:9.2f}x "
+              f"{ratio['st-bf16']:9.2f}x "
               f"{m['real_share']:10.2f} {m['mfu']:6.2f} {m['mfu_vs_bf16_peak']:10.2f}   {m['val_loss']:.4f} ({losses})")
     print(flush=True)
 

@@ -46,11 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 # bench_throughput sets the offline environment before torch and transformers load.
-import bench_throughput as bench
-import torch
+import bench_throughput as bench  # noqa: E402
+import torch  # noqa: E402
 
-from lightning_embed.errors import UserError
-from lightning_embed.cli.outputs import check_output, write_text_atomically
+from lightning_embed.cli.outputs import check_output, write_text_atomically  # noqa: E402
+from lightning_embed.errors import UserError  # noqa: E402
 
 #: Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by a word of the device name.
 DATASHEET_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
@@ -172,8 +172,8 @@ def sentence_transformers_row(check: Check, part: str, tuning: dict) -> Row:
 def gradient_row(check: Check) -> Row:
     """One fp32 step packed (flex on CUDA) against padded (sdpa): relative differences of loss and gradients."""
     from lightning_embed.data.reading import read_examples
-    from lightning_embed.training.module import EmbeddingModule
     from lightning_embed.testing import relative_difference
+    from lightning_embed.training.module import EmbeddingModule
 
     cuda = check.device == "cuda"
     # FlexAttention has no CPU backward: there the packed side keeps its dense-mask sdpa path.

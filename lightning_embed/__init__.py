@@ -47,31 +47,31 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from lightning_embed.training.loggers import default_loggers
-    from lightning_embed.models.model_card import model_card
     from lightning_embed.cli.progress import PlainProgressBar
     from lightning_embed.cli.run_summary import fit_summary
     from lightning_embed.cli.terminal import Heartbeat
     from lightning_embed.data.batches import PairBatch, PairCollator, PairExample
     from lightning_embed.data.datamodule import PairDataModule
-    from lightning_embed.models.encoder import Encoder, load
-    from lightning_embed.training.distributed_checkpoint import consolidate_checkpoint, read_distributed_checkpoint
-    from lightning_embed.errors import UserError
-    from lightning_embed.training.faults import FaultTolerance
-    from lightning_embed.flops.budget import dry_run
     from lightning_embed.data.fingerprints import builtin_fingerprint, source_fingerprint
+    from lightning_embed.data.mining import mine_hard_negatives
+    from lightning_embed.data.mixtures import MixtureSource
+    from lightning_embed.errors import UserError
+    from lightning_embed.flops.budget import dry_run
     from lightning_embed.flops.callback import FlopCallback
     from lightning_embed.flops.model import FlopCount, FlopModel, paper_flops_per_token
     from lightning_embed.flops.records import RunRecord, read_runs
-    from lightning_embed.losses.infonce import InfoNCELoss
-    from lightning_embed.data.mining import mine_hard_negatives
-    from lightning_embed.data.mixtures import MixtureSource
     from lightning_embed.losses import GTELoss, build_loss
+    from lightning_embed.losses.infonce import InfoNCELoss
     from lightning_embed.losses.matryoshka import MatryoshkaLoss
     from lightning_embed.models.backbones import load_backbone, load_tokenizer
-    from lightning_embed.training.module import EmbeddingModule
+    from lightning_embed.models.encoder import Encoder, load
+    from lightning_embed.models.model_card import model_card
     from lightning_embed.models.pooling import pool
     from lightning_embed.strategy import TuningStrategy, available_strategies, build_strategy
+    from lightning_embed.training.distributed_checkpoint import consolidate_checkpoint, read_distributed_checkpoint
+    from lightning_embed.training.faults import FaultTolerance
+    from lightning_embed.training.loggers import default_loggers
+    from lightning_embed.training.module import EmbeddingModule
 
 
 def _install_library_filters() -> None:

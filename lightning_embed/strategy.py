@@ -35,8 +35,8 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lightning_embed.training.class_paths import import_subclass, unknown_options
 from lightning_embed.errors import UserError
+from lightning_embed.training.class_paths import import_subclass, unknown_options
 
 if TYPE_CHECKING:  # torch is imported where it is used: the recipe consults strategies without it
     import torch

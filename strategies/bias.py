@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-
 from lightning_embed.strategy import (
     TuningStrategy,
     backbone_kind,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-
 import math
+from typing import TYPE_CHECKING, Any
 
 from lightning_embed.strategy import (
     TuningStrategy,

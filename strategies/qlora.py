@@ -7,7 +7,6 @@ import functools
 from typing import TYPE_CHECKING, Literal
 
 from lightning_embed.strategy import backbone_parts, raise_if_problems
-
 from strategies.lora import LoRATuning
 
 if TYPE_CHECKING:  # torch only inside methods: the recipe reads these classes without it

@@ -41,8 +41,8 @@ def embedding_cli_class():
     from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
-    from lightning_embed.training.faults import FaultTolerance
     from lightning_embed.flops.callback import FlopCallback
+    from lightning_embed.training.faults import FaultTolerance
 
     class EmbeddingCLI(LightningCLI):
         """LightningCLI with a FLOP callback on every run (``--flops.*``) and a before/after report."""

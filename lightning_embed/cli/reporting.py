@@ -84,8 +84,8 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
         split: for a builtin source, which split to describe.
         num_negatives: hard negatives to read per example (checks that every example has that many).
     """
-    from lightning_embed.data.reading import BUILTIN_PREFIX, describe_builtin_sources, read_examples
     from lightning_embed.data.fingerprints import builtin_fingerprint, is_mined, source_fingerprint
+    from lightning_embed.data.reading import BUILTIN_PREFIX, describe_builtin_sources, read_examples
 
     if source is None:
         table = Table(title="builtin sources (no download)", title_justify="left")
@@ -113,7 +113,8 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
     table.add_row("hard negatives per example", str(num_negatives))
     for what, texts in (("query", [e.query for e in examples]), ("positive", [e.positive for e in examples])):
         words = sorted(len(t.split()) for t in texts)
-        table.add_row(f"{what} words (median / 95th pct)", f"{words[len(words) // 2]} / {words[int(0.95 * (len(words) - 1))]}")
+        median, p95 = words[len(words) // 2], words[int(0.95 * (len(words) - 1))]
+        table.add_row(f"{what} words (median / 95th pct)", f"{median} / {p95}")
     table.add_row("fingerprint (sha256)", found["sha256"])
     if "versions" in found:
         table.add_row("mined from", ", ".join(f"{k} {v}" for k, v in found["versions"].items()))

@@ -4,8 +4,9 @@ A terminal gets rich's live bars; a file, a pipe or a cluster log gets one self-
 ``LIGHTNING_EMBED_PROGRESS_EVERY`` seconds (default 20) instead, since a live bar written to a file only
 shows its last frame, after the work is done. :class:`PlainProgressBar` is the Lightning callback that
 replaces the bar of ``fit``, ``validate``, ``test`` and ``predict`` (:mod:`lightning_embed.cli.progress`);
-:class:`Heartbeat` is the same for the loops of other commands (``evaluate``, ``export``, ``sweep run``, ``laws baseline``); :func:`console` is a
-rich console that renders tables at their natural width in a file instead of wrapping them mid-value.
+:class:`Heartbeat` is the same for the loops of other commands (``evaluate``, ``export``, ``sweep run``,
+``laws baseline``); :func:`console` is a rich console that renders tables at their natural width in a file
+instead of wrapping them mid-value.
 """
 
 from __future__ import annotations

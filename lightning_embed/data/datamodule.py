@@ -99,7 +99,8 @@ class PairDataModule(lightning.LightningDataModule):
     Args:
         train: training pairs: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` file, a saved Hugging Face
             dataset folder, a hub dataset ``hf:ORG/NAME[:CONFIG][@SPLIT]`` (default split ``train``; loaded
-            through ``datasets.load_dataset`` and its cache), or ``builtin:NAME`` (``builtin:stdlib-code``: Python docstrings -> code;
+            through ``datasets.load_dataset`` and its cache), or ``builtin:NAME`` (``builtin:stdlib-code``:
+            Python docstrings -> code;
             ``builtin:python-code``: the same from the standard library and the installed dependencies).
             Or a mapping of named sources (:class:`~lightning_embed.data.mixtures.MixtureSource`: path, columns,
             prompts, weight, in_batch_negatives), mixed as ``mixture`` says.
@@ -123,16 +124,10 @@ class PairDataModule(lightning.LightningDataModule):
             Validation batches always do this.
         num_workers: DataLoader worker processes for tokenization (0: in the training process).
         seed: seed of the training order; each epoch gets its own reproducible order.
-        group_by_length: build training batches from pairs of similar token length (less padding, faster:
-            on ``builtin:stdlib-code`` at batch 16 and max lengths 64, real tokens are 88% of the computed
-            positions instead of 58%); batches are still visited in a random, seeded order. It changes which
-            pairs share a batch (and so the in-batch negatives), hence it is an option. Sequence packing
-            (several texts per row, block-diagonal attention) is deliberately not offered: measured with the
-            FLOP model on this data (SmolLM2-135M, batch 16, max lengths 64), grouped batches cost 757M
-            hardware FLOP per real token, packing into rows of 64/128/256 tokens 708M/749M/847M where the
-            attention runs over the whole packed row (CPU, SDPA with a mask), i.e. at most 6.5% less before
-            the cost of the masks and per-text position ids; only a varlen kernel (flash-attention 2 on GPU,
-            649M) would pay, 14% below grouped batches.
+        group_by_length: build training batches from pairs of similar token length (less padding);
+            batches are still visited in a random, seeded order. It changes which pairs share a batch (and so
+            the in-batch negatives), hence it is an option. Sequence packing (``model.pack_sequences``, on by
+            default where the backbone allows it) removes padding without changing the batches.
         mixture: with a mapping of sources: ``proportional`` (every batch of every source once per epoch),
             ``round_robin`` (sources in turn, as many batches each) or ``weighted`` (by the sources' weights).
         same_source_batches: with a mapping of sources, draw every batch from one source (also across DDP
@@ -156,7 +151,8 @@ class PairDataModule(lightning.LightningDataModule):
         if num_negatives < 0:
             raise UserError(f"num_negatives={num_negatives} must be 0 or more.")
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
-            raise UserError(f"batch sizes must be at least 1 (batch_size={batch_size}, val_batch_size={val_batch_size}).")
+            raise UserError(f"batch sizes must be at least 1 (batch_size={batch_size}, "
+                            f"val_batch_size={val_batch_size}).")
         if batch_size < 2 and num_negatives == 0:
             raise UserError(f"batch_size={batch_size} with num_negatives=0 leaves a query no negative to contrast "
                             "with; raise batch_size to 2 or more, or add hard negatives (num_negatives > 0).")

@@ -268,7 +268,9 @@ class MixtureCollator:
         if source.query_prompt is None and source.document_prompt is None:
             return self.base
         base = self.base
-        pick = (lambda own, default: default if own is None else own)
+        def pick(own, default):
+            return default if own is None else own
+
         # A new collator (not a copy), so a prompt too long for the max length fails here, by name.
         return PairCollator(base.tokenizer, base.query_max_length, base.document_max_length,
                             pick(source.query_prompt, base.query_prompt),

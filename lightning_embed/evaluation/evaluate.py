@@ -20,9 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_embed.models.encoder import Encoder, check_texts, load, load_pretrained
 from lightning_embed.errors import UserError
 from lightning_embed.evaluation.mteb_tasks import LOCAL_KINDS, LocalTask, is_local_spec, parse_local_task
+from lightning_embed.models.encoder import Encoder, check_texts, load, load_pretrained
 
 #: The study's 15 MTEB tasks (Ziarko et al., 2024), English subsets.
 PAPER_SUITE: tuple[str, ...] = (

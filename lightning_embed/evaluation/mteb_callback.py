@@ -58,7 +58,8 @@ class MTEBCallback(Callback):
             raise UserError(f"MTEBCallback batch_size={batch_size} must be at least 1.")
         bad = [t for t in tasks if not is_local_spec(t)]
         if bad:
-            raise UserError(f"MTEBCallback runs local tasks only (KIND:PATH with KIND one of {', '.join(LOCAL_KINDS)}), "
+            kinds = ", ".join(LOCAL_KINDS)
+            raise UserError(f"MTEBCallback runs local tasks only (KIND:PATH with KIND one of {kinds}), "
                             f"not {bad[0]!r}; standard MTEB tasks belong to `lightning-embed evaluate`.")
         self.tasks: list[LocalTask] = [parse_local_task(t) for t in tasks]
         names = [t.name for t in self.tasks]
@@ -88,8 +89,8 @@ class MTEBCallback(Callback):
 
     def score(self, pl_module: L.LightningModule) -> dict[str, float]:
         """The tasks' main scores for the module as it is now (no logging)."""
-        from lightning_embed.models.encoder import Encoder
         from lightning_embed.evaluation.evaluate import run_mteb
+        from lightning_embed.models.encoder import Encoder
 
         state = _rng_state()
         try:

@@ -360,7 +360,7 @@ def _build_mteb_task(task: LocalTask):
 
 
 def write_retrieval_task(examples, path: str | Path) -> Path:
-    """Writes query/positive pairs (e.g. :func:`lightning_embed.data.reading.read_examples`) as a retrieval task file."""
+    """Writes query/positive pairs (e.g. :func:`~lightning_embed.data.reading.read_examples`) as a retrieval task."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:

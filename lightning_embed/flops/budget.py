@@ -403,5 +403,6 @@ def print_report(report: BudgetReport, console: Any = None) -> None:
     (console or output_console()).print(report_table(report))
 
 
-__all__ = ["BudgetReport", "DataSample", "batch_masks", "batch_stats", "dry_run", "flop_model_for", "fresh_train_loader", "parse_budget",
-           "plan_budget", "print_report", "report_table", "sample_loader", "training_flags"]
+__all__ = ["BudgetReport", "DataSample", "batch_masks", "batch_stats", "dry_run", "flop_model_for",
+           "fresh_train_loader", "parse_budget", "plan_budget", "print_report", "report_table", "sample_loader",
+           "training_flags"]

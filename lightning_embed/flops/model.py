@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from lightning_embed.errors import UserError
-from lightning_embed.models.parameters import ParameterCounts, adapter_param_ids, parameter_counts
 from lightning_embed.flops.probe import PROBE_LENGTHS, MatmulOp, Poly, probe_matmuls
+from lightning_embed.models.parameters import ParameterCounts, adapter_param_ids, parameter_counts
 
 Accounting = Literal["exact", "paper"]
 ACCOUNTINGS: tuple[str, ...] = ("exact", "paper")

@@ -308,5 +308,5 @@ def installed_versions(dists, missing: str | None = None) -> dict[str, str]:
     return out
 
 
-__all__ = ["RunRecord", "RunStatus", "SCHEMA_VERSION", "append_run", "check_runs_file", "installed_versions", "jsonable",
-           "read_runs"]
+__all__ = ["RunRecord", "RunStatus", "SCHEMA_VERSION", "append_run", "check_runs_file", "installed_versions",
+           "jsonable", "read_runs"]

@@ -43,10 +43,10 @@ from typing import Any
 
 from torch import nn
 
-from lightning_embed.training.class_paths import import_subclass, unknown_options
 from lightning_embed.errors import UserError
-from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.losses.gte import GTELoss
+from lightning_embed.losses.infonce import InfoNCELoss
+from lightning_embed.training.class_paths import import_subclass, unknown_options
 
 #: A loss as a config value: a registered name, ``{name: ..., OPTION: ...}`` or ``{class_path:, init_args:}``.
 LossSpec = str | dict[str, Any] | None

@@ -75,8 +75,8 @@ def rebuild_backbone(path: str | Path, ckpt: dict[str, Any], hparams: dict[str, 
                                 attn_implementation=hparams.get("attn_implementation"),
                                 trust_remote_code=trust_remote_code)
             if hparams.get("bidirectional"):  # as the module did in training (config.is_causal = False)
-                from lightning_embed.models.bidirectional import make_bidirectional
                 from lightning_embed.models.backbones import describe
+                from lightning_embed.models.bidirectional import make_bidirectional
 
                 make_bidirectional(raw, backbone, is_decoder=describe(raw).is_decoder)
             model = apply_strategy(strategy, raw, backbone)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_embed.errors import UserError
-from lightning_embed.training.distributed_checkpoint import is_distributed_checkpoint, read_distributed_checkpoint
 from lightning_embed.models.pooling import POOLING_MODES, pool, prompt_token_count, without_prompt
+from lightning_embed.training.distributed_checkpoint import is_distributed_checkpoint, read_distributed_checkpoint
 
 #: The file an export writes with everything :func:`load` needs besides the weights and tokenizer.
 EXPORT_CONFIG = "lightning_embed.json"

@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+from lightning_embed.cli.terminal import Heartbeat
+from lightning_embed.errors import UserError
+from lightning_embed.flops.records import installed_versions
 from lightning_embed.models.encoder import (
     EXPORT_CONFIG,
     ST_POOLING,
@@ -35,10 +38,7 @@ from lightning_embed.models.encoder import (
     module_hparams,
     read_checkpoint,
 )
-from lightning_embed.errors import UserError
 from lightning_embed.models.model_card import model_card
-from lightning_embed.flops.records import installed_versions
-from lightning_embed.cli.terminal import Heartbeat
 
 EXPORT_FORMAT_VERSION = 1
 
@@ -112,7 +112,9 @@ def export_module(module, output: str | os.PathLike, *, overwrite: bool = False,
     The module is not changed (LoRA merges into a copy).
     """
     target = _check_target(Path(output).expanduser(), overwrite)
-    hparams = dict(hparams if hparams is not None else {k: v for k, v in module.hparams.items() if not k.startswith("_")})
+    if hparams is None:
+        hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+    hparams = dict(hparams)
     info = dict(info or {})
     info.setdefault("name", target.name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -231,8 +233,8 @@ def _original_pooler(model, hparams: dict[str, Any], trust_remote_code: bool):
         return None  # no pooler attribute, or one that is still there
     from transformers import AutoModel
 
-    from lightning_embed.models.backbones import resolve_backbone
     from lightning_embed.cli.quiet import quiet_loading
+    from lightning_embed.models.backbones import resolve_backbone
 
     path, gguf = resolve_backbone(str(hparams["backbone"]))
     try:

@@ -98,8 +98,8 @@ def front_matter(hparams: dict[str, Any], info: dict[str, Any], name: str) -> di
         meta["model-index"] = [{"name": name, "results": [{
             "task": {"type": "information-retrieval", "name": "Information Retrieval"},
             "dataset": dataset,
-            "metrics": [{"type": f"cosine_{k}", "value": round(float(v), 4), "name": f"Cosine {_METRIC_NAMES.get(k, k)}"}
-                        for k, v in scored.items()],
+            "metrics": [{"type": f"cosine_{k}", "value": round(float(v), 4),
+                         "name": f"Cosine {_METRIC_NAMES.get(k, k)}"} for k, v in scored.items()],
         }]}]
     return meta
 
@@ -146,8 +146,8 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
     lines = ["---", yaml.safe_dump(front_matter(hparams, info, name), sort_keys=False, allow_unicode=True).strip(),
              "---", "", f"# Text-embedding model fine-tuned from {base['hub_id'] or backbone}", "",
              f"Fine-tuned from {shown} with lightning-embed by contrastive fine-tuning "
-             f"({loss_name(hparams.get('loss'))} with in-batch negatives), following Ziarko et al., *Repurposing Language Models into Embedding Models: Finding "
-             "the Compute-Optimal Recipe* (NeurIPS 2024)."]
+             f"({loss_name(hparams.get('loss'))} with in-batch negatives), following Ziarko et al., "
+             "*Repurposing Language Models into Embedding Models: Finding the Compute-Optimal Recipe* (NeurIPS 2024)."]
     if base["hub_id"] and base["hub_id"] != backbone:
         lines += ["", f"The base model was the bundled `{backbone}`: {base['hub_id']}, {base['provenance']}."]
     if base["license"]:
@@ -210,7 +210,8 @@ def model_card(hparams: dict[str, Any], info: dict[str, Any], dimension: int, ma
                   + (" (built into lightning-embed: mined from the Python standard library, docstring summary -> "
                      "function code)" if str(data["train"]).startswith(BUILTIN_PREFIX) else "")]
         for split, print_ in (run.get("data") or {}).items():
-            if isinstance(print_, dict) and print_.get("sha256"):  # what exactly was read (lightning_embed.data.fingerprints)
+            # what exactly was read (lightning_embed.data.fingerprints)
+            if isinstance(print_, dict) and print_.get("sha256"):
                 lines.append(f"- {split} fingerprint: `{print_.get('source')}` sha256 `{print_['sha256']}`")
     metrics = _metrics(info)
     if metrics:

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lightning_embed.errors import UserError
 from lightning_embed.cli.outputs import write_text_atomically
+from lightning_embed.errors import UserError
 from lightning_embed.training.precision import cpu_model as cpu_name
 
 

@@ -303,7 +303,8 @@ def model_from_folder(path: str | Path) -> ModelEntry:
     except (OSError, ValueError) as err:
         raise UserError(f"{str(folder)!r} has no readable config.json: {err}.") from None
     # Drop bookkeeping fields so equal architectures share one cache entry.
-    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in {"transformers_version", "architectures"}}
+    dropped = {"transformers_version", "architectures"}
+    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in dropped}
     return ModelEntry(folder.name, "local", str(folder), None, config, counts_for(config))
 
 

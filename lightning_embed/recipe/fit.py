@@ -37,7 +37,14 @@ import numpy as np
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe.laws import (
-    FORMS, DataUnit, FormName, InitialLoss, Law, LawsFile, save_laws, setting_label,
+    FORMS,
+    DataUnit,
+    FormName,
+    InitialLoss,
+    Law,
+    LawsFile,
+    save_laws,
+    setting_label,
 )
 from lightning_embed.recipe.records import Observation, group_key, read_observations
 

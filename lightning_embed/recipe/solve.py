@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 
 from lightning_embed.errors import UserError
-from lightning_embed.recipe.catalogue import ModelEntry, load_shipped_family, resolve_models, shipped_families
 from lightning_embed.recipe import decide
+from lightning_embed.recipe.catalogue import ModelEntry, load_shipped_family, resolve_models, shipped_families
 from lightning_embed.recipe.costs import Accounting, flops_per_example, method_problem, trainable_on, tuning_spec
 from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, load_laws
 

@@ -30,15 +30,15 @@ from typing import Any
 
 import yaml
 
-from lightning_embed.errors import UserError
 from lightning_embed.cli.outputs import write_text_atomically
+from lightning_embed.cli.terminal import duration
+from lightning_embed.errors import UserError
 from lightning_embed.recipe.catalogue import resolve_models
 from lightning_embed.recipe.costs import Accounting, flops_per_example, method_problem
 from lightning_embed.recipe.design import GridPoint, method_settings, parse_setting_values, predict, seed_order
 from lightning_embed.recipe.design import focus as design_focus
 from lightning_embed.recipe.laws import load_laws, setting_label
 from lightning_embed.recipe.solve import DEFAULT_TRAIN, FLOP_CALLBACK, build_fit_config, save_config
-from lightning_embed.cli.terminal import duration
 
 MANIFEST = "sweep.yaml"
 SCHEMA_VERSION = 1
@@ -160,7 +160,8 @@ def sweep_plan(
     problems = []
     if not budgets:
         problems.append("give at least one budget")
-    problems += [f"budget {b!r} is not a positive number" for b in budgets if not (isinstance(b, (int, float)) and b > 0)]
+    problems += [f"budget {b!r} is not a positive number" for b in budgets
+                 if not (isinstance(b, (int, float)) and b > 0)]
     problems += [f"LoRA rank {r!r} is not a positive integer" for r in lora_ranks or []
                  if not (isinstance(r, int) and r > 0)]
     problems += [f"freeze share {s!r} is not in (0, 1]" for s in freeze_shares or []

@@ -235,9 +235,9 @@ def laws_validate(
     report = validate_forms(observations, list(forms), initial=initial, data_unit=data_unit, min_runs=min_runs)
     report["runs_files"] = [str(p) for p in runs]
     if output is not None:
-        from lightning_embed.recipe.baseline import cpu_name
-
         from datetime import datetime, timezone
+
+        from lightning_embed.recipe.baseline import cpu_name
 
         report["cpu"] = cpu_name()
         report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

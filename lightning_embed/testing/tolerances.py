@@ -50,7 +50,8 @@ def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return diff / ref
 
 
-def close_mismatches(actual: Tensors, expected: Tensors, *, rel: float = FP32_REL, floor_share: float = 1e-3) -> list[str]:
+def close_mismatches(actual: Tensors, expected: Tensors, *, rel: float = FP32_REL,
+                     floor_share: float = 1e-3) -> list[str]:
     """What differs by more than rounding: one message per tensor (empty when everything is close).
 
     Args:
@@ -79,7 +80,8 @@ def close_mismatches(actual: Tensors, expected: Tensors, *, rel: float = FP32_RE
         diff = _norm(a.to(torch.float64) - e.to(torch.float64))
         scale = max(_norm(e), floor_share * total)
         if diff > rel * scale:
-            problems.append(f"{name}: |diff| {diff:.3g} > {rel:g} x {scale:.3g} (relative {diff / max(scale, 1e-300):.3g})")
+            relative = diff / max(scale, 1e-300)
+            problems.append(f"{name}: |diff| {diff:.3g} > {rel:g} x {scale:.3g} (relative {relative:.3g})")
     return problems
 
 

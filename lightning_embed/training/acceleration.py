@@ -3,13 +3,11 @@
 Both choices are made when training starts, once the device, the precision and the number of steps are
 known, and only when the user left them open (``attn_implementation: null``, ``compile: auto``):
 
-- **Attention.** PyTorch's CPU flash-attention kernel is slow in bf16 for short sequences: forward plus
-  backward of one SmolLM2 attention layer (9 heads of 64, padding + causal mask, 2,048 tokens) took 27.0 ms
-  at length 64 and 28.2 ms at 128, against 8.2 and 12.4 ms for the plain matmul-softmax-matmul ("eager")
-  attention; at 256 they are close (22.2 vs 24.5 ms) and at 512 flash wins (61 vs 188 ms); in fp32 flash
-  is never much slower (2-core AMX CPU, ``benchmarks/bench_attention.py``, results in
-  ``benchmarks/results/attention-cpu-2026-11-28.txt``). In a bf16 SmolLM2-135M training step at length 64
-  the flash backward alone was 21% of the time. So on CPU, in bf16, for texts of at most
+- **Attention.** PyTorch's CPU flash-attention kernel is slow in bf16 for short sequences: for one SmolLM2
+  attention layer, forward plus backward, the plain matmul-softmax-matmul ("eager") attention is several times
+  faster up to 128 tokens, the two are close at 256 and flash wins at 512; in fp32 flash is never much slower
+  (``benchmarks/bench_attention.py``, ``benchmarks/results/attention-cpu-2026-11-28.txt``). So on CPU, in bf16,
+  for texts of at most
   :data:`EAGER_MAX_LENGTH` tokens, training uses :func:`fp32_score_attention` (eager, with the scores and
   softmax in fp32 so that it is as accurate as the flash kernel). On CUDA, when batches may be packed,
   training uses FlexAttention with a document block mask (:mod:`lightning_embed.training.flex_packing`): SDPA would
@@ -17,9 +15,10 @@ known, and only when the user left them open (``attn_implementation: null``, ``c
   a GPU so far: ``benchmarks/gpu_check.py`` measures it). Everywhere else the backbone keeps its own
   (``sdpa``).
 - **Compilation.** ``torch.compile`` fuses the elementwise work (norms, rotary, SiLU, autocast casts) that
-  dominates a bf16 step on CPU. Packed bf16 steps here (3 rounds, medians): SmolLM2-135M full 1.28x
-  faster, LoRA 1.75x, for 2.5-5.5 min of compilation; all-MiniLM-L6-v2 0.96x (a small encoder: little
-  elementwise work to fuse). ``compile: auto`` turns it on for decoders in runs of at least
+  dominates a bf16 step on CPU. It paid for SmolLM2 (full and LoRA) after minutes of compilation and not for
+  all-MiniLM-L6-v2 (a small encoder: little elementwise work to fuse;
+  ``benchmarks/results/throughput-compile-packed-cpu-2026-11-28.txt``). ``compile: auto`` turns it on for
+  decoders in runs of at least
   :data:`AUTO_COMPILE_MIN_STEPS` optimizer steps on a single CPU process with a C++ compiler (what
   inductor needs there), for tuning strategies that do not opt out
   (:attr:`~lightning_embed.strategy.TuningStrategy.auto_compile`; QLoRA does). On GPUs ``auto`` leaves
@@ -69,9 +68,9 @@ def fp32_score_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
     """Eager attention with the scores and softmax in fp32, the value product in the autocast dtype.
 
     Hugging Face's eager attention multiplies queries and keys in bf16 under autocast, which rounds every
-    score to 8 significant bits before the softmax: on scores of standard deviation 9 its output erred 4x
-    more than the flash kernel's (mean 3.5e-3 against 8.5e-4, inputs rounded to bf16 alike). In fp32 the
-    error is the flash kernel's (1.0e-3) for about 10% more attention time, a small share of a step.
+    score to 8 significant bits before the softmax: its output errs several times more than the flash
+    kernel's (``test_fp32_score_attention_is_as_accurate_as_sdpa_and_handles_gqa_and_masks``). In fp32
+    the error is the flash kernel's, for a little more attention time.
     Signature and return value of Hugging Face's attention interface (``AttentionInterface``).
     """
     groups = getattr(module, "num_key_value_groups", 1)

@@ -168,7 +168,8 @@ class PackedEncoding(EncodingPath):
         split = len(lengths[0])
         query_prompt, document_prompt = module.prompt_lengths
         if query_prompt or document_prompt:
-            mask = torch.cat([without_prompt(mask[:split], query_prompt), without_prompt(mask[split:], document_prompt)])
+            mask = torch.cat([without_prompt(mask[:split], query_prompt),
+                              without_prompt(mask[split:], document_prompt)])
         emb = pool(hidden, mask, module.hparams.pooling)
         emb = F.normalize(emb, dim=-1) if module.hparams.normalize else emb
         return emb[:split], emb[split:], [(packing.positions, packing.squares), (0, 0)]
@@ -189,8 +190,9 @@ def resolve_packing(module: EmbeddingModule, options: EncodingOptions) -> tuple[
                           other_scheme=options.other_scheme)
 
 
-def choose_encoding_path(module: EmbeddingModule, options: EncodingOptions,
-                         resolve: Callable[[], tuple[bool, str | None]] | None = None) -> tuple[EncodingPath, str | None]:
+def choose_encoding_path(
+    module: EmbeddingModule, options: EncodingOptions, resolve: Callable[[], tuple[bool, str | None]] | None = None,
+) -> tuple[EncodingPath, str | None]:
     """The path a module encodes with, and a line saying why when there is something to say.
 
     Packing wins where it applies and is exact (see :func:`~lightning_embed.training.packing.decide_packing`,

@@ -11,18 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_embed.errors import UserError
-from lightning_embed.models.bidirectional import attends_causally, make_bidirectional
+from lightning_embed.evaluation.metrics import retrieval_metrics
 from lightning_embed.losses import LossSpec, build_loss, call_loss
 from lightning_embed.losses.matryoshka import MatryoshkaLoss, check_matryoshka
-from lightning_embed.evaluation.metrics import retrieval_metrics
-from lightning_embed.training.options import check_options
-from lightning_embed.training.schedule import warmup_then_decay
-from lightning_embed.training.acceleration import auto_compile, make_room_to_compile, switch_training_attention
 from lightning_embed.models.backbones import describe, hf_model, load_backbone, load_tokenizer
-from lightning_embed.training.encoding import EncodingOptions, EncodingPath, choose_encoding_path, resolve_packing
-from lightning_embed.training.packing import packing_problem
+from lightning_embed.models.bidirectional import attends_causally, make_bidirectional
 from lightning_embed.models.pooling import PoolingMode, pool, prompt_token_count
 from lightning_embed.strategy import TuningStrategy, apply_strategy, build_strategy, strategy_spec
+from lightning_embed.training.acceleration import auto_compile, make_room_to_compile, switch_training_attention
+from lightning_embed.training.encoding import EncodingOptions, EncodingPath, choose_encoding_path, resolve_packing
+from lightning_embed.training.options import check_options
+from lightning_embed.training.packing import packing_problem
+from lightning_embed.training.schedule import warmup_then_decay
 
 TuningSpec = str | dict[str, Any] | None
 
@@ -65,8 +65,9 @@ class EmbeddingModule(L.LightningModule):
         num_layers: keep only the first ``num_layers`` blocks of the backbone (a smaller model of the family).
         attn_implementation: ``sdpa``, ``eager`` or ``flex`` (FlexAttention; trains on GPUs). None (default):
             ``sdpa``, except in training on CPU in bf16 with texts of at most 256 tokens (eager with fp32 scores,
-            2-4x faster there than the CPU flash kernel, as accurate) and on CUDA with packed batches (``flex``,
-            :mod:`lightning_embed.training.flex_packing`); restored after ``fit`` (:mod:`lightning_embed.training.acceleration`).
+            faster there than the CPU flash kernel and as accurate: ``benchmarks/results/attention-cpu-2026-11-28.txt``)
+            and on CUDA with packed batches (``flex``, :mod:`lightning_embed.training.flex_packing`); restored
+            after ``fit`` (:mod:`lightning_embed.training.acceleration`).
         gradient_checkpointing: recompute activations in the backward pass (less memory, one more forward).
             Applies inside every transformer block; works under DDP, FSDP and FSDP2 and nests with
             ``gradcache_chunk_size``.
@@ -84,22 +85,23 @@ class EmbeddingModule(L.LightningModule):
             cut to its own longest text (:mod:`lightning_embed.training.unpadding`): the same batch, embeddings, loss
             and gradients with fewer padding positions computed. Needs right padding (the default of the
             bundled tokenizers); with left padding nothing is split. Under GradCache the micro-batches
-            are its mini-batches (at most ``gradcache_chunk_size`` rows each). Off by default: on a 2-core
-            CPU in bf16 it computed about 30% fewer positions yet ran 4-6% slower per step (SmolLM2-135M full
-            and LoRA, MiniLM; the step there is bound by elementwise work, not matmuls); it is meant for compute-bound
-            accelerators (measure with ``benchmarks/bench_throughput.py --systems le-split``). Packing
+            are its mini-batches (at most ``gradcache_chunk_size`` rows each). Off by default: on CPU in bf16
+            it computed fewer positions yet ran slower per step (the step there is bound by elementwise work,
+            not matmuls; ``benchmarks/results/throughput-cpu-2026-11-28.json``, ``--systems le-split``); it is meant
+            for compute-bound accelerators. Packing
             (``pack_sequences``) removes more padding in one forward pass and is the default where it applies.
         pack_sequences: encode each batch's queries and documents together in one forward pass over
             packed rows (:mod:`lightning_embed.training.packing`): texts laid end to end, a block-diagonal attention
             mask and position ids restarting per text, so each text is encoded as alone: the same batch,
-            embeddings, loss and gradients with almost no padding computed (per bf16 step on a 2-core CPU:
-            1.73x SmolLM2-135M full, 1.75x LoRA, 1.66x all-MiniLM-L6-v2). ``auto`` (default): on when the backbone can (eager or sdpa attention,
+            embeddings, loss and gradients with almost no padding computed (speed per step:
+            ``benchmarks/results/throughput-packed-cpu-2026-11-28.txt``). ``auto`` (default): on when the backbone
+            can (eager or sdpa attention,
             ``position_ids``, and a check when training starts that a few texts embed the same packed and
             padded) and neither ``split_by_length`` nor GradCache is set; ``true`` insists (an error
             otherwise); ``false``: padded batches.
         compile: compile the backbone with ``torch.compile`` (dynamic shapes) when training starts: same
-            math, fused elementwise kernels: packed bf16 steps on a 2-core CPU ran 1.28x (SmolLM2-135M full)
-            and 1.75x (LoRA) faster after 2.5-5.5 min of compilation, all-MiniLM-L6-v2 0.96x. ``auto``
+            math, fused elementwise kernels, paid for by minutes of compilation
+            (``benchmarks/results/throughput-compile-packed-cpu-2026-11-28.txt``). ``auto``
             (default): on for decoders in runs of at least 500 steps on a single CPU process with a C++
             compiler, off elsewhere (GPUs: not measured yet); the choice and its reason are printed when
             training starts. ``true``/``false`` force it (:mod:`lightning_embed.training.acceleration`;

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_embed.training.flex_packing import FLEX_ATTENTION, document_block_mask
 from lightning_embed.models.pooling import pool
+from lightning_embed.training.flex_packing import FLEX_ATTENTION, document_block_mask
 from lightning_embed.training.unpadding import right_padded
 
 Encoding = dict[str, torch.Tensor]
@@ -171,7 +171,8 @@ def packing_mismatch(backbone: nn.Module, attention: str, causal: bool, tokenize
 
 
 def pack_and_encode(backbone: nn.Module, attention: str, causal: bool, encodings: Sequence[Encoding],
-                    lengths: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, PackingPlan]:
+                    lengths: Sequence[Sequence[int]],
+                    pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, PackingPlan]:
     """Runs ``backbone`` once over the packed texts of several padded encodings.
 
     Args:
