@@ -20,8 +20,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -328,20 +330,53 @@ def _stream(cmd: list[str], cwd: Path, log: Path) -> int:
     """Runs a command, copying its output to our stdout and to a log file; returns its exit status."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
         try:
-            assert proc.stdout is not None
             while chunk := proc.stdout.read1(65536):
                 out.write(chunk)
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+                _echo(chunk)
             return proc.wait()
         except BaseException:
-            proc.terminate()  # Ctrl+C: stop the fit too (it saves last.ckpt on the way out)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc, out)
             raise
+
+
+def _echo(chunk: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # our own reader went away (`| head`): the log file still gets it
+        pass
+
+
+def _stop(proc: subprocess.Popen, out, grace_s: float = 120.0) -> None:
+    """Stops the fit (it writes last.ckpt on SIGTERM) while still reading its output until it exits.
+
+    A fit whose output pipe is no longer read dies of BrokenPipeError at its next print, before its checkpoint
+    is written (docs/bugs.md), so the pipe is drained on a thread while we wait.
+    """
+    def drain() -> None:
+        try:
+            while chunk := proc.stdout.read1(65536):
+                out.write(chunk)
+                _echo(chunk)
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    reader.join(timeout=5)
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    # SIGTERM (a scheduler, `kill`) stops a sweep like Ctrl+C: the running fit checkpoints, then we exit.
+    raise SystemExit(128 + signum)
 
 
 def run_sweep(directory: Path, *, command: list[str] | None = None, keep_going: bool = True,
@@ -355,6 +390,17 @@ def run_sweep(directory: Path, *, command: list[str] | None = None, keep_going: 
     points = load_manifest(directory)
     base_cmd = command or fit_command()
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "pending": []}
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
+    try:
+        return _run_points(directory, points, base_cmd, outcome, keep_going=keep_going, dry_run=dry_run)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_points(directory: Path, points: list[SweepPoint], base_cmd: list[str], outcome: dict[str, list[str]], *,
+                keep_going: bool, dry_run: bool) -> dict[str, list[str]]:
     sweep_start, ran = time.monotonic(), 0
     for i, point in enumerate(points, 1):
         root = directory / "runs" / point.name
@@ -397,7 +443,7 @@ def sweep_run(directory: Path, keep_going: bool = True, dry_run: bool = False) -
     Each point runs as ``lightning-embed fit --config configs/POINT.yaml`` from the sweep directory;
     one that left ``runs/POINT/checkpoints/last.ckpt`` resumes from it. A point that exits cleanly gets a
     ``runs/POINT/DONE`` marker; its run record is appended to DIRECTORY/runs.jsonl by the FLOP callback.
-    Ctrl+C stops the current fit (it checkpoints) and the sweep; run the command again to continue.
+    Ctrl+C or SIGTERM stops the current fit (it checkpoints) and the sweep; run the command again to continue.
 
     Args:
         directory: a directory planned with ``lightning-embed sweep plan``.
