@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 PARITY = 1e-5  # normwise relative difference of embeddings
 

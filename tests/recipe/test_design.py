@@ -27,7 +27,7 @@ from lightning_embed.recipe.sweep import load_manifest, run_sweep, sweep_plan
 from lightning_embed.flops.records import RunRecord
 from lightning_embed.strategy import build_strategy, refresh_strategies, strategy_class
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOKENS = 78  # 14 query + 64 document tokens per example, the plan's default
 SMOLLM2 = "smollm2-135m-truncated"
 

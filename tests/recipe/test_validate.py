@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from laws_synthetic import MODELS, records, write
+from tests.recipe.laws_synthetic import MODELS, records, write
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe import laws_validate

@@ -27,7 +27,7 @@ from lightning_embed.testing import assert_close_relative, close_mismatches
 
 WORLD = 2
 PER_RANK = 4  # examples per process; the global batch has WORLD * PER_RANK
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

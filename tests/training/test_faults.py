@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_embed.cli.main import main
 from lightning_embed.flops.records import read_runs
 
-TESTS = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
 # Timing fields differ between any two runs; the config names each run's own folder.
@@ -70,8 +70,8 @@ def fit_args(setup: dict, root: Path, *extra: str) -> list[str]:
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from lightning_embed.cli.main import main; main()"
-    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    code = "from lightning_embed.cli.main import main; main()"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -124,7 +124,7 @@ def test_resume_is_bit_identical_from_mid_epoch_and_end_of_epoch(setup, straight
 
 def test_sigkill_mid_run_then_resume_from_last_ckpt_equals_the_straight_run(setup, straight, tmp_path):
     killed = run_cli(fit_args(setup, tmp_path, "--faults.checkpoint_every=2steps",
-                              "--trainer.callbacks+=test_faults.SignalAt", "--trainer.callbacks.step=5",
+                              "--trainer.callbacks+=tests.training.test_faults.SignalAt", "--trainer.callbacks.step=5",
                               "--trainer.callbacks.signal=SIGKILL"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -135,7 +135,7 @@ def test_sigkill_mid_run_then_resume_from_last_ckpt_equals_the_straight_run(setu
 
 
 def test_sigint_writes_last_ckpt_exits_130_and_the_printed_command_resumes_exactly(setup, straight, tmp_path):
-    result = run_cli(fit_args(setup, tmp_path, "--trainer.callbacks+=test_faults.SignalAt",
+    result = run_cli(fit_args(setup, tmp_path, "--trainer.callbacks+=tests.training.test_faults.SignalAt",
                               "--trainer.callbacks.step=2", "--trainer.callbacks.signal=SIGINT"))
     assert result.returncode == 130, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -152,8 +152,8 @@ def test_sigint_writes_last_ckpt_exits_130_and_the_printed_command_resumes_exact
 
 def test_sigterm_writes_last_ckpt_and_exits_143(setup, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # in this process (a real SIGTERM to itself): saves a start-up
-        main(fit_args(setup, tmp_path, "--trainer.callbacks+=test_faults.SignalAt", "--trainer.callbacks.step=2",
-                      "--trainer.callbacks.signal=SIGTERM"))
+        main(fit_args(setup, tmp_path, "--trainer.callbacks+=tests.training.test_faults.SignalAt",
+                      "--trainer.callbacks.step=2", "--trainer.callbacks.signal=SIGTERM"))
     assert exit_.value.code == 143
     assert "interrupted by SIGTERM" in capsys.readouterr().err
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] in (2, 3)
@@ -232,11 +232,11 @@ def test_unwritable_outputs_are_refused_before_any_work(setup, straight, tmp_pat
     import lightning_embed.evaluation.evaluate as evaluate
 
     monkeypatch.setattr(evaluate, "run_mteb", lambda *a, **k: pytest.fail("scored before checking --output"))
-    task = TESTS.parent / "examples" / "tasks" / "stdlib-code-retrieval.jsonl"
+    task = ROOT / "examples" / "tasks" / "stdlib-code-retrieval.jsonl"
     expect_user_error(["evaluate", ckpt, "--tasks", f"retrieval:{task}", "-o", str(blocker / "x" / "r.json")],
                       capsys, "r.json")
     expect_user_error(["recipe", "--budget", "1e15", "--write_config", str(blocker / "c.yaml")], capsys, "c.yaml")
-    laws = TESTS.parent / "lightning_embed" / "resources" / "laws"
+    laws = ROOT / "lightning_embed" / "resources" / "laws"
     laws_file = next(laws.glob("*.yaml"))
     expect_user_error(["laws", "plot", str(laws_file), "-o", str(blocker / "p.png")], capsys, "p.png")
 
@@ -305,7 +305,7 @@ def test_slurm_requeue_signal_writes_last_ckpt_and_training_goes_on(setup, tmp_p
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol: Lightning's requeue fails with a warning, harmlessly
     main(fit_args(setup, tmp_path, "--trainer.plugins=lightning.fabric.plugins.environments.SLURMEnvironment",
-                  "--trainer.callbacks+=test_faults.SignalAt", "--trainer.callbacks.step=2",
+                  "--trainer.callbacks+=tests.training.test_faults.SignalAt", "--trainer.callbacks.step=2",
                   "--trainer.callbacks.signal=SIGUSR1"))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] in (2, 3)
     assert read_runs(tmp_path / "runs.jsonl")[-1].status == "completed"  # the requeue signal does not stop the run

@@ -20,7 +20,7 @@ from lightning_embed.evaluation.mteb_callback import MTEBCallback
 from lightning_embed.evaluation.mteb_tasks import parse_local_task
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def jsonl(path: Path, rows: list[dict]) -> Path:
@@ -70,7 +70,7 @@ def test_local_tasks_evaluate_through_mteb_offline(tiny_backbones, task_files):
 
 @pytest.fixture(scope="module")
 def trained(tiny_backbones, tmp_path_factory) -> Path:
-    from test_export import train_checkpoint
+    from tests.models.test_export import train_checkpoint
 
     return train_checkpoint(tiny_backbones["gpt_neox"], tmp_path_factory.mktemp("trained"))[0]
 
@@ -131,7 +131,7 @@ def test_bad_inputs(tiny_backbones, task_files, tmp_path, capsys):
 
 def test_mteb_callback_logs_scores_for_checkpoint_selection(tiny_backbones, task_files, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from test_export import write_pairs
+    from tests.models.test_export import write_pairs
 
     from lightning_embed.data.datamodule import PairDataModule
     from lightning_embed.training.module import EmbeddingModule

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from laws_synthetic import K, MODELS, SHARED, l0, records, true_loss, write
+from tests.recipe.laws_synthetic import K, MODELS, SHARED, l0, records, true_loss, write
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe import laws_baseline, laws_fit, load_laws

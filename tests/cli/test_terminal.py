@@ -14,7 +14,7 @@ import pytest
 
 from lightning_embed.errors import UserError
 from lightning_embed.cli.terminal import EVERY_ENV, Heartbeat, console, progress_every
-from test_cli_fit import write_pairs
+from tests.cli.test_main import write_pairs
 
 
 def _fit_piped(backbone: str, tmp_path: Path, every: str) -> subprocess.CompletedProcess:

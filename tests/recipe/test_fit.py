@@ -386,7 +386,7 @@ def test_recipe_answers_in_under_two_seconds(fitted, tmp_path):
     own, so the child stands in a bare package for it, as a lazy ``__init__`` would be; the recipe modules
     themselves must not import torch, scipy or matplotlib."""
     _, laws = fitted
-    package = Path(__file__).resolve().parents[1] / "lightning_embed"
+    package = Path(__file__).resolve().parents[2] / "lightning_embed"
     code = (
         "import sys, time, types; t = time.perf_counter()\n"
         f"pkg = types.ModuleType('lightning_embed'); pkg.__path__ = [{str(package)!r}]\n"

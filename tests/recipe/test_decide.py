@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from laws_synthetic import MODELS, records, write
+from tests.recipe.laws_synthetic import MODELS, records, write
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe import laws_fit, recipe, solve

@@ -25,7 +25,7 @@ from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.data.mixtures import MixtureCollator, MixtureView, mixture_sampler
 from lightning_embed.data.sampling import PairBatchSampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_source(path: Path, tag: str, n: int, negatives: int = 0, query_key: str = "query") -> Path:

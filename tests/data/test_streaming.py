@@ -22,7 +22,7 @@ from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
 from lightning_embed.data.streaming import StreamLoader, stream_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_shards(folder: Path, jsonl: int = 3, parquet: int = 1, rows: int = 12, duplicates: bool = False) -> str:
