@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Shared checks outside test modules still report the values of a failed assert.
+pytest.register_assert_rewrite("tests.strategies.builtin_cases", "tests.flops.reference")
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 ARCHES = ("gpt_neox", "llama", "bert")

@@ -14,21 +14,7 @@ import torch
 from lightning_embed.cli.main import main
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.training.module import EmbeddingModule
-
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
-
-
-def write_pairs(path: Path, n: int = 48, negatives: int = 0) -> Path:
-    """A learnable toy task: the query names two words, the positive repeats them in a sentence."""
-    with path.open("w") as f:
-        for i in range(n):
-            a, b = WORDS[i % len(WORDS)], WORDS[(i * 7 + 3) % len(WORDS)]
-            row = {"query": f"{a} {b} {i}", "positive": f"the {a} and the {b} number {i} here"}
-            if negatives:
-                row["negatives"] = [f"the {WORDS[(i + j + 5) % len(WORDS)]} thing {i + j}" for j in range(negatives)]
-            f.write(json.dumps(row) + "\n")
-    return path
+from tests.cli.pair_files import write_pairs
 
 
 def fit_args(backbone: str, train: Path, root: Path, *extra: str) -> list[str]:
@@ -72,7 +58,6 @@ def test_print_config_and_composed_configs(tiny_backbones, tmp_path, capsys):
     assert "pooling: cls" in printed and "temperature: 0.05" in printed and "batch_size: 6" in printed
 
 
-
 def test_fit_defaults_to_bf16_where_the_hardware_has_it(tiny_backbones, tmp_path, capsys, monkeypatch):
     from lightning_embed.training import precision
 
@@ -87,6 +72,7 @@ def test_fit_defaults_to_bf16_where_the_hardware_has_it(tiny_backbones, tmp_path
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(base), "--trainer.precision=32-true", "--print_config"])
     assert "precision: 32-true" in capsys.readouterr().out
+
 
 def test_loss_falls_on_a_toy_set(tiny_backbones, tmp_path):
     """Python API: a few epochs on a learnable toy task lower the held-out loss."""

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from lightning_embed.cli.quiet import VERBOSE_ENV, bitsandbytes_note, install_library_filters
-from tests.cli.test_main import write_pairs
+from tests.cli.pair_files import write_pairs
 
 # What a user cannot act on: warnings, deprecations, load reports and bars, Lightning's tips, bnb's kernel note.
 NOISE = re.compile(r"warn|deprecat|LOAD REPORT|MISSING|Loading weights|Tip:|kernels|Total FLOPs|it/s\]", re.I)
@@ -84,7 +84,7 @@ def test_bert_export_carries_the_base_pooler_so_loaders_report_nothing_missing(t
     from transformers.utils import logging as hf_logging
 
     from lightning_embed.models.export import export_checkpoint
-    from tests.models.test_export import train_checkpoint
+    from tests.models.checkpoints import train_checkpoint
 
     ckpt, module = train_checkpoint(tiny_backbones["bert"], tmp_path / "run", steps=1)
     assert module.backbone.pooler is None  # training drops it

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_embed.errors import UserError
 from lightning_embed.cli.terminal import EVERY_ENV, Heartbeat, console, progress_every
-from tests.cli.test_main import write_pairs
+from lightning_embed.errors import UserError
+from tests.cli.pair_files import write_pairs
 
 
 def _fit_piped(backbone: str, tmp_path: Path, every: str) -> subprocess.CompletedProcess:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lightning_embed.errors import UserError
 from lightning_embed.data.fingerprints import builtin_fingerprint, file_sha256, pairs_digest, source_fingerprint
+from lightning_embed.errors import UserError
 
 
 def test_a_file_is_fingerprinted_by_its_bytes(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 
 from lightning_embed.cli.main import main
 from lightning_embed.data.datamodule import PairDataModule
-from lightning_embed.data.reading import read_examples
-from lightning_embed.errors import UserError
 from lightning_embed.data.fingerprints import source_fingerprint
 from lightning_embed.data.hub import HubSpec, parse_hub_spec
+from lightning_embed.data.reading import read_examples
+from lightning_embed.errors import UserError
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 

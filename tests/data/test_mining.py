@@ -11,9 +11,9 @@ import torch
 
 import lightning_embed
 from lightning_embed.cli.main import main
-from lightning_embed.models.encoder import Encoder
-from lightning_embed.errors import UserError
 from lightning_embed.data.mining import chunked_top_k, mine_hard_negatives
+from lightning_embed.errors import UserError
+from lightning_embed.models.encoder import Encoder
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 

@@ -20,10 +20,10 @@ import yaml
 from lightning_embed.cli.main import main
 from lightning_embed.data.batches import PairCollator
 from lightning_embed.data.datamodule import PairDataModule
-from lightning_embed.errors import UserError
-from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.data.mixtures import MixtureCollator, MixtureView, mixture_sampler
 from lightning_embed.data.sampling import PairBatchSampler
+from lightning_embed.errors import UserError
+from lightning_embed.losses.infonce import InfoNCELoss
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ import pytest
 
 from lightning_embed.data import python_code_source as pcs
 from lightning_embed.data import stdlib_source
-from lightning_embed.errors import UserError
 from lightning_embed.data.fingerprints import pairs_digest
+from lightning_embed.errors import UserError
 
 ALPHA = '''
 def add_numbers(a, b):
@@ -226,9 +226,9 @@ def test_no_usable_pairs_is_a_user_error(fake_tree, monkeypatch):
 
 
 def test_the_data_module_and_listing_know_the_source(fake_tree, capsys):
+    from lightning_embed.cli.reporting import data
     from lightning_embed.data.datamodule import PairDataModule
     from lightning_embed.data.reading import builtin_sources
-    from lightning_embed.cli.reporting import data
 
     assert "python-code" in builtin_sources()
     data()  # the listing does not spend minutes mining: it says how to

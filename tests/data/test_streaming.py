@@ -19,8 +19,8 @@ import yaml
 
 from lightning_embed.cli.main import main
 from lightning_embed.data.datamodule import PairDataModule
-from lightning_embed.errors import UserError
 from lightning_embed.data.streaming import StreamLoader, stream_shards
+from lightning_embed.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,44 +13,12 @@ import pytest
 import torch
 
 from lightning_embed.cli.main import main
-from lightning_embed.models.encoder import load, load_pretrained
 from lightning_embed.errors import UserError
 from lightning_embed.evaluation.evaluate import resolve_tasks, run_mteb
-from lightning_embed.evaluation.mteb_callback import MTEBCallback
-from lightning_embed.evaluation.mteb_tasks import parse_local_task
+from lightning_embed.models.encoder import load, load_pretrained
+from tests.evaluation.task_files import jsonl
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
 REPO = Path(__file__).resolve().parents[2]
-
-
-def jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture()
-def task_files(tmp_path) -> dict[str, Path]:
-    """One small file (or folder) per local task kind."""
-    files = {}
-    files["sts"] = jsonl(tmp_path / "sts.jsonl", [
-        {"text1": f"{w} story", "text2": f"{w} story" if i % 2 == 0 else f"{WORDS[(i + 5) % 12]} tale {i}",
-         "score": 5.0 if i % 2 == 0 else float(i % 3)} for i, w in enumerate(WORDS)])
-    # Each query's positive is the identical text, so any encoder ranks it first: nDCG@10 must be 1.
-    files["retrieval"] = jsonl(tmp_path / "pairs.jsonl", [
-        {"query": f"{w} bravo {i}", "positive": f"{w} bravo {i}", "negatives": [f"{w} other {i}"]}
-        for i, w in enumerate(WORDS)])
-    beir = tmp_path / "beir"
-    (beir / "qrels").mkdir(parents=True)
-    jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": f"{w} question"} for i, w in enumerate(WORDS[:5])])
-    jsonl(beir / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": f"{w} question"} for i, w in enumerate(WORDS)])
-    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(5)))
-    files["beir"] = beir
-    table = "text\tlabel\n" + "".join(f"{WORDS[i % 4]} {WORDS[(i + 1) % 4]} thing {i}\t{'ab'[i % 2]}\n" for i in range(16))
-    (tmp_path / "cls.tsv").write_text(table)
-    files["classification"] = tmp_path / "cls.tsv"
-    files["clustering"] = jsonl(tmp_path / "clu.jsonl",
-                                [{"text": f"{WORDS[i % 3]} story {i}", "label": WORDS[i % 3]} for i in range(15)])
-    return files
 
 
 def test_local_tasks_evaluate_through_mteb_offline(tiny_backbones, task_files):
@@ -70,7 +38,7 @@ def test_local_tasks_evaluate_through_mteb_offline(tiny_backbones, task_files):
 
 @pytest.fixture(scope="module")
 def trained(tiny_backbones, tmp_path_factory) -> Path:
-    from tests.models.test_export import train_checkpoint
+    from tests.models.checkpoints import train_checkpoint
 
     return train_checkpoint(tiny_backbones["gpt_neox"], tmp_path_factory.mktemp("trained"))[0]
 
@@ -129,31 +97,6 @@ def test_bad_inputs(tiny_backbones, task_files, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_mteb_callback_logs_scores_for_checkpoint_selection(tiny_backbones, task_files, tmp_path):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from tests.models.test_export import write_pairs
-
-    from lightning_embed.data.datamodule import PairDataModule
-    from lightning_embed.training.module import EmbeddingModule
-
-    L.seed_everything(0)
-    pairs = write_pairs(tmp_path / "train.jsonl", n=16)
-    callback = MTEBCallback([f"code=retrieval:{task_files['retrieval']}", f"sts:{task_files['sts']}"])
-    keep = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="mteb/code", mode="max", filename="{epoch}-{mteb/code:.3f}")
-    module = EmbeddingModule(backbone=tiny_backbones["llama"], learning_rate=1e-3, query_max_length=16,
-                             document_max_length=24, tuning={"name": "lora", "rank": 4})
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", callbacks=[callback, keep])
-    trainer.fit(module, datamodule=PairDataModule(train=str(pairs), val=str(pairs), batch_size=8))
-    assert trainer.callback_metrics["mteb/code"] == pytest.approx(1.0)
-    assert "mteb/sts" in trainer.callback_metrics
-    assert keep.best_model_score == pytest.approx(1.0)
-    # mteb seeds the global generators; the callback must hand them back untouched.
-    before = torch.get_rng_state()
-    callback.score(module)
-    assert torch.equal(before, torch.get_rng_state())
-
-
 def test_empty_texts_from_any_task_are_named_not_embedded(tiny_backbones):
     from lightning_embed.evaluation.evaluate import mteb_encoder
 
@@ -162,20 +105,6 @@ def test_empty_texts_from_any_task_are_named_not_embedded(tiny_backbones):
     with pytest.raises(UserError, match=r"SomeHubTask \(test, default\) query texts\[2\] is empty"):
         adapter.encode([{"text": ["one", "two"]}, {"text": [" "]}], task_metadata=meta, hf_split="test",
                        hf_subset="default")
-
-
-def test_mteb_callback_rejects_bad_tasks(tmp_path):
-    with pytest.raises(UserError, match="local tasks only"):
-        MTEBCallback(["BIOSSES"])
-    bad = jsonl(tmp_path / "c.jsonl", [{"text": "a", "label": "x"}, {"label": "y"}])
-    with pytest.raises(UserError, match="line 2 has no field 'text'"):
-        MTEBCallback([f"clustering:{bad}"])
-
-
-def test_example_task_files_parse():
-    retrieval = parse_local_task(f"retrieval:{REPO / 'examples/tasks/stdlib-code-retrieval.jsonl'}")
-    assert len(retrieval.data["queries"]) > 200
-    assert parse_local_task(f"sts:{REPO / 'examples/tasks/code-sts.jsonl'}").kind == "sts"
 
 
 @pytest.mark.slow

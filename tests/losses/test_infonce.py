@@ -1,4 +1,4 @@
-"""The contrastive loss against an independent reference, and pooling with both padding sides."""
+"""The InfoNCE loss (lightning_embed/losses/infonce.py) against an independent reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from lightning_embed.losses.infonce import InfoNCELoss
-from lightning_embed.models.pooling import pool
 
 
 def _reference_infonce(q, d, k, t, symmetric):
@@ -60,43 +59,3 @@ def test_loss_rejects_wrong_document_count():
 def test_temperature_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         InfoNCELoss(temperature=0.0)
-
-
-def _padded(hidden_rows, side):
-    """Pads variable-length rows of (len, H) on ``side``; returns hidden (B, L, H) and mask (B, L)."""
-    longest = max(len(r) for r in hidden_rows)
-    h = hidden_rows[0].shape[1]
-    out = torch.full((len(hidden_rows), longest, h), 99.0)  # garbage in padding must never leak
-    mask = torch.zeros(len(hidden_rows), longest, dtype=torch.long)
-    for i, r in enumerate(hidden_rows):
-        sl = slice(longest - len(r), longest) if side == "left" else slice(0, len(r))
-        out[i, sl] = r
-        mask[i, sl] = 1
-    return out, mask
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_pooling_with_both_padding_sides(side):
-    torch.manual_seed(0)
-    rows = [torch.randn(n, 3) for n in (2, 5, 1)]
-    hidden, mask = _padded(rows, side)
-    mean = pool(hidden, mask, "mean")
-    last = pool(hidden, mask, "last")
-    cls = pool(hidden, mask, "cls")
-    wmean = pool(hidden, mask, "weighted_mean")
-    for i, r in enumerate(rows):
-        assert torch.allclose(mean[i], r.mean(0), atol=1e-6)
-        assert torch.allclose(last[i], r[-1])
-        assert torch.allclose(cls[i], r[0])
-        w = torch.arange(1, len(r) + 1, dtype=torch.float32)
-        assert torch.allclose(wmean[i], (r * w[:, None]).sum(0) / w.sum(), atol=1e-6)
-
-
-def test_pooling_is_fp32_under_bf16():
-    hidden = torch.randn(2, 4, 3, dtype=torch.bfloat16)
-    assert pool(hidden, torch.ones(2, 4, dtype=torch.long), "mean").dtype == torch.float32
-
-
-def test_unknown_pooling():
-    with pytest.raises(ValueError, match="unknown pooling"):
-        pool(torch.randn(1, 2, 3), torch.ones(1, 2), "max")

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_embed.errors import UserError
-from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.losses import GTELoss
+from lightning_embed.losses.infonce import InfoNCELoss
 from lightning_embed.losses.matryoshka import MatryoshkaLoss, check_matryoshka, truncate
 
 
@@ -96,8 +96,8 @@ def test_export_truncates_in_sentence_transformers_and_evaluate_scores_each_dime
 
     from lightning_embed.cli.main import main
     from lightning_embed.data.datamodule import PairDataModule
-    from lightning_embed.models.encoder import load
     from lightning_embed.evaluation.evaluate import resolve_tasks, run_mteb
+    from lightning_embed.models.encoder import load
     from lightning_embed.models.export import export_checkpoint
     from lightning_embed.training.module import EmbeddingModule
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.models.bidirectional import attends_both_ways, attends_causally
 from lightning_embed.data.batches import PairExample
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
-from lightning_embed.training.module import EmbeddingModule
+from lightning_embed.models.bidirectional import attends_both_ways, attends_causally
 from lightning_embed.testing import assert_close_relative
+from lightning_embed.training.module import EmbeddingModule
 
 TEXTS = [PairExample(f"query {i} " + "word " * (i % 3), f"document {i} about " + "topic " * (1 + i % 4), (), i)
          for i in range(6)]

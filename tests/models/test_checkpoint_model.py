@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lightning_embed.models.checkpoint_model import module_arguments
 from lightning_embed.models.encoder import load
-from tests.models.test_export import DOCUMENTS, QUERIES, reference_embeddings, train_checkpoint
+from tests.models.checkpoints import DOCUMENTS, QUERIES, reference_embeddings, train_checkpoint
 
 
 def test_module_arguments_match_the_class():

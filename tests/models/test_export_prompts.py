@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.models.encoder import load
 from lightning_embed.errors import UserError
+from lightning_embed.models.encoder import load
 from lightning_embed.models.export import export_checkpoint
-from tests.models.test_export import reference_embeddings, train_checkpoint
+from tests.models.checkpoints import reference_embeddings, train_checkpoint
 
 LONG = ["alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa",
         "return the number of items in the list after removing every duplicate and sorting them twice"]
@@ -51,7 +51,7 @@ def test_plain_encode_is_the_same_everywhere_and_prompts_match_training(prompted
         assert _agree(encoder.encode(TEXTS, prompt="document"), st.encode_document(TEXTS)) > 0.9999, source
 
     # The module itself (training's collator: prompt, then queries cut at 8 and documents at 48 tokens).
-    from tests.models.test_export import DOCUMENTS, QUERIES
+    from tests.models.checkpoints import DOCUMENTS, QUERIES
 
     ref_q, ref_d = reference_embeddings(module)
     assert _agree(st.encode_query(QUERIES), ref_q) > 0.9999

@@ -7,7 +7,6 @@ import yaml
 
 from lightning_embed.models.export import export_checkpoint
 from lightning_embed.models.model_card import base_model, model_card
-from tests.models.test_export import lora_run  # noqa: F401 - the fixture: a LoRA run with FLOP counted and held-out metrics
 
 
 def _front_matter(card: str) -> dict:

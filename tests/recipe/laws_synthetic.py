@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_embed.flops.records import RunRecord
 from lightning_embed.recipe.catalogue import load_shipped_family
 from lightning_embed.recipe.costs import paper_flops_per_token, trainable_params
-from lightning_embed.flops.records import RunRecord
 
 SHARED = {"E": 1.0, "a": 0.3, "beta": 1.2}
 K = {"full": 40.0, "lora": 15.0, "freeze": 120.0}

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.recipe.laws_synthetic import K, MODELS, SHARED, l0, records, true_loss, write
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe import laws_baseline, laws_fit, load_laws
 from lightning_embed.recipe.baseline import read_initial_losses
+from tests.recipe.laws_synthetic import MODELS, SHARED, K, l0, records, true_loss, write
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from tests.recipe.laws_synthetic import MODELS, records, write
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe import laws_fit, recipe, solve
 from lightning_embed.recipe.catalogue import load_shipped_family
 from lightning_embed.recipe.decide import TIE_PROBABILITY
+from tests.recipe.laws_synthetic import MODELS, records, write
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from lightning_embed.errors import UserError
+from lightning_embed.flops.records import RunRecord
 from lightning_embed.recipe import laws_fit, recipe, solve
 from lightning_embed.recipe.catalogue import load_shipped_family, meta_model, resolve_models
 from lightning_embed.recipe.laws import Law, LawsFile, save_laws
 from lightning_embed.recipe.sweep import load_manifest, run_sweep, sweep_plan
-from lightning_embed.flops.records import RunRecord
 from lightning_embed.strategy import build_strategy, refresh_strategies, strategy_class
 
 REPO = Path(__file__).resolve().parents[2]

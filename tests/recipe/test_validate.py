@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from tests.recipe.laws_synthetic import MODELS, records, write
 
 from lightning_embed.errors import UserError
 from lightning_embed.recipe import laws_validate
 from lightning_embed.recipe.validate import seed_noise
+from tests.recipe.laws_synthetic import MODELS, records, write
 
 
 def _cli(*args):

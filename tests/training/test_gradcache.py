@@ -1,6 +1,6 @@
 """Gradient caching: the loss and every gradient of the uncached batch, in mini-batches (one process).
 
-Under two processes (DDP, FSDP, FSDP2) see tests/test_distributed.py.
+Under two processes (DDP, FSDP, FSDP2) see tests/training/test_distributed.py.
 """
 
 from __future__ import annotations

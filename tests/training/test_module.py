@@ -1,4 +1,5 @@
-"""Throughput options: length-grouped batching by token length, fp32 logits under bf16 autocast, compile."""
+"""The embedding module (lightning_embed/training/module.py): fp32 logits under bf16 autocast, bf16-mixed training
+matching fp32, and the compile option."""
 
 from __future__ import annotations
 
@@ -6,78 +7,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.data.batches import PairCollator, PairExample
 from lightning_embed.data.datamodule import PairDataModule
-from lightning_embed.data.sampling import PairBatchSampler
 from lightning_embed.training.module import EmbeddingModule
-
-
-def _examples(n: int = 480) -> list[PairExample]:
-    # Query and document lengths vary independently, as in real data.
-    return [PairExample(" ".join(["word"] * (2 + (i * 7) % 20)) + f" q{i}",
-                        " ".join(["tok"] * (3 + (i * 13) % 90)) + f" d{i}", (), i) for i in range(n)]
-
-
-def _real_share(batches, examples, collate) -> float:
-    real = computed = 0
-    for b in batches:
-        batch = collate([examples[i] for i in b])
-        for enc in (batch.queries, batch.documents):
-            real += int(enc["attention_mask"].sum())
-            computed += enc["attention_mask"].numel()
-    return real / computed
-
-
-def test_token_lengths_count_prompt_truncation_and_negatives(tiny_backbones):
-    from lightning_embed.models.backbones import load_tokenizer
-
-    tok = load_tokenizer(tiny_backbones["llama"])
-    collate = PairCollator(tok, query_max_length=6, document_max_length=50, document_prompt="doc: ")
-    ex = [PairExample("a b c d e f g h i j", "x y", ("z", "w w w")), PairExample("a", "x", ("y", "z"))]
-    lengths = collate.token_lengths(ex)
-    batch = collate(ex)
-    assert [q for q, _ in lengths] == batch.queries["attention_mask"].sum(1).tolist()
-    docs = batch.documents["attention_mask"].sum(1).tolist()  # positives, then each query's negatives
-    assert [d for _, d in lengths] == [docs[0] + docs[2] + docs[3], docs[1] + docs[4] + docs[5]]
-    assert lengths[0][0] == 6  # truncated
-
-
-def test_group_by_length_token_lengths_cut_padding_and_are_seed_reproducible(tiny_backbones):
-    from lightning_embed.models.backbones import load_tokenizer
-
-    examples = _examples()
-    collate = PairCollator(load_tokenizer(tiny_backbones["llama"]), 16, 64)
-    lengths = collate.token_lengths(examples)
-
-    def sampler(seed, group, lens=None):
-        s = PairBatchSampler(examples, 8, shuffle=True, drop_last=True, group_by_length=group, seed=seed,
-                             lengths=lens)
-        return list(s)
-
-    mixed, by_chars, by_tokens = sampler(0, False), sampler(0, True), sampler(0, True, lengths)
-    shares = [_real_share(b, examples, collate) for b in (mixed, by_chars, by_tokens)]
-    assert shares[0] < shares[1] < shares[2] and shares[2] > 0.85, shares
-    assert by_tokens == sampler(0, True, lengths)  # reproducible by seed
-    assert by_tokens != sampler(1, True, lengths)
-    widths = [max(lengths[i][1] for i in b) for b in by_tokens]
-    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # buckets visited at random
-    assert sorted(i for b in by_tokens for i in b) == sorted(i for b in mixed for i in b)  # same examples
-
-
-def test_data_module_groups_by_the_collators_token_lengths(tiny_backbones):
-    from lightning_embed.models.backbones import load_tokenizer
-
-    data = PairDataModule(train="builtin:stdlib-code", batch_size=8, group_by_length=True, max_train_examples=400)
-    data.collator = PairCollator(load_tokenizer(tiny_backbones["llama"]), 256, 1024)
-    data.setup("fit")
-    examples = data.train_examples
-    plain = PairDataModule(train="builtin:stdlib-code", batch_size=8, max_train_examples=400)
-    plain.collator = data.collator
-    plain.setup("fit")
-    grouped = _real_share(list(data._train_sampler), examples, data.collator)
-    mixed = _real_share(list(plain._train_sampler), examples, data.collator)
-    assert isinstance(data._train_sampler._lengths[0], tuple)  # sorted by token, not character, lengths
-    assert grouped > mixed + 0.1, (grouped, mixed)
 
 
 def test_contrastive_logits_stay_fp32_under_bf16_autocast(tiny_backbones):
