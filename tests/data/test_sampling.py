@@ -3,8 +3,11 @@ process, held-out batches that cover every example once, and length grouping."""
 
 from __future__ import annotations
 
+import pytest
+
 from lightning_embed.data.batches import PairCollator, PairExample
-from lightning_embed.data.sampling import PairBatchSampler
+from lightning_embed.data.sampling import PairBatchSampler, held_out_sampler
+from lightning_embed.errors import UserError
 from lightning_embed.models.backbones import load_tokenizer
 from tests.data.pair_files import real_token_share, varied_length_examples
 
@@ -109,3 +112,76 @@ def test_group_by_length_token_lengths_cut_padding_and_are_seed_reproducible(tin
     widths = [max(lengths[i][1] for i in b) for b in by_tokens]
     assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # buckets visited at random
     assert sorted(i for b in by_tokens for i in b) == sorted(i for b in mixed for i in b)  # same examples
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_seed_and_size_gives_conflict_free_disjoint_equal_shards(world):
+    """The guarantees hold for any seed, epoch and batch size, not one lucky order."""
+    data = conflicting_examples()
+    for seed in range(6):
+        for size in (2, 3, 5):
+            shards = [PairBatchSampler(data, size, shuffle=True, drop_last=True, seed=seed, num_replicas=world,
+                                       rank=r) for r in range(world)]
+            for epoch in (0, 1):
+                for shard in shards:
+                    shard.set_epoch(epoch)
+                batches = [list(shard) for shard in shards]
+                assert len({len(b) for b in batches}) == 1, (seed, size, epoch)  # one more would hang DDP
+                # Each positive is its neighbour's hard negative: no batch holds more than 10 of these examples,
+                # and the greedy packing fills full batches reliably only up to about 6.
+                assert batches[0] or size * world > 6, (seed, size, epoch)
+                assert all(len(b) == size for rank in batches for b in rank)
+                seen = [i for rank in batches for b in rank for i in b]
+                assert len(seen) == len(set(seen))  # disjoint across ranks and steps
+                steps = [sum(step, []) for step in zip(*batches)]  # what a gathering loss contrasts
+                assert steps == shards[0].batches()[: len(steps)]
+                assert_conflict_free(steps, data)
+
+
+def test_conflicts_are_found_by_text_even_without_positive_ids():
+    # Hand-made examples often leave positive_id at its default 0: conflicts must still go by the texts.
+    data = [PairExample("q a", "doc 1"), PairExample("q b", "doc 1"), PairExample("q c", "doc 2", ("doc 3",)),
+            PairExample("q d", "doc 3"), PairExample("q a", "doc 4"), PairExample("q e", "doc 5")]
+    batches = list(PairBatchSampler(data, 3))
+    assert sorted(i for b in batches for i in b) == list(range(len(data)))
+    assert_conflict_free(batches, data)
+    assert list(PairBatchSampler(data, 3, unique=False)) == [[0, 1, 2], [3, 4, 5]]  # plain slices otherwise
+
+
+def test_a_resumed_epoch_skips_the_batches_already_trained_once():
+    data = conflicting_examples()
+    sampler = PairBatchSampler(data, 4, shuffle=True, drop_last=True, seed=5)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    resumed = PairBatchSampler(data, 4, shuffle=True, drop_last=True, seed=5)
+    resumed.skip_once(epoch=2, batches=3)
+    resumed.set_epoch(2)
+    assert list(resumed) == full[3:]
+    assert list(resumed) == full  # only once: the next pass over the epoch is whole again
+    other = PairBatchSampler(data, 4, shuffle=True, drop_last=True, seed=5)
+    other.skip_once(epoch=2, batches=3)
+    other.set_epoch(3)  # a skip for another epoch does not apply
+    assert len(list(other)) == len(other)
+
+
+def test_held_out_batches_give_every_process_a_batch_and_each_pair_once():
+    data = [PairExample(f"query {i}", f"doc {i}") for i in range(20)]
+    samplers = [held_out_sampler(data, 16, world=3, rank=r, where="data.val") for r in range(3)]
+    batches = [list(s) for s in samplers]
+    assert all(batches) and max(map(len, batches)) == min(map(len, batches))  # smaller batches, spread evenly
+    assert sorted(i for rank in batches for b in rank for i in b) == list(range(20))
+    assert_conflict_free([b for rank in batches for b in rank], data)
+    with pytest.raises(UserError, match=r"data.val has 2 pairs, too few to give each of the 3 processes a batch"):
+        held_out_sampler(data[:2], 16, world=3, rank=0, where="data.val")
+    same = [PairExample(f"q{i}", "one document") for i in range(6)]  # enough pairs, one distinct positive
+    with pytest.raises(UserError, match="distinct positives"):
+        held_out_sampler(same, 4, world=2, rank=0, where="data.val")
+
+
+def test_bad_sampler_arguments():
+    data = conflicting_examples()
+    with pytest.raises(UserError, match="batch_size=0 must be at least 1"):
+        PairBatchSampler(data, 0)
+    with pytest.raises(ValueError, match="3 lengths for 60 examples"):
+        PairBatchSampler(data, 4, shuffle=True, group_by_length=True, lengths=[(1, 1)] * 3)
+
