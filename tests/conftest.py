@@ -40,3 +40,9 @@ def tiny_backbones(tmp_path_factory) -> dict[str, str]:
 def tiny_backbone(request, tiny_backbones) -> str:
     """Each tiny architecture in turn."""
     return tiny_backbones[request.param]
+
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_folder(tmp_path, monkeypatch):
+    """Every test runs in its own empty working directory, so nothing it writes lands in the checkout."""
+    monkeypatch.chdir(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -90,9 +91,25 @@ def test_loss_falls_on_a_toy_set(tiny_backbones, tmp_path):
 
 
 def test_hard_negatives_train_end_to_end(tiny_backbones, tmp_path):
+    """Two hard negatives per pair reach training: the run record counts their tokens."""
+    from lightning_embed.data.batches import PairCollator, PairExample
+    from lightning_embed.data.reading import read_examples
+    from lightning_embed.flops.records import read_runs
+    from lightning_embed.models.backbones import load_tokenizer
+
     train = write_pairs(tmp_path / "pairs.jsonl", n=16, negatives=2)
     main(fit_args(tiny_backbones["bert"], train, tmp_path / "run", "--data.num_negatives=2",
                   "--model.pooling=cls", "--trainer.enable_checkpointing=false"))
+    (record,) = read_runs(tmp_path / "run" / "runs.jsonl")
+    assert record.status == "completed" and (record.steps, record.examples) == (2, 16)
+    assert record.config["data"]["num_negatives"] == 2 and record.hparams["pooling"] == "cls"
+    assert math.isfinite(record.val_loss) and record.metrics["recall@10"] > 0
+    # Real tokens seen = each pair's query, positive and both negatives, as the collator truncates them.
+    examples = read_examples(str(train), num_negatives=2)
+    collate = PairCollator(load_tokenizer(tiny_backbones["bert"]), query_max_length=16, document_max_length=24)
+    with_negatives = sum(q + d for q, d in collate.token_lengths(examples))
+    without = sum(q + d for q, d in collate.token_lengths([PairExample(e.query, e.positive) for e in examples]))
+    assert record.tokens == with_negatives > without
 
 
 def _final_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -202,3 +219,15 @@ def test_failed_run_leaves_earlier_checkpoints_intact(tiny_backbones, tmp_path, 
     result = run_cli(fit_args(tiny_backbones["llama"], good, root, "--model.temperature=-1"))
     assert result.returncode == 2
     assert ckpt.read_bytes() == before
+
+
+@pytest.mark.xfail(strict=True, reason="lightning_embed/cli/__init__.py's lazy `main` returns the submodule "
+                   "lightning_embed.cli.main on `from lightning_embed.cli import main` (reported; drop this mark "
+                   "with the fix)")
+def test_the_console_script_entry_point_runs(tmp_path):
+    """`lightning-embed` as pip installs it: its wrapper does `from lightning_embed.cli import main; main()`."""
+    code = "import sys\nfrom lightning_embed.cli import main\nsys.argv[0] = 'lightning-embed'\nsys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "recipe", "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage: lightning-embed recipe" in proc.stdout

@@ -181,7 +181,9 @@ def _worker(rank: int, world: int, port: int, backbones: dict[str, str], out: st
         del wrapped
     if rank == 0:
         Path(out).write_text(json.dumps(results))
+    dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)  # skip C++ static destructors, which can race gloo's threads at exit (docs/bugs.md)
 
 
 @pytest.fixture(scope="module")
