@@ -9,6 +9,7 @@ import copy
 import importlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -184,7 +185,8 @@ def test_example_plugin_installs_is_listed_and_trains(tmp_path, tiny_backbones):
                            "file": __import__(entry.cls.__module__).__file__}}))
         """
     )
-    env = {**__import__("os").environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
+    # The plugin's private folder, then this checkout (not the working directory) for lightning_embed itself.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(REPO)]), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=env)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["package"] == "lightning-embed-norm-tuning" and result["error"] is None
