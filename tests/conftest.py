@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Shared checks outside test modules still report the values of a failed assert.
+pytest.register_assert_rewrite("tests.strategies.builtin_cases", "tests.flops.reference")
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 ARCHES = ("gpt_neox", "llama", "bert")
@@ -37,3 +40,9 @@ def tiny_backbones(tmp_path_factory) -> dict[str, str]:
 def tiny_backbone(request, tiny_backbones) -> str:
     """Each tiny architecture in turn."""
     return tiny_backbones[request.param]
+
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_folder(tmp_path, monkeypatch):
+    """Every test runs in its own empty working directory, so nothing it writes lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
