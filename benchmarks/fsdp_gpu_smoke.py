@@ -1,6 +1,6 @@
 """GPU check of Lightning's FSDPStrategy (configs/fsdp.yaml): 2 training steps, checkpoint, export, load.
 
-The CPU test suite runs FSDPStrategy everywhere but NCCL (tests/test_distributed_workflow.py); this script
+The CPU test suite runs FSDPStrategy everywhere but NCCL (tests/training/test_distributed_workflow.py); this script
 is the part that needs GPUs. It trains a tiny random Llama (built locally: no download) on the bundled
 ``builtin:stdlib-code`` pairs for 2 steps with the config as shipped (FULL_SHARD, bf16-mixed, full state
 dict, one process per visible GPU), then with ``state_dict_type: sharded`` (a distributed checkpoint
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _fit(workdir: Path, backbone: Path, devices: str, name: str, *extra: str) -> Path:
     """Runs `lightning-embed fit` with configs/fsdp.yaml; returns the checkpoint it wrote."""
     root = workdir / name
-    cmd = [sys.executable, "-m", "lightning_embed.cli.main", "fit", "--config", str(ROOT / "configs" / "fsdp.yaml"),
+    cmd = [sys.executable, "-m", "lightning_embed.cli.app", "fit", "--config", str(ROOT / "configs" / "fsdp.yaml"),
            f"--model.backbone={backbone}", "--model.query_max_length=32", "--model.document_max_length=64",
            "--data.train=builtin:stdlib-code", "--data.batch_size=8", "--data.max_train_examples=256",
            "--trainer.max_steps=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false",

@@ -216,7 +216,7 @@ def cli_row(check: Check, part: str, config: str, devices: int, workdir: Path) -
         extra.append(f"--trainer.strategy.init_args.data_parallel_size={devices}")
     if check.device == "cpu":
         extra += ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]
-    cmd = [sys.executable, "-m", "lightning_embed.cli.main", "fit", "--config", str(ROOT / "configs" / config),
+    cmd = [sys.executable, "-m", "lightning_embed.cli.app", "fit", "--config", str(ROOT / "configs" / config),
            f"--model.backbone={check.backbone}", f"--model.query_max_length={check.max_length}",
            f"--model.document_max_length={check.max_length}", "--data.train=builtin:stdlib-code",
            f"--data.batch_size={check.batch}", f"--data.max_train_examples={4 * check.batch * devices}",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.flops.records import read_runs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@
 def __getattr__(name: str):
     # `main` on first use: importing a sibling (quiet, terminal) must not import the whole command and torch.
     if name == "main":
-        from lightning_embed.cli.main import main
+        from lightning_embed.cli.app import main
 
         return main
     raise AttributeError(f"module 'lightning_embed.cli' has no attribute {name!r}")

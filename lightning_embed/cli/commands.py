@@ -24,7 +24,7 @@ from typing import Any, Literal, Union
 COMMANDS: dict[str, str | dict[str, str]] = {
     "strategies": "lightning_embed.cli.reporting:strategies",
     "data": "lightning_embed.cli.reporting:data",
-    "flops": "lightning_embed.cli.main:flops",
+    "flops": "lightning_embed.cli.app:flops",
     "recipe": "lightning_embed.recipe:recipe",
     "laws": {"fit": "lightning_embed.recipe:laws_fit", "plot": "lightning_embed.recipe:laws_plot",
              "check": "lightning_embed.recipe:laws_check", "validate": "lightning_embed.recipe:laws_validate",

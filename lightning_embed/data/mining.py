@@ -348,7 +348,7 @@ def mine(pairs: str, model: str, output: str | None = None, num_negatives: int =
         overwrite: replace an existing output file.
         trust_remote_code: run code shipped with the model (custom architectures); only if you trust it.
     """
-    from lightning_embed.cli.main import _quiet_third_party
+    from lightning_embed.cli.app import _quiet_third_party
 
     if not output:
         raise UserError("say where to write the mined pairs: lightning-embed mine PAIRS --model MODEL -o OUT.jsonl")

@@ -58,7 +58,7 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
             trained with model.matryoshka_dims): one column per dimension beside the full one. The texts are
             encoded once; each truncation is re-normalised (cosine) before scoring.
     """
-    from lightning_embed.cli.main import _quiet_third_party
+    from lightning_embed.cli.app import _quiet_third_party
 
     _quiet_third_party()  # loading bars and library warnings say nothing to the user of a command
     specs = _split_specs(tasks) + list(SUITES[suite] if suite else ())

@@ -59,7 +59,7 @@ def export(checkpoint: str, output: str | None = None, overwrite: bool = False,
         trust_remote_code: run code shipped with the backbone (custom architectures); only if you trust it.
             Never taken from the checkpoint itself.
     """
-    from lightning_embed.cli.main import _quiet_third_party
+    from lightning_embed.cli.app import _quiet_third_party
 
     if not output:
         raise UserError("say where to write the model: lightning-embed export CHECKPOINT -o DIR")

@@ -78,7 +78,7 @@ def initial_loss_table(observations: list, rows: list[dict[str, Any]]):
 
 
 def _measure(config: list[Path], backbone: str, num_layers: int | None, batch_size: int | None) -> dict[str, Any]:
-    from lightning_embed.cli.main import _quiet_third_party, _trainer_cli
+    from lightning_embed.cli.app import _quiet_third_party, _trainer_cli
     from lightning_embed.cli.terminal import interactive
 
     _quiet_third_party()

@@ -306,7 +306,7 @@ def fit_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("lightning-embed")
-    return [found] if found else [sys.executable, "-m", "lightning_embed.cli.main"]
+    return [found] if found else [sys.executable, "-m", "lightning_embed.cli.app"]
 
 
 def load_manifest(directory: Path) -> list[SweepPoint]:

@@ -8,8 +8,8 @@ from typing import Literal
 
 import pytest
 
+from lightning_embed.cli.app import main
 from lightning_embed.cli.commands import add_function_arguments
-from lightning_embed.cli.main import main
 
 
 def sample(budget: float, runs: list[Path] | None = None, output: Path = Path("out.yaml"),

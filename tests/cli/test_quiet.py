@@ -26,7 +26,7 @@ def _run(args: list[str], cwd: Path, **env: str) -> str:
 
 def _fit(backbone: str, tmp_path: Path, *extra: str, **env: str) -> str:
     train = write_pairs(tmp_path / "pairs.jsonl", n=16)
-    code = "from lightning_embed.cli.main import main; main()"
+    code = "from lightning_embed.cli.app import main; main()"
     return _run(["-c", code, "fit", f"--model.backbone={backbone}", "--model.query_max_length=16",
                  "--model.document_max_length=24", f"--data.train={train}", f"--data.val={train}",
                  "--data.batch_size=8", f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_epochs=1",
@@ -36,7 +36,7 @@ def _fit(backbone: str, tmp_path: Path, *extra: str, **env: str) -> str:
 def test_fit_export_and_load_print_no_noise(tiny_backbones, tmp_path):
     out = _fit(tiny_backbones["bert"], tmp_path)  # BERT: its export drops the pooler (the load report case)
     ckpt = next((tmp_path / "run").rglob("*.ckpt"))
-    out += _run(["-c", "from lightning_embed.cli.main import main; main()", "export", str(ckpt), "-o",
+    out += _run(["-c", "from lightning_embed.cli.app import main; main()", "export", str(ckpt), "-o",
                  str(tmp_path / "export")], tmp_path)
     out += _run(["-c", "import sys, lightning_embed\n"
                  "for path in sys.argv[1:]:\n    lightning_embed.load(path, device='cpu').encode(['a text'])\n",

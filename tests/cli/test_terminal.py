@@ -24,7 +24,7 @@ def _fit_piped(backbone: str, tmp_path: Path, every: str) -> subprocess.Complete
             f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
             f"--flops.runs_file={tmp_path / 'runs.jsonl'}"]
     env = {**os.environ, EVERY_ENV: every}
-    code = "from lightning_embed.cli.main import main; main()"
+    code = "from lightning_embed.cli.app import main; main()"
     # stdout is a pipe here, as in `lightning-embed fit ... > log.txt` or a cluster log.
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
                           env=env, cwd=tmp_path)

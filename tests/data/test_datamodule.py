@@ -30,7 +30,8 @@ def test_bad_options(tmp_path):
     with pytest.raises(UserError, match=r"batch_size=1 with num_negatives=0.*raise batch_size.*hard negatives"):
         PairDataModule(batch_size=1)
     PairDataModule(batch_size=1, num_negatives=1)  # one query with hard negatives is a valid contrast
-    with pytest.raises(UserError, match=r"unknown builtin data source 'builtin:nope'; known: builtin:python-code, builtin:stdlib-code"):
+    known = r"unknown builtin data source 'builtin:nope'; known: builtin:python-code, builtin:stdlib-code"
+    with pytest.raises(UserError, match=known):
         PairDataModule(train="builtin:nope")
     with pytest.raises(UserError, match=r"num_negatives=-1"):
         PairDataModule(num_negatives=-1)

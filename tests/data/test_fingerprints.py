@@ -58,7 +58,7 @@ def test_stdlib_code_is_fingerprinted_from_its_pairs(monkeypatch):
 
 
 def test_a_fit_on_a_file_records_its_fingerprint(tiny_backbones, tmp_path):
-    from lightning_embed.cli.main import main
+    from lightning_embed.cli.app import main
     from lightning_embed.flops.records import read_runs
 
     train = tmp_path / "pairs.jsonl"

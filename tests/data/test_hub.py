@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.data.fingerprints import source_fingerprint
 from lightning_embed.data.hub import HubSpec, parse_hub_spec

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lightning_embed
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.data.mining import chunked_top_k, mine_hard_negatives
 from lightning_embed.errors import UserError
 from lightning_embed.models.encoder import Encoder

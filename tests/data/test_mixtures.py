@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.data.batches import PairCollator
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.data.mixtures import MixtureCollator, MixtureView, mixture_sampler
@@ -207,7 +207,7 @@ def test_fit_from_yaml_records_examples_per_source_and_resumes_exactly(two_sourc
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    code = "from lightning_embed.cli.main import main; main()"
+    code = "from lightning_embed.cli.app import main; main()"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
 

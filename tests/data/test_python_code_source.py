@@ -248,7 +248,7 @@ def test_the_data_module_and_listing_know_the_source(fake_tree, capsys):
 
 
 def test_fit_on_the_source_writes_the_fingerprint_into_the_run_record(fake_tree, tiny_backbones, tmp_path):
-    from lightning_embed.cli.main import main
+    from lightning_embed.cli.app import main
     from lightning_embed.flops.records import read_runs
 
     root = tmp_path / "run"

@@ -91,7 +91,8 @@ def test_empty_or_non_text_fields_name_the_line(tmp_path):
 
 def test_negatives_errors(tmp_path):
     rows = [ROWS[0], {**ROWS[1], "negatives": ["only one"]}]
-    with pytest.raises(UserError, match=r"line 2: 1 hard negatives .* num_negatives=2; lower num_negatives to at most 1"):
+    message = r"line 2: 1 hard negatives .* num_negatives=2; lower num_negatives to at most 1"
+    with pytest.raises(UserError, match=message):
         read_examples(str(write(tmp_path / "few.jsonl", rows)), num_negatives=2)
     path = bad(tmp_path, "cell.csv", "query,positive,negatives\nq,p,not json\n")
     with pytest.raises(UserError, match=r"line 2: the 'negatives' cell is not a JSON list"):

@@ -84,8 +84,9 @@ def test_processes_get_disjoint_equal_shards_conflict_free_across_processes():
 
 def test_group_by_length_makes_batches_of_similar_length():
     data = [PairExample(f"q{i}", "x" * (1 + (i * 37) % 400), (), i) for i in range(400)]
-    spread = lambda batches: sum(max(len(data[i].positive) for i in b) - min(len(data[i].positive) for i in b)
-                                 for b in batches)
+    def spread(batches):
+        return sum(max(len(data[i].positive) for i in b) - min(len(data[i].positive) for i in b) for b in batches)
+
     grouped = list(PairBatchSampler(data, 8, shuffle=True, drop_last=True, group_by_length=True))
     mixed = list(PairBatchSampler(data, 8, shuffle=True, drop_last=True))
     assert spread(grouped) * 5 < spread(mixed)

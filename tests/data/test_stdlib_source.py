@@ -50,7 +50,8 @@ def test_stdlib_data_module_uses_the_held_out_split_with_negatives(stdlib_pairs)
     pairs = {p["positive"]: p for p in stdlib_pairs}
     same_file = sum(pairs[e.negatives[0]]["path"] == pairs[e.positive]["path"] for e in dm.train_examples)
     assert same_file > 0.8 * len(dm.train_examples)  # hard negatives come from the same file first
-    assert [e.negatives for e in dm.train_examples[:50]] == [e.negatives for e in dm._read(dm.train, "train", None)[:50]]
+    again = dm._read(dm.train, "train", None)[:50]
+    assert [e.negatives for e in dm.train_examples[:50]] == [e.negatives for e in again]
 
 
 def test_mining_is_deterministic_and_cached_atomically(tmp_path, monkeypatch):

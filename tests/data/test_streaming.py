@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.data.streaming import StreamLoader, stream_shards
 from lightning_embed.errors import UserError
@@ -179,8 +179,8 @@ def test_fit_streams_and_resumes_exactly(tiny_backbones, tmp_path):
 def test_stream_shorter_than_a_batch_is_one_line_and_exit_2(tiny_backbones, tmp_path):
     pattern = write_shards(tmp_path / "data", jsonl=1, parquet=0, rows=3)
     config = _config(tmp_path, pattern, tiny_backbones["llama"], tmp_path / "short")
-    result = subprocess.run([sys.executable, "-c", "from lightning_embed.cli.main import main; main()", "fit", "--config",
-                             str(config)], capture_output=True, text=True, timeout=300, check=False,
+    result = subprocess.run([sys.executable, "-c", "from lightning_embed.cli.app import main; main()", "fit",
+                             "--config", str(config)], capture_output=True, text=True, timeout=300, check=False,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -24,9 +24,11 @@ def task_files(tmp_path) -> dict[str, Path]:
     (beir / "qrels").mkdir(parents=True)
     jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": f"{w} question"} for i, w in enumerate(WORDS[:5])])
     jsonl(beir / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": f"{w} question"} for i, w in enumerate(WORDS)])
-    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(5)))
+    qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(5))
+    (beir / "qrels" / "test.tsv").write_text(qrels)
     files["beir"] = beir
-    table = "text\tlabel\n" + "".join(f"{WORDS[i % 4]} {WORDS[(i + 1) % 4]} thing {i}\t{'ab'[i % 2]}\n" for i in range(16))
+    table = "text\tlabel\n" + "".join(f"{WORDS[i % 4]} {WORDS[(i + 1) % 4]} thing {i}\t{'ab'[i % 2]}\n"
+                                      for i in range(16))
     (tmp_path / "cls.tsv").write_text(table)
     files["classification"] = tmp_path / "cls.tsv"
     files["clustering"] = jsonl(tmp_path / "clu.jsonl",

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.errors import UserError
 from lightning_embed.evaluation.evaluate import resolve_tasks, run_mteb
 from lightning_embed.models.encoder import load, load_pretrained
@@ -54,7 +54,8 @@ def test_cli_evaluate_writes_main_scores_with_baseline(trained, task_files, tmp_
     results = json.loads(out.read_text())
     assert set(results["main_scores"]) == {"sts", "pairs"}
     assert set(results["baseline_main_scores"]) == {"sts", "pairs"}
-    assert all(isinstance(v, float) for v in [*results["main_scores"].values(), *results["baseline_main_scores"].values()])
+    scores = [*results["main_scores"].values(), *results["baseline_main_scores"].values()]
+    assert all(isinstance(v, float) for v in scores)
     assert results["tasks"]["pairs"]["metric"] == "ndcg_at_10"
     assert results["baseline"].endswith("gpt_neox")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -77,7 +78,8 @@ def test_bad_inputs(tiny_backbones, task_files, tmp_path, capsys):
     out = tmp_path / "results.json"
     base = ["evaluate", model, "--output", str(out), "--tasks"]
     bad_sts = jsonl(tmp_path / "bad_sts.jsonl", [{"text1": "a", "text2": "b", "score": 1},
-                                                 {"text1": "a", "text2": "c", "score": 2}, {"text1": "a", "text2": "d"}])
+                                                 {"text1": "a", "text2": "c", "score": 2},
+                                                 {"text1": "a", "text2": "d"}])
     _fails(capsys, base + [f"sts:{bad_sts}"], "bad_sts.jsonl", "line 3", "'score'")
     (tmp_path / "bad_cls.tsv").write_text("text\tcategory\nhello\tx\n")
     _fails(capsys, base + [f"classification:{tmp_path / 'bad_cls.tsv'}"], "line 2", "'label'")

@@ -22,7 +22,8 @@ def test_mteb_callback_logs_scores_for_checkpoint_selection(tiny_backbones, task
     L.seed_everything(0)
     pairs = write_pairs(tmp_path / "train.jsonl", n=16)
     callback = MTEBCallback([f"code=retrieval:{task_files['retrieval']}", f"sts:{task_files['sts']}"])
-    keep = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="mteb/code", mode="max", filename="{epoch}-{mteb/code:.3f}")
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="mteb/code", mode="max",
+                           filename="{epoch}-{mteb/code:.3f}")
     module = EmbeddingModule(backbone=tiny_backbones["llama"], learning_rate=1e-3, query_max_length=16,
                              document_max_length=24, tuning={"name": "lora", "rank": 4})
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -31,7 +31,8 @@ def test_analytic_count_matches_flop_counter(tiny_backbones, arch, method):
     # Hardware FLOP: what the padded batch computes.
     assert flops.batch(mask).hardware == pytest.approx(counted_flops(model, ids, mask), rel=0.02)
     # Model FLOP: each row on its real tokens only.
-    rows = sum(counted_flops(model, ids[i : i + 1, :n], mask[i : i + 1, :n]) for i, n in enumerate(mask.sum(-1).tolist()))
+    rows = sum(counted_flops(model, ids[i : i + 1, :n], mask[i : i + 1, :n])
+               for i, n in enumerate(mask.sum(-1).tolist()))
     assert flops.batch(mask).model == pytest.approx(rows, rel=0.02)
     # Inference: forward only.
     with FlopCounterMode(display=False) as counter, torch.no_grad():

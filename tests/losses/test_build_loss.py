@@ -69,7 +69,7 @@ def test_unknown_loss_is_one_line_exit_2(tiny_backbones, tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", "fit", "--model.backbone",
+    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli.app", "fit", "--model.backbone",
                            tiny_backbones["llama"], "--model.loss", "triplet", "--trainer.max_steps", "1"],
                           check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})

@@ -94,7 +94,7 @@ def test_export_truncates_in_sentence_transformers_and_evaluate_scores_each_dime
     import lightning as L
     from sentence_transformers import SentenceTransformer
 
-    from lightning_embed.cli.main import main
+    from lightning_embed.cli.app import main
     from lightning_embed.data.datamodule import PairDataModule
     from lightning_embed.evaluation.evaluate import resolve_tasks, run_mteb
     from lightning_embed.models.encoder import load

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.errors import UserError
 from lightning_embed.models.encoder import load
 from lightning_embed.models.export import export_checkpoint

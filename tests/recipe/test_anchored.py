@@ -101,7 +101,7 @@ def test_initial_losses_file_stands_in_for_records_without_l0(tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lightning_embed.cli.app", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=120)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from lightning_embed.recipe.catalogue import resolve_models

@@ -25,7 +25,7 @@ def fitted(tmp_path_factory):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lightning_embed.cli.app", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=120)
 
 

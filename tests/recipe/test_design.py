@@ -246,13 +246,13 @@ def test_focus_keeps_the_sizes_around_each_budgets_predicted_optimum(tmp_path):
 
 def test_sweep_plan_help_documents_the_design_options(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", "sweep", "plan", "--help"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "lightning_embed.cli", "sweep", "plan", "--help"],
+                          capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     for flag in ("--seeds", "--seed-points", "--laws", "--focus", "--settings", "iso-FLOP minimum"):
         assert flag in text
-    bad = subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", "sweep", "plan", str(tmp_path / "x"),
+    bad = subprocess.run([sys.executable, "-m", "lightning_embed.cli.app", "sweep", "plan", str(tmp_path / "x"),
                           "--budgets", "1e14", "--seeds", "1", "1"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

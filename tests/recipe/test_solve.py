@@ -120,7 +120,7 @@ def test_recipe_answers_without_importing_the_training_stack(fitted, tmp_path):
     _, laws = fitted
     code = (
         "import json, sys\n"
-        "from lightning_embed.cli.main import main\n"
+        "from lightning_embed.cli.app import main\n"
         "try:\n"
         "    main(sys.argv[1:])\n"
         "    code = 0\n"

@@ -94,7 +94,8 @@ def test_sweep_run_skips_finished_resumes_interrupted_and_reports_failures(tmp_p
     # Second run: the finished points are skipped, only the failed ones run again.
     (tmp_path / "mode").write_text("ok")
     outcome = run_sweep(tmp_path, command=[sys.executable, str(fake)])
-    assert len(outcome["skipped"]) == 2 and sorted(outcome["done"]) == sorted(p.name for p in points if p.budget == 1e15)
+    assert len(outcome["skipped"]) == 2
+    assert sorted(outcome["done"]) == sorted(p.name for p in points if p.budget == 1e15)
     assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 6
     assert load_manifest(tmp_path) == points
     with pytest.raises(UserError, match="no planned sweep"):

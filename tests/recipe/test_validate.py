@@ -15,7 +15,7 @@ from tests.recipe.laws_synthetic import MODELS, records, write
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lightning_embed.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lightning_embed.cli.app", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -6,14 +6,19 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_embed.training import acceleration
-from lightning_embed.training.acceleration import (AUTO_COMPILE_MIN_STEPS, FP32_SCORE_ATTENTION, auto_compile,
-                                          fp32_score_attention, training_attention)
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.models.backbones import hf_model
-from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.strategy import strategy_class
 from lightning_embed.testing import assert_close_relative
+from lightning_embed.training import acceleration
+from lightning_embed.training.acceleration import (
+    AUTO_COMPILE_MIN_STEPS,
+    FP32_SCORE_ATTENTION,
+    auto_compile,
+    fp32_score_attention,
+    training_attention,
+)
+from lightning_embed.training.module import EmbeddingModule
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -172,8 +177,8 @@ def test_two_modules_compiled_in_one_process_both_compile(tiny_backbones, tmp_pa
     import torch._dynamo.config as dynamo_config
     from torch._dynamo.utils import counters
 
-    from lightning_embed.training import acceleration
     from lightning_embed.data.datamodule import PairDataModule
+    from lightning_embed.training import acceleration
     from lightning_embed.training.module import EmbeddingModule
 
     if not acceleration._has_cxx_compiler():

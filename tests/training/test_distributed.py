@@ -441,7 +441,7 @@ def test_fsdp2_model_parallel_strategy_trains_and_resumes(tiny_backbones, tmp_pa
 
 @pytest.mark.parametrize("config", ["ddp", "fsdp", "fsdp2"])
 def test_distributed_configs_parse(tiny_backbones, config, capsys):
-    from lightning_embed.cli.main import main
+    from lightning_embed.cli.app import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(ROOT / "configs" / f"{config}.yaml"),

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+from lightning_embed.errors import UserError
+from lightning_embed.models.encoder import load, read_checkpoint
 from lightning_embed.training.distributed_checkpoint import (
     consolidate_checkpoint,
     is_complete,
     read_distributed_checkpoint,
     remove_partial_checkpoints,
 )
-from lightning_embed.models.encoder import load, read_checkpoint
-from lightning_embed.errors import UserError
 from lightning_embed.training.module import EmbeddingModule
 
 TEXTS = ["how do I sort a list", "sorted(items) returns a new list", "open a file"]

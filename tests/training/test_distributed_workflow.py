@@ -42,7 +42,7 @@ _RUNNER = textwrap.dedent('''
     commands.append(current)
     exec(os.environ.get("INJECT", ""))  # the failure tests' fault, on one rank
 
-    from lightning_embed.cli.main import main
+    from lightning_embed.cli.app import main
 
     codes = []
     for command in commands:
@@ -217,7 +217,7 @@ def test_fsdp2_folder_exports_and_evaluates_like_ddp(workflow, tmp_path, capsys)
     """FSDP2 writes a distributed checkpoint folder; `export`, `evaluate` and `load` take it as it is,
     and its embeddings equal the same 2 steps under DDP (same seed and data) within 1e-5."""
     import lightning_embed
-    from lightning_embed.cli.main import main
+    from lightning_embed.cli.app import main
 
     assert workflow["codes"][0][3] == workflow["codes"][1][3] == 0, workflow["result"].stderr[-3000:]
     root = workflow["root"]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_embed.cli.main import main
+from lightning_embed.cli.app import main
 from lightning_embed.flops.records import read_runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def fit_args(setup: dict, root: Path, *extra: str) -> list[str]:
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    code = "from lightning_embed.cli.main import main; main()"
+    code = "from lightning_embed.cli.app import main; main()"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
 

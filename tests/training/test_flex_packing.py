@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_embed.training.acceleration import FP32_SCORE_ATTENTION, switch_training_attention, training_attention
 from lightning_embed.data.batches import PairExample
 from lightning_embed.errors import UserError
-from lightning_embed.training.flex_packing import FLEX_ATTENTION, document_block_mask, flex_available
 from lightning_embed.models.backbones import hf_model
-from lightning_embed.training.module import EmbeddingModule
-from lightning_embed.training.packing import PACKING_TOLERANCE, decide_packing, pack_and_encode, packing_mismatch
 from lightning_embed.models.pooling import pool
 from lightning_embed.testing import assert_close_relative
+from lightning_embed.training.acceleration import FP32_SCORE_ATTENTION, switch_training_attention, training_attention
+from lightning_embed.training.flex_packing import FLEX_ATTENTION, document_block_mask, flex_available
+from lightning_embed.training.module import EmbeddingModule
+from lightning_embed.training.packing import PACKING_TOLERANCE, decide_packing, pack_and_encode, packing_mismatch
 
 pytestmark = pytest.mark.skipif(not flex_available(), reason="this torch has no FlexAttention")
 

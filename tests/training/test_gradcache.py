@@ -14,9 +14,9 @@ import torch
 from lightning_embed.data.batches import PairExample
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
+from lightning_embed.testing import FP32_REL, assert_close_relative, close_mismatches
 from lightning_embed.training.gradcache import cached_encode, split_encoding
 from lightning_embed.training.module import EmbeddingModule
-from lightning_embed.testing import FP32_REL, assert_close_relative, close_mismatches
 
 LORA = {"name": "lora", "rank": 4}
 
@@ -172,7 +172,8 @@ def test_gradcache_reforward_runs_under_the_same_autocast(tiny_backbones):
         return torch.cat([module.encode_batch(c) for c in split_encoding(encoding, chunk)])
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        reference_loss = module._contrastive_loss(chunked_with_grad(batch.queries), chunked_with_grad(batch.documents), 1)
+        reference_loss = module._contrastive_loss(chunked_with_grad(batch.queries),
+                                                  chunked_with_grad(batch.documents), 1)
     reference_loss.backward()
     reference = (reference_loss.detach(), grads_of(module))
 

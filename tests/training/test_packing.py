@@ -10,9 +10,9 @@ from lightning_embed.data.batches import PairExample
 from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.errors import UserError
 from lightning_embed.flops.callback import FlopCallback
+from lightning_embed.testing import assert_close_relative
 from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.training.packing import plan_packing
-from lightning_embed.testing import assert_close_relative
 
 
 def _examples(n: int = 12) -> list[PairExample]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lightning_embed.data.batches import PairCollator, PairExample
-from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.testing import assert_close_relative
+from lightning_embed.training.module import EmbeddingModule
 from lightning_embed.training.unpadding import computed_positions, plan_micro_batches
 
 
