@@ -64,7 +64,6 @@ def test_sweep_plan_keeps_base_settings_and_sets_rates_per_method(tmp_path):
 
 FAKE_FIT = """
 import sys, pathlib, json
-from tests.recipe.runs_synthetic import NOISE, PYTHIA_TRAIN, TRUE, chinchilla_loss, write_synthetic_runs
 args = sys.argv[1:]
 config = args[args.index("--config") + 1]
 name = pathlib.Path(config).stem
