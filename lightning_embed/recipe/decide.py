@@ -7,9 +7,11 @@ For each candidate the recipe evaluates every refit at the candidate's (N, D):
 - the winner's interval is the central ``level`` (80%) range of its refits' predictions;
 - for every other candidate, P(winner better) is the share of refits in which the winner's predicted loss
   is lower than that candidate's;
-- when some candidate's P is below :data:`TIE_PROBABILITY` the laws cannot separate them: the recipe calls
-  it a tie and lists the tied options cheapest to run first (fewest non-embedding parameters, then fewest
-  trained ones: at an equal FLOP budget the smaller model needs less memory and less wall-clock per FLOP).
+- when some candidate's P is below :data:`TIE_PROBABILITY` the laws cannot separate them, and when its
+  predicted loss is within the runs' seed noise of the winner's (the laws file's ``provenance.seed_noise``,
+  sd of log L across seeds) no run could tell them apart: either way the recipe calls it a tie and lists the
+  tied options cheapest to run first (fewest non-embedding parameters, then fewest trained ones: at an
+  equal FLOP budget the smaller model needs less memory and less wall-clock per FLOP).
 
 Two limits rank before the loss. A candidate whose budget buys more examples than ``max_passes`` passes
 over the training source "repeats data" and ranks after every candidate that does not (the laws were
@@ -70,13 +72,30 @@ def add_uncertainty(candidates: list, winner, level: float = INTERVAL_LEVEL) -> 
         c.p_winner_better = float(np.mean((mine < other) + 0.5 * (mine == other)))
 
 
-def tied(candidates: list, winner) -> list:
-    """The winner and every candidate of its class the laws cannot separate from it, cheapest first."""
-    group = [winner] + [c for c in candidates if c is not winner and c.p_winner_better is not None
-                        and c.p_winner_better < TIE_PROBABILITY and (c.repeats is None) == (winner.repeats is None)]
+def tied(candidates: list, winner, noise_log: float | None = None) -> list:
+    """The winner and every candidate of its class it cannot be told apart from, cheapest first.
+
+    Args:
+        candidates: the ranked candidates (with ``p_winner_better`` from :func:`add_uncertainty`).
+        winner: the first of them.
+        noise_log: the seed noise of the runs (sd of log L); a predicted difference below it is a tie.
+    """
+    def close(c) -> bool:
+        if c.p_winner_better is not None and c.p_winner_better < TIE_PROBABILITY:
+            return True
+        return bool(noise_log) and c.loss is not None and abs(np.log(c.loss / winner.loss)) < noise_log
+
+    group = [winner] + [c for c in candidates if c is not winner and c.loss is not None and close(c)
+                        and (c.repeats is None) == (winner.repeats is None)]
     if len(group) < 2:
         return []
     return sorted(group, key=lambda c: (c.model.counts.non_embedding, c.trainable or 0, c.loss))
+
+
+def seed_noise_log(laws: LawsFile) -> float | None:
+    """The runs' seed noise (sd of log L) the laws file recorded, when its runs repeated seeds."""
+    value = (laws.provenance.get("seed_noise") or {}).get("sd_log")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def fitted_ranges(laws: LawsFile, data_unit: str) -> str:

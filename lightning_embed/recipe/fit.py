@@ -1,7 +1,8 @@
 """Fitting scaling laws to run records (``lightning-embed laws fit``).
 
-The default, anchored form (it starts at the measured untrained loss L0) is fitted jointly across methods
-in :mod:`lightning_embed.recipe.anchored`; this module reads the runs, builds L0(N), dispatches, stores
+The anchored forms (they start at the measured untrained loss L0: ``per-model``, the default, and
+``anchored``) are fitted jointly across methods in :mod:`lightning_embed.recipe.anchored`; this module reads
+the runs, builds L0(N), dispatches, stores
 bootstrap refits (runs resampled with replacement, each refit started from the full fit's optimum) and
 writes the file. The chinchilla and power forms are fitted here, per method.
 
@@ -38,6 +39,7 @@ import numpy as np
 from lightning_embed.errors import UserError
 from lightning_embed.recipe.laws import (
     FORMS,
+    DataScale,
     DataUnit,
     FormName,
     InitialLoss,
@@ -265,7 +267,7 @@ def fit_laws(
 
     Args:
         observations: the completed runs.
-        form: the law's form (``anchored`` needs ``initial``).
+        form: the law's form (``per-model`` and ``anchored`` need ``initial``).
         data_unit: what D counts.
         min_runs: fewest runs a method setting needs.
         delta: Huber delta of the chinchilla and power fits.
@@ -291,9 +293,11 @@ def fit_laws(
             kept.append(obs)
     if FORMS[form].anchored:
         if initial is None:
-            raise UserError("the anchored form needs L0, the loss of each model before training: give "
+            raise UserError(f"the {form} form needs L0, the loss of each model before training: give "
                             "--initial-losses FILE (from `lightning-embed laws baseline`), or --form chinchilla.")
-        return _fit_anchored(kept, data_unit, initial, resamples, seed, leave_one_out), skipped, {}
+        if not kept:
+            return [], skipped, {}
+        return _fit_anchored(kept, data_unit, initial, resamples, seed, leave_one_out, form), skipped, {}
     laws, notes = [], {}
     for obs in kept:
         n, d, loss = _arrays(obs, data_unit)
@@ -342,7 +346,7 @@ def _quality(t: np.ndarray, resid: np.ndarray, sizes: int, loo: np.ndarray | Non
 
 
 def _fit_anchored(kept: list[list[Observation]], data_unit: str, initial: InitialLoss, resamples: int, seed: int,
-                  leave_one_out: bool) -> list[Law]:
+                  leave_one_out: bool, form: str = "anchored") -> list[Law]:
     from lightning_embed.recipe import anchored
 
     runs = [o for obs in kept for o in obs]
@@ -359,8 +363,16 @@ def _fit_anchored(kept: list[list[Observation]], data_unit: str, initial: Initia
         l0=np.array([o.initial_loss if o.initial_loss is not None else float(initial(o.n)) for o in runs]),
         groups=len(kept),
     )
+    per_model = FORMS[form].per_model
+    if per_model:
+        runs_per_size = {n: int(np.sum(data.n == n)) for n in data.sizes}
+        thin = [n for n, count in runs_per_size.items() if count < 2]
+        if thin:
+            raise UserError("the per-model form fits a data scale per model size and needs 2 runs or more of each; "
+                            "N = " + ", ".join(f"{n:,.0f}" for n in thin) + " has one. Add runs, or use "
+                            "--form anchored (one exponent across sizes).")
     with _single_thread_blas():
-        full = anchored.fit_anchored(data)
+        full = anchored.fit_anchored(data, per_model=per_model)
         loo = anchored.leave_one_out(data, full) if leave_one_out else None
         boot = anchored.bootstrap(data, full, resamples, seed) if resamples else []
     resid = np.log(data.loss) - np.log(full.predict(data))
@@ -369,12 +381,26 @@ def _fit_anchored(kept: list[list[Observation]], data_unit: str, initial: Initia
         mine = data.group == g
         quality = _quality(np.log(data.loss[mine]), resid[mine], len({o.n for o in obs}),
                            loo[mine] if loo is not None else None)
-        samples = [[fit.coefficients(g)[k] for k in FORMS["anchored"].coefficients] for fit in boot]
-        law = _law(obs, "anchored", full.coefficients(g), quality, data_unit, shared=list(anchored.SHARED),
+        samples = [[fit.coefficients(g)[k] for k in FORMS[form].coefficients] for fit in boot]
+        law = _law(obs, form, full.coefficients(g), quality, data_unit, shared=list(anchored.SHARED[form]),
                    samples=samples, loo_residuals=loo[mine].tolist() if loo is not None else [])
         law.initial = initial
         laws.append(law)
+    if per_model:
+        scale = DataScale([float(v) for v in full.sizes], [float(v) for v in full.log_scale],
+                          [[float(v) for v in fit.log_scale] for fit in boot])
+        for law in laws:
+            law.scale = scale
     return laws
+
+
+def default_form(observations: list[Observation], initial: InitialLoss | None) -> FormName:
+    """``per-model`` when L0 is known for every run and each model size has 2 runs or more; else ``anchored``
+    when L0 is known; else ``chinchilla``. (The order was chosen by ``laws validate`` on the shipped sweep.)"""
+    if initial is None or any(initial.covers(o.n) for o in observations):
+        return "chinchilla"
+    sizes = [o.n for o in observations]
+    return "per-model" if all(sizes.count(n) >= 2 for n in set(sizes)) else "anchored"
 
 
 def _fit_provenance(form: str, starts: int) -> dict[str, Any]:
@@ -382,7 +408,7 @@ def _fit_provenance(form: str, starts: int) -> dict[str, Any]:
         from lightning_embed.recipe.anchored import SHARED
 
         return {"objective": "least squares of log L", "optimizer": "scipy least_squares (trust region)",
-                "grid_points": 18, "shared": list(SHARED), "leave_one_out": True}
+                "grid_points": 18, "shared": list(SHARED[form]), "leave_one_out": True}
     return {"objective": "huber(log L)", "delta": HUBER_DELTA, "optimizer": "L-BFGS-B",
             "grid_points": int(len(_grid(np.zeros(1), form == "chinchilla"))), "starts": starts, "leave_one_out": True}
 
@@ -398,6 +424,13 @@ def _train_examples(laws: list[Law]) -> int | None:
         return len(read_examples(str(sources.pop())))
     except (UserError, OSError, ImportError):
         return None  # a source that moved or needs the network: recipe then asks for --available-examples
+
+
+def _seed_noise(observations: list[Observation]) -> dict[str, Any]:
+    from lightning_embed.recipe.validate import seed_noise
+
+    noise = seed_noise(observations)
+    return {"points": noise["points"], "sd_log": noise["sd_log"]}
 
 
 def _sha256(path: Path) -> str:
@@ -424,6 +457,10 @@ def _print_report(laws: LawsFile, notes: dict[str, list[str]], output: Path) -> 
             f"{q['r2_log']:.4f}", f"{q['rmse_log']:.4f}", f"{q.get('loo_rmse_log', float('nan')):.4f}",
         )
     console.print(table)
+    if laws.data_scale is not None and form.per_model:
+        console.print("S(N), the data scale of each model size (shared by the methods): "
+                      + ", ".join(f"N={n:.3g}: {math.exp(v):.3g}" for n, v in zip(laws.data_scale.n,
+                                                                                   laws.data_scale.log_scale)))
     console.print("R², RMSE and LOO (leave-one-out RMSE) are of log L.")
     for label, items in notes.items():
         for note in items:
@@ -450,18 +487,20 @@ def laws_fit(
 ) -> LawsFile:
     """Fits a scaling law per fine-tuning method and setting to run records and writes a laws file.
 
-    The default law starts where the model starts: L = E + (L0(N) - E) / (1 + (D / (k N^a))^beta), with
+    The default law starts where the model starts: L = E + (L0(N) - E) / (1 + (D / (k S(N)))^beta), with
     L0(N) the held-out loss before training (from the records' ``initial_val_loss`` or --initial-losses),
-    E, a and beta shared by the methods and k per method, fitted by least squares of log L. Without L0 it
-    falls back to ``chinchilla`` (E + A/N^alpha + B/D^beta per method, Huber loss on log L, L-BFGS-B from a
-    grid, as Hoffmann et al.). Reports R² and RMSE of log L and the leave-one-out error, and stores
-    bootstrap refits (runs resampled with replacement) that ``recipe`` turns into intervals.
+    S(N) a data scale per measured model, E and beta shared by the methods and k per method, fitted by
+    least squares of log L (``per-model``; ``anchored`` assumes S = N^a). Without L0 it falls back to
+    ``chinchilla`` (E + A/N^alpha + B/D^beta per method, Huber loss on log L, L-BFGS-B from a grid, as
+    Hoffmann et al.). Reports R² and RMSE of log L and the leave-one-out error, and stores bootstrap refits
+    (runs resampled with replacement) that ``recipe`` turns into intervals.
 
     Args:
         runs: run-record files (JSON lines, one record per finished fit).
         output: the laws file to write (YAML, schema_version 2).
-        form: ``anchored`` (starts at L0; the default when L0 is known), ``chinchilla``
-            (E + A/N^alpha + B/D^beta; the default otherwise) or ``power`` (without the floor E).
+        form: ``per-model`` (starts at L0, a data scale per model size; the default when L0 is known and
+            every size has 2 runs or more), ``anchored`` (starts at L0, data scale k N^a), ``chinchilla``
+            (E + A/N^alpha + B/D^beta; the default without L0) or ``power`` (without the floor E).
         initial_losses: L0 per model from ``lightning-embed laws baseline``, for runs recorded without
             ``initial_val_loss``.
         bootstrap: bootstrap refits to store (0: none; ``recipe`` then shows no intervals).
@@ -521,8 +560,7 @@ def laws_fit(
     rows = read_initial_losses(initial_losses) if initial_losses is not None else []
     initial = initial_loss_table(observations, rows)
     if form is None:
-        known = initial is not None and not any(initial.covers(o.n) for o in observations)
-        form = "anchored" if known else "chinchilla"
+        form = default_form(observations, initial)
         if form == "chinchilla" and not quiet:
             print("laws fit: the runs carry no initial_val_loss and no --initial-losses was given: fitting the "
                   "chinchilla form (measure L0 with `lightning-embed laws baseline` for the anchored form).")
@@ -549,6 +587,7 @@ def laws_fit(
         **({"initial_losses": {"path": str(initial_losses), "sha256": _sha256(Path(initial_losses))}}
            if initial_losses is not None else {}),
         **({"train_examples": count} if (count := _train_examples(laws)) else {}),
+        "seed_noise": _seed_noise(observations),
         "fit": _fit_provenance(form, starts),
     }
     result = LawsFile(

@@ -3,15 +3,18 @@
 A law predicts the held-out contrastive loss of a fine-tuning method (at one setting: LoRA rank, share
 of trained blocks) from the model size and the amount of training data::
 
-    anchored:    L(N, D) = E + (L0(N) - E) / (1 + (D / (k N^a))^beta)     (the default when L0 is measured)
+    per-model:   L(N, D) = E + (L0(N) - E) / (1 + (D / (k S(N)))^beta)   (the default when L0 is measured)
+    anchored:    L(N, D) = E + (L0(N) - E) / (1 + (D / (k N^a))^beta)
     chinchilla:  L(N, D) = E + A / N^alpha + B / D^beta                     (Hoffmann et al. 2022)
     power:       L(N, D) =     A / N^alpha + B / D^beta                     (no irreducible term)
 
-The anchored form starts where the model starts: at D = 0 it predicts L0(N), the held-out loss of the
-pretrained model before training (measured per model, see ``laws baseline``), and data lowers the loss
-toward the floor E, half-way at the data scale D_c = k N^a. L0(N) is interpolated linearly in log N between
-the measured models and is unknown outside them. ``laws fit`` shares E, a and beta across methods and fits
-k per method, so a method's law is its k on a common curve.
+The per-model and anchored forms start where the model starts: at D = 0 they predict L0(N), the held-out
+loss of the pretrained model before training (measured per model, see ``laws baseline``), and data lowers
+the loss toward the floor E, half-way at the data scale D_c. L0(N) is interpolated linearly in log N between
+the measured models and is unknown outside them. ``laws fit`` shares E and beta across methods and fits k
+per method, so a method's law is its k on a common curve. The per-model form fits a data scale S per
+measured model (shared by the methods; interpolated in log N like L0, unknown outside the measured
+models: the file's ``data_scale``); the anchored form assumes S = N^a.
 
 N is the number of non-embedding parameters (every parameter whose name does not contain ``emb``, as the
 study counts). D is the number of training *examples* (query-document pairs) by default: the FLOP budget
@@ -37,18 +40,22 @@ The laws file (YAML, ``schema_version: 2``; version 1 files, without L0 and boot
       N: [14160960, 28321344]
       L0: [2.602, 2.613]
       backbones: [smollm2-135m]
+    data_scale:                    # S(N) of the per-model form: log S per model, and per bootstrap resample
+      N: [14160960, 28321344]
+      log_S: [0.0, -0.08]
+      samples: [[0.0, -0.1], ...]
     bootstrap: {resamples: 200, seed: 0, unit: run}   # how the coefficient samples below were drawn
     laws:
     - method: lora                 # tuning strategy name
       setting: {rank: 16}          # method setting ({} for full and bias; {share: 0.25} for freeze)
-      form: anchored
-      coefficients: {E: 1.1, k: 3.2, a: 0.3, beta: 1.2}
-      shared: [E, a, beta]         # coefficients fitted jointly with the other laws
+      form: per-model
+      coefficients: {E: 1.1, k: 3.2, beta: 1.2}
+      shared: [E, beta, S]         # coefficients fitted jointly with the other laws
       range: {N: [1.4e7, 1.1e8], D: [2.0e2, 5.6e3], flops: [1.0e12, 1.0e14]}
       quality: {runs: 20, model_sizes: 4, r2_log: 0.995, rmse_log: 0.004, loo_rmse_log: 0.006}
       flops_per_example_per_param: 702.0   # median recorded FLOP / (D * N): for plots only
       hparams: {batch_size: 32, learning_rate: 1.0e-4}   # training settings shared by all its runs
-      samples: [[1.1, 3.1, 0.31, 1.2], ...]  # bootstrap refits (coefficients in order), aligned across laws
+      samples: [[1.1, 3.1, 1.2], ...]  # bootstrap refits (coefficients in order), aligned across laws
     skipped:                       # method settings the runs could not support, and why
     - {method: bias, setting: {}, reason: only 3 completed runs (at least 5 are needed)}
 
@@ -71,7 +78,7 @@ from lightning_embed.errors import UserError
 SCHEMA_VERSION = 2
 FILE_KIND = "lightning-embed-laws"
 DataUnit = Literal["examples", "tokens"]
-FormName = Literal["anchored", "chinchilla", "power"]
+FormName = Literal["per-model", "anchored", "chinchilla", "power"]
 #: A prediction is extrapolation beyond this factor outside the fitted N, D or FLOP range.
 EXTRAPOLATION_FACTOR = 4.0
 #: The fitted ranges are written with 6 significant digits: a fitted run sits on the rounded edge.
@@ -91,24 +98,31 @@ class LawForm:
     formula: str
     #: Needs L0(N), the loss before training.
     anchored: bool = False
+    #: Needs S(N), the data scale of each measured model (the file's ``data_scale``).
+    per_model: bool = False
 
-    def predict(self, coefficients: dict[str, Any], n, d, l0=None):
+    def predict(self, coefficients: dict[str, Any], n, d, l0=None, scale=None):
         """Predicted loss at model size(s) ``n`` and data quantity(ies) ``d`` (numbers or numpy arrays).
 
         Coefficients may be arrays (bootstrap samples) broadcasting against ``n`` and ``d``; ``l0`` is
-        L0(n), required by the anchored form.
+        L0(n), required by the anchored forms; ``scale`` is S(n), required by the per-model form.
         """
         c = coefficients
         if self.anchored:
             if l0 is None:
                 raise UserError(f"the {self.name} form needs L0(N), the loss before training; the laws file has "
                                 "no initial_loss (refit with `laws fit --initial-losses FILE`).")
-            return c["E"] + (l0 - c["E"]) / (1.0 + (d / (c["k"] * n ** c["a"])) ** c["beta"])
+            if self.per_model and scale is None:
+                raise UserError(f"the {self.name} form needs the data scale of each model; the laws file has no "
+                                "data_scale (refit with `lightning-embed laws fit`).")
+            dc = c["k"] * (scale if self.per_model else n ** c["a"])
+            return c["E"] + (l0 - c["E"]) / (1.0 + (d / dc) ** c["beta"])
         value = c["A"] / n ** c["alpha"] + c["B"] / d ** c["beta"]
         return value + c["E"] if "E" in self.coefficients else value
 
 
 FORMS: dict[str, LawForm] = {
+    "per-model": LawForm("per-model", ("E", "k", "beta"), "E + (L0(N) - E) / (1 + (D / (k S(N)))^beta)", True, True),
     "anchored": LawForm("anchored", ("E", "k", "a", "beta"), "E + (L0(N) - E) / (1 + (D / (k N^a))^beta)", True),
     "chinchilla": LawForm("chinchilla", ("E", "A", "alpha", "B", "beta"), "E + A / N^alpha + B / D^beta"),
     "power": LawForm("power", ("A", "alpha", "B", "beta"), "A / N^alpha + B / D^beta"),
@@ -154,6 +168,45 @@ class InitialLoss:
         return cls([float(v) for v in ns], [float(points[v]) for v in ns], sorted(backbones or []))
 
 
+@dataclass
+class DataScale:
+    """S(N) of the per-model form: the data scale of each measured model, interpolated in log N.
+
+    Attributes:
+        n: non-embedding parameters of each model the runs measured (ascending).
+        log_scale: log S of each (the smallest model's is 0: the methods' k carry the common scale).
+        samples: log S of each model per bootstrap resample, aligned with every law's ``samples``.
+    """
+
+    n: list[float]
+    log_scale: list[float]
+    samples: list[list[float]] = field(default_factory=list)
+
+    def __call__(self, n):
+        """S at ``n`` (log S linear in log N between measured models, flat beyond them: see :meth:`covers`)."""
+        return np.exp(np.interp(np.log(n), np.log(self.n), self.log_scale))
+
+    def sampled(self, n, extra: int) -> np.ndarray:
+        """S at ``n`` per bootstrap resample: shape ``(resamples,) + (1,) * (extra - ndim(n)) + shape(n)``."""
+        logn = np.log(np.asarray(n, dtype=float))
+        rows = np.stack([np.interp(logn, np.log(self.n), row) for row in self.samples])
+        return np.exp(rows.reshape((len(self.samples),) + (1,) * (extra - logn.ndim) + logn.shape))
+
+    def covers(self, n: float) -> str | None:
+        """Why S at ``n`` is not known (None when ``n`` lies within the measured models)."""
+        lo, hi = self.n[0], self.n[-1]
+        if n < lo * (1 - _EDGE) or n > hi * (1 + _EDGE):
+            return f"N={n:.3g} is outside the model sizes the per-model law was fitted on [{lo:.3g}, {hi:.3g}]"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's ``data_scale`` mapping."""
+        out: dict[str, Any] = {"N": [int(round(v)) for v in self.n], "log_S": [_num(v) for v in self.log_scale]}
+        if self.samples:
+            out["samples"] = [[_num(v) for v in row] for row in self.samples]
+        return out
+
+
 def setting_label(method: str, setting: dict[str, Any]) -> str:
     """``lora(rank=16)``, ``freeze(share=0.25)``, ``full``: how a method setting is shown."""
     if not setting:
@@ -176,7 +229,8 @@ class Law:
         hparams: training settings every one of its runs shared (batch size, learning rate, ...).
         shared: coefficients fitted jointly with the file's other laws (same value in each).
         samples: bootstrap refits, one coefficient vector per resample (form order), aligned across laws.
-        initial: L0(N) (the file's; the anchored form needs it, the others are clipped by it).
+        initial: L0(N) (the file's; the anchored forms need it, the others are clipped by it).
+        scale: S(N) (the file's ``data_scale``; the per-model form needs it).
     """
 
     method: str
@@ -190,6 +244,7 @@ class Law:
     shared: list[str] = field(default_factory=list)
     samples: list[list[float]] = field(default_factory=list)
     initial: InitialLoss | None = field(default=None, repr=False)
+    scale: DataScale | None = field(default=None, repr=False)
     #: log(observed / predicted) of each run by the fit without it, in fitting order (not written).
     loo_residuals: list[float] = field(default_factory=list, repr=False)
 
@@ -214,13 +269,21 @@ class Law:
         array = np.asarray(self.samples, dtype=float)
         extra = np.ndim(np.asarray(n) * np.asarray(d))
         cols = {k: array[:, i].reshape((-1,) + (1,) * extra) for i, k in enumerate(FORMS[self.form].coefficients)}
-        value = self._clip(cols, n, d)
+        scale = None
+        if FORMS[self.form].per_model and self.scale is not None:
+            if len(self.scale.samples) != len(array):
+                raise UserError(f"the law {self.label} has {len(array)} bootstrap samples but the data scale "
+                                f"{len(self.scale.samples)}; refit with `lightning-embed laws fit`.")
+            scale = self.scale.sampled(n, extra)
+        value = self._clip(cols, n, d, scale)
         # Never below the fitted floor either (a resample's own floor may sit lower).
         return np.maximum(value, self.coefficients["E"]) if "E" in self.coefficients else value
 
-    def _clip(self, coefficients, n, d):
+    def _clip(self, coefficients, n, d, scale=None):
         l0 = self.initial(n) if self.initial is not None else None
-        value = FORMS[self.form].predict(coefficients, n, d, l0)
+        if scale is None and self.scale is not None:
+            scale = self.scale(n)
+        value = FORMS[self.form].predict(coefficients, n, d, l0, scale)
         if l0 is not None:
             value = np.minimum(value, l0)
         if "E" in coefficients:
@@ -243,6 +306,10 @@ class Law:
                 out.append(f"{name}={value:.3g} is outside the fitted {name} range [{lo:.3g}, {hi:.3g}]")
         if self.initial is not None and FORMS[self.form].anchored:
             why = self.initial.covers(n, backbone)
+            if why:
+                out.append(why)
+        if self.scale is not None and FORMS[self.form].per_model and not out:
+            why = self.scale.covers(n)
             if why:
                 out.append(why)
         return "; ".join(out) or None
@@ -281,10 +348,14 @@ class LawsFile:
     path: Path | None = None
     initial_loss: InitialLoss | None = None
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    data_scale: DataScale | None = None
 
     def __post_init__(self) -> None:
         for law in self.laws:
             law.initial = law.initial or self.initial_loss
+            law.scale = law.scale or self.data_scale
+        if self.data_scale is None:
+            self.data_scale = next((law.scale for law in self.laws if law.scale is not None), None)
 
     def to_dict(self) -> dict[str, Any]:
         """The file's mapping (what :func:`save_laws` writes)."""
@@ -296,6 +367,7 @@ class LawsFile:
             "lightning_embed_version": self.lightning_embed_version,
             "provenance": self.provenance,
             **({"initial_loss": self.initial_loss.to_dict()} if self.initial_loss else {}),
+            **({"data_scale": self.data_scale.to_dict()} if self.data_scale else {}),
             **({"bootstrap": self.bootstrap} if self.bootstrap else {}),
             "laws": [law.to_dict() for law in self.laws],
             "skipped": self.skipped,
@@ -362,6 +434,19 @@ def parse_laws(data: Any, source: str = "laws file") -> LawsFile:
             initial = InitialLoss.from_points(points, list(raw_initial.get("backbones") or []))
         except (KeyError, TypeError, ValueError):
             problems.append("initial_loss needs lists N and L0 of positive numbers, of equal length")
+    scale = None
+    raw_scale = data.get("data_scale")
+    if raw_scale is not None:
+        try:
+            ns, logs = [float(v) for v in raw_scale["N"]], [float(v) for v in raw_scale["log_S"]]
+            rows = [[float(v) for v in row] for row in raw_scale.get("samples") or []]
+            if (not ns or len(ns) != len(logs) or ns != sorted(ns) or min(ns) <= 0
+                    or any(len(row) != len(ns) for row in rows) or not all(map(math.isfinite, logs))):
+                raise ValueError
+            scale = DataScale(ns, logs, rows)
+        except (KeyError, TypeError, ValueError):
+            problems.append("data_scale needs ascending positive N, as many finite log_S, and samples rows of that "
+                            "length")
     laws = []
     for i, raw in enumerate(raw_laws):
         where = f"laws[{i}]"
@@ -379,6 +464,9 @@ def parse_laws(data: Any, source: str = "laws file") -> LawsFile:
             continue
         if FORMS[form].anchored and initial is None and raw_initial is None:
             problems.append(f"{where} ({raw['method']}): the {form} form needs the file's initial_loss (L0)")
+            continue
+        if FORMS[form].per_model and raw_scale is None:
+            problems.append(f"{where} ({raw['method']}): the {form} form needs the file's data_scale")
             continue
         samples = raw.get("samples") or []
         width = len(FORMS[form].coefficients)
@@ -403,7 +491,7 @@ def parse_laws(data: Any, source: str = "laws file") -> LawsFile:
         laws=laws, data_unit=unit, provenance=dict(data.get("provenance") or {}),
         skipped=list(data.get("skipped") or []), created=str(data.get("created", "")),
         lightning_embed_version=str(data.get("lightning_embed_version", "")),
-        initial_loss=initial, bootstrap=dict(data.get("bootstrap") or {}),
+        initial_loss=initial, bootstrap=dict(data.get("bootstrap") or {}), data_scale=scale,
     )
 
 

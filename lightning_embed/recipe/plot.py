@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from lightning_embed.errors import UserError
-from lightning_embed.recipe.laws import Law, LawsFile, load_laws
+from lightning_embed.recipe.laws import FORMS, Law, LawsFile, load_laws
 from lightning_embed.recipe.records import Observation, group_key, read_observations
 
 PlotKind = Literal["both", "frontier", "isoflop"]
@@ -41,9 +41,12 @@ def _data(laws: LawsFile, law: Law, budget: np.ndarray, n: np.ndarray) -> np.nda
 
 def _n_grid(law: Law) -> np.ndarray:
     lo, hi = law.range.get("N", (1e6, 1e10))
-    if law.initial is not None and law.form == "anchored":
-        # L0 is unknown beyond the measured models: the anchored law is drawn only where it is known.
-        return np.logspace(math.log10(law.initial.n[0]), math.log10(law.initial.n[-1]), 200)
+    if law.initial is not None and FORMS[law.form].anchored:
+        # L0 (and S) is unknown beyond the measured models: an anchored law is drawn only where it is known.
+        lo, hi = law.initial.n[0], law.initial.n[-1]
+        if law.scale is not None:
+            lo, hi = max(lo, law.scale.n[0]), min(hi, law.scale.n[-1])
+        return np.logspace(math.log10(lo), math.log10(hi), 200)
     return np.logspace(math.log10(lo / 3), math.log10(hi * 3), 200)
 
 

@@ -188,7 +188,7 @@ def solve(
     if result.winner.extrapolation and not extrapolate:
         raise decide.refuse(result.winner, budget, laws)
     decide.add_uncertainty(feasible, result.winner)
-    result.tie = decide.tied(feasible, result.winner)
+    result.tie = decide.tied(feasible, result.winner, decide.seed_noise_log(laws))
     if rule == "paper":
         result.rule_method = "full" if budget <= PAPER_CROSSOVER_FLOPS else "lora"
         picks = [c for c in feasible if c.law.method == result.rule_method]
@@ -299,7 +299,7 @@ def summary(recipe: Recipe) -> str:
             f"{recipe.batch_size}; predicted loss {w.loss:.4f}{interval}.")
     if recipe.tie:
         text += (f"\nTie: the laws cannot separate {len(recipe.tie)} options (P(winner better) < "
-                 f"{decide.TIE_PROBABILITY:g}); cheapest to run first: "
+                 f"{decide.TIE_PROBABILITY:g}, or a difference within the runs' seed noise); cheapest to run first: "
                  + "; ".join(f"{c.law.label} on {c.model.name} ({c.loss:.4f})" for c in recipe.tie) + ".")
     else:
         close = [c for c in recipe.candidates if c.p_winner_better is not None

@@ -41,7 +41,10 @@ def seed_noise(observations: list[Observation]) -> dict[str, Any]:
     """Pooled standard deviation of the loss (and of log L) across runs that differ only in the seed."""
     groups: dict[tuple, list[Observation]] = {}
     for o in observations:
-        groups.setdefault((group_key(o.method, o.setting), o.n, _budget(o), o.data("examples")), []).append(o)
+        # Same planned budget, same point: a seed changes the data order, so the run stops at its budget
+        # after a few more or fewer examples (real token counts); without a planned budget, same examples.
+        where = ("budget", float(o.budget)) if o.budget else ("examples", o.data("examples"))
+        groups.setdefault((group_key(o.method, o.setting), o.n, where), []).append(o)
     repeated = [g for g in groups.values() if len(g) > 1 and len({o.seed for o in g}) == len(g)]
     if not repeated:
         return {"points": 0, "sd": None, "sd_log": None, "note": "unknown: one seed per point"}
@@ -79,8 +82,12 @@ def decisions(observations: list[Observation], *, form: str, initial, data_unit:
     for budget in sorted({_budget(o) for o in observations}):
         held = [o for o in observations if _budget(o) == budget]
         rest = [o for o in observations if _budget(o) != budget]
-        laws, _, _ = fit_laws(rest, form=form, data_unit=data_unit, min_runs=min_runs, initial=initial,
-                              leave_one_out=False)  # type: ignore[arg-type]
+        try:
+            laws, _, _ = fit_laws(rest, form=form, data_unit=data_unit, min_runs=min_runs, initial=initial,
+                                  leave_one_out=False)  # type: ignore[arg-type]
+        except UserError as err:  # e.g. a model size whose only other run was at this budget
+            rows.append({"budget": budget, "runs": len(held), "note": f"no fit without this budget: {err}"})
+            continue
         by_key = {group_key(law.method, law.setting): law for law in laws}
         scored = [(float(by_key[group_key(o.method, o.setting)].predict(o.n, o.data(data_unit))), o)
                   for o in held if group_key(o.method, o.setting) in by_key]
@@ -213,6 +220,7 @@ def laws_validate(
         UserError: missing files, runs of one model size, every run at one budget, an unknown form.
     """
     from lightning_embed.recipe.baseline import initial_loss_table, read_initial_losses
+    from lightning_embed.recipe.fit import default_form
 
     problems = [f"run-record file {str(p)!r} does not exist" for p in runs if not Path(p).is_file()]
     if not runs:
@@ -230,8 +238,7 @@ def laws_validate(
         raise UserError("laws validate: no completed run with a finite val_loss in the given files.")
     initial = initial_loss_table(observations, read_initial_losses(initial_losses) if initial_losses else [])
     if not forms:
-        forms = ["anchored" if initial is not None and not any(initial.covers(o.n) for o in observations)
-                 else "chinchilla"]
+        forms = [default_form(observations, initial)]
     report = validate_forms(observations, list(forms), initial=initial, data_unit=data_unit, min_runs=min_runs)
     report["runs_files"] = [str(p) for p in runs]
     if output is not None:

@@ -52,11 +52,18 @@ def test_tie_when_the_laws_cannot_separate_the_top_options(fitted):
     clone = copy.deepcopy(law)
     clone.setting = {"rank": 17}  # a second law with the same predictions: indistinguishable
     same.laws = [law, clone]
+    # Rank 17 costs a little more per example, so it buys a little less data: every refit ranks it a hair
+    # worse, a difference no run could measure. With the runs' seed noise known, that is a tie.
+    same.provenance = {**same.provenance, "seed_noise": {"points": 6, "sd_log": 0.008}}
     result = solve(1e16, same, list(MODELS))
     assert result.tie and result.winner in result.tie and len(result.tie) >= 2
     sizes = [c.model.counts.non_embedding for c in result.tie]
     assert sizes == sorted(sizes)  # cheapest to run first
-    assert all(c.p_winner_better < TIE_PROBABILITY for c in result.tie if c is not result.winner)
+    assert all(c.p_winner_better < TIE_PROBABILITY or abs(np.log(c.loss / result.winner.loss)) < 0.008
+               for c in result.tie if c is not result.winner)
+    # Without a measured seed noise only the bootstrap decides: far apart sizes are not tied.
+    same.provenance = {**same.provenance, "seed_noise": {"points": 0, "sd_log": None}}
+    assert all(c.model.name != "pythia-1b" for c in solve(1e16, same, list(MODELS)).tie)
     assert twin["method"] == "lora"
     # Laws far apart are no tie.
     apart = copy.deepcopy(fitted)

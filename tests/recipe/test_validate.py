@@ -24,14 +24,14 @@ def test_true_law_has_no_regret(tmp_path):
     out = tmp_path / "report.json"
     report = laws_validate([runs], output=out, json=True)
     (form, result), = report["forms"].items()
-    assert form == "anchored"
+    assert form == "per-model"  # the default of laws fit for runs that carry L0
     d, f = result["decisions"], result["fit"]
     assert d["scored_budgets"] == 5 and d["mean_regret"] == pytest.approx(0.0, abs=1e-9)
     assert d["max_regret"] == pytest.approx(0.0, abs=1e-9)
     assert d["size_hits"] == 5 and d["method_hits"] == 5
     assert f["loo_rmse_log"] < 1e-3 and f["ranking_accuracy"] == 1.0 and f["ranking_pairs"] > 0
     assert report["seed_noise"]["note"] == "unknown: one seed per point"
-    assert json.loads(out.read_text())["forms"]["anchored"]["decisions"]["size_hits"] == 5
+    assert json.loads(out.read_text())["forms"]["per-model"]["decisions"]["size_hits"] == 5
 
 
 def test_forms_are_compared_on_the_same_runs(tmp_path):
@@ -49,6 +49,19 @@ def test_seed_noise_is_measured_from_repeated_points(tmp_path):
 
     noise = seed_noise([observation(r.to_dict() if hasattr(r, "to_dict") else json.loads(r.to_json()), "x")
                         for r in recs])
+    assert noise["points"] > 10 and noise["sd_log"] == pytest.approx(0.02, rel=0.3)
+
+
+def test_seed_repeats_that_stop_after_a_few_more_examples_are_one_point():
+    """A seed changes the data order, so a run stops at its FLOP budget a few examples earlier or later:
+    still a repeat of the same planned point (grouping by examples missed them: docs/bugs.md)."""
+    from dataclasses import replace
+
+    from lightning_embed.recipe.records import observation
+
+    recs = records(noise=0.02, seeds=(0, 1, 2), rng_seed=3)
+    shifted = [replace(r, examples=r.examples + 16 * r.seed) for r in recs]
+    noise = seed_noise([observation(json.loads(r.to_json()), "x") for r in shifted])
     assert noise["points"] > 10 and noise["sd_log"] == pytest.approx(0.02, rel=0.3)
 
 
