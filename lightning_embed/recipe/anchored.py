@@ -1,10 +1,10 @@
 """Fitting the anchored forms jointly across methods (``laws fit --form per-model`` and ``--form anchored``).
 
-    per-model:  L(N, D) = E + (L0(N) - E) / (1 + (D / D_c)^beta),   D_c = k_m S(N)
-    anchored:   the same with D_c = k_m N^a
+    per-model:  L(N, D) = E + (L0(N) - E) (1 + D / D_c)^-beta,       D_c = k_m S(N)
+    anchored:   L(N, D) = E + (L0(N) - E) / (1 + (D / D_c)^beta),    D_c = k_m N^a
 
 L0(N) is measured (the loss before training), so neither form has freedom at D = 0: data lowers the loss
-from L0 toward the floor E, half-way at the data scale D_c. E and beta are shared by every method and
+from L0 toward the floor E once D nears the data scale D_c. E and beta are shared by every method and
 k_m is per method: a method is a shift of the common curve along log D (LoRA "learns faster" when its D_c
 is smaller). How D_c depends on the model is where the forms differ:
 
@@ -13,10 +13,13 @@ is smaller). How D_c depends on the model is where the forms differ:
   how models of one family differ in how fast they learn, and so says nothing outside the measured ones.
 - ``anchored`` assumes a power law S = N^a across sizes.
 
+They also differ in how the loss leaves L0: the per-model curve turns into a power law in D past D_c
+(as the chinchilla term B / D^beta), the anchored one is logistic in log D and flattens onto E sooner.
 Truncated models (the first blocks of one pretrained model) do not learn at a rate monotone in N, which
-the power law cannot follow; ``laws validate`` on the shipped sweep chose between the forms (see
-sweeps/python-code/README.md). Sharing E and beta across methods was also chosen by leave-one-out
-(per-method E, a, beta over-fit; see sweeps/smollm2-truncated/README.md).
+the power law in N cannot follow, and the logistic curve fitted on small budgets under-predicted how far
+larger ones go; leave-one-out and a fit-small, predict-large check on the shipped sweep chose the
+per-model form and its shape (see sweeps/python-code/README.md). Sharing E and beta across methods was
+also chosen by leave-one-out (per-method E, a, beta over-fit; see sweeps/smollm2-truncated/README.md).
 
 The fit minimises the squared error of log L with scipy's trust-region least squares from a small grid of
 starting points (18), with log N and log D centred; leave-one-out refits and bootstrap resamples start from
@@ -92,9 +95,9 @@ class AnchoredFit:
         """Predicted loss of every run of ``data``."""
         if self.a is not None:
             dc = self.k[data.group] * data.n ** self.a
-        else:
-            dc = self.k[data.group] * np.exp(np.interp(np.log(data.n), np.log(self.sizes), self.log_scale))
-        return self.E + (data.l0 - self.E) / (1.0 + (data.d / dc) ** self.beta)
+            return self.E + (data.l0 - self.E) / (1.0 + (data.d / dc) ** self.beta)
+        dc = self.k[data.group] * np.exp(np.interp(np.log(data.n), np.log(self.sizes), self.log_scale))
+        return self.E + (data.l0 - self.E) * (1.0 + data.d / dc) ** -self.beta
 
 
 class _Problem:
@@ -123,9 +126,9 @@ class _Problem:
 
     def residuals(self, p: np.ndarray) -> np.ndarray:
         e = math.exp(p[0])
-        z = p[1] * (self.y - self._log_dc(p))
-        # 1 / (1 + exp(z)) computed without overflow for large |z|
-        weight = np.exp(-np.logaddexp(0.0, z))
+        z = self.y - self._log_dc(p)  # log(D / D_c)
+        # (1 + D/D_c)^-beta and 1 / (1 + (D/D_c)^beta), computed without overflow for large |z|
+        weight = np.exp(-p[1] * np.logaddexp(0.0, z) if self.per_model else -np.logaddexp(0.0, p[1] * z))
         return np.log(e + (self.data.l0 - e) * weight) - self.t
 
     def solve(self, inits: list[np.ndarray]) -> tuple[np.ndarray, float]:

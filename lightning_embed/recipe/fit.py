@@ -487,10 +487,10 @@ def laws_fit(
 ) -> LawsFile:
     """Fits a scaling law per fine-tuning method and setting to run records and writes a laws file.
 
-    The default law starts where the model starts: L = E + (L0(N) - E) / (1 + (D / (k S(N)))^beta), with
+    The default law starts where the model starts: L = E + (L0(N) - E) (1 + D / (k S(N)))^-beta, with
     L0(N) the held-out loss before training (from the records' ``initial_val_loss`` or --initial-losses),
     S(N) a data scale per measured model, E and beta shared by the methods and k per method, fitted by
-    least squares of log L (``per-model``; ``anchored`` assumes S = N^a). Without L0 it falls back to
+    least squares of log L (``per-model``; ``anchored``: D_c = k N^a, logistic in log D). Without L0 it falls back to
     ``chinchilla`` (E + A/N^alpha + B/D^beta per method, Huber loss on log L, L-BFGS-B from a grid, as
     Hoffmann et al.). Reports R² and RMSE of log L and the leave-one-out error, and stores bootstrap refits
     (runs resampled with replacement) that ``recipe`` turns into intervals.

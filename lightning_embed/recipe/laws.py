@@ -3,16 +3,17 @@
 A law predicts the held-out contrastive loss of a fine-tuning method (at one setting: LoRA rank, share
 of trained blocks) from the model size and the amount of training data::
 
-    per-model:   L(N, D) = E + (L0(N) - E) / (1 + (D / (k S(N)))^beta)   (the default when L0 is measured)
+    per-model:   L(N, D) = E + (L0(N) - E) (1 + D / (k S(N)))^-beta      (the default when L0 is measured)
     anchored:    L(N, D) = E + (L0(N) - E) / (1 + (D / (k N^a))^beta)
     chinchilla:  L(N, D) = E + A / N^alpha + B / D^beta                     (Hoffmann et al. 2022)
     power:       L(N, D) =     A / N^alpha + B / D^beta                     (no irreducible term)
 
 The per-model and anchored forms start where the model starts: at D = 0 they predict L0(N), the held-out
 loss of the pretrained model before training (measured per model, see ``laws baseline``), and data lowers
-the loss toward the floor E, half-way at the data scale D_c. L0(N) is interpolated linearly in log N between
-the measured models and is unknown outside them. ``laws fit`` shares E and beta across methods and fits k
-per method, so a method's law is its k on a common curve. The per-model form fits a data scale S per
+the loss toward the floor E past the data scale D_c (per-model: as a power law in D; anchored: half-way at
+D_c, logistic in log D). L0(N) is interpolated linearly in log N between the measured models and is unknown
+outside them. ``laws fit`` shares E and beta across methods and fits k per method, so a method's law is its
+k on a common curve. The per-model form fits a data scale S per
 measured model (shared by the methods; interpolated in log N like L0, unknown outside the measured
 models: the file's ``data_scale``); the anchored form assumes S = N^a.
 
@@ -115,14 +116,15 @@ class LawForm:
             if self.per_model and scale is None:
                 raise UserError(f"the {self.name} form needs the data scale of each model; the laws file has no "
                                 "data_scale (refit with `lightning-embed laws fit`).")
-            dc = c["k"] * (scale if self.per_model else n ** c["a"])
-            return c["E"] + (l0 - c["E"]) / (1.0 + (d / dc) ** c["beta"])
+            if self.per_model:
+                return c["E"] + (l0 - c["E"]) * (1.0 + d / (c["k"] * scale)) ** -c["beta"]
+            return c["E"] + (l0 - c["E"]) / (1.0 + (d / (c["k"] * n ** c["a"])) ** c["beta"])
         value = c["A"] / n ** c["alpha"] + c["B"] / d ** c["beta"]
         return value + c["E"] if "E" in self.coefficients else value
 
 
 FORMS: dict[str, LawForm] = {
-    "per-model": LawForm("per-model", ("E", "k", "beta"), "E + (L0(N) - E) / (1 + (D / (k S(N)))^beta)", True, True),
+    "per-model": LawForm("per-model", ("E", "k", "beta"), "E + (L0(N) - E) (1 + D / (k S(N)))^-beta", True, True),
     "anchored": LawForm("anchored", ("E", "k", "a", "beta"), "E + (L0(N) - E) / (1 + (D / (k N^a))^beta)", True),
     "chinchilla": LawForm("chinchilla", ("E", "A", "alpha", "B", "beta"), "E + A / N^alpha + B / D^beta"),
     "power": LawForm("power", ("A", "alpha", "B", "beta"), "A / N^alpha + B / D^beta"),

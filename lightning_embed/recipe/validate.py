@@ -8,7 +8,8 @@ Two checks on run records, for one or more law forms:
 - **Decisions**: each budget in turn is left out, the laws are refitted on the other budgets, and the run
   with the lowest predicted loss among the runs measured at that budget is "picked". Regret is how much
   worse its measured loss is than the best measured run at that budget (relative); the model size (and
-  the method) hit when the pick has the best run's. This is the recipe's job, scored on choices that can
+  the method) hit when the pick has the best run's. The error of those predictions is reported too (at
+  the largest budget it is extrapolation in FLOP, what the recipe does). This is the recipe's job, scored on choices that can
   be checked: it never picks a point that was not run.
 
 The seed noise (standard deviation of the loss across runs identical but for the seed, pooled) says how
@@ -96,16 +97,21 @@ def decisions(observations: list[Observation], *, form: str, initial, data_unit:
             continue
         pick = min(scored, key=lambda x: x[0])[1]
         best = min((o for _, o in scored), key=lambda o: o.loss)
+        errors = np.array([math.log(o.loss / predicted) for predicted, o in scored])
         rows.append({
             "budget": budget, "runs": len(scored), "picked": _describe(pick), "best": _describe(best),
+            "rmse_log": float(np.sqrt(np.mean(errors**2))), "max_abs_log": float(np.max(np.abs(errors))),
             "picked_predicted": min(x[0] for x in scored), "regret": pick.loss / best.loss - 1.0,
             "size_hit": pick.n == best.n, "method_hit": group_key(pick.method, pick.setting)
             == group_key(best.method, best.setting),
         })
     scored_rows = [r for r in rows if "regret" in r]
     regrets = [r["regret"] for r in scored_rows]
+    top = scored_rows[-1] if scored_rows and scored_rows[-1]["budget"] == rows[-1]["budget"] else None
     return {
         "budgets": rows,
+        # Fitted on the smaller budgets only: the error of extrapolating in FLOP, as the recipe does.
+        "largest_budget_rmse_log": top["rmse_log"] if top else None,
         "mean_regret": float(np.mean(regrets)) if regrets else None,
         "max_regret": float(np.max(regrets)) if regrets else None,
         "size_hits": sum(r["size_hit"] for r in scored_rows), "method_hits": sum(r["method_hit"] for r in scored_rows),
@@ -159,7 +165,8 @@ def _render(report: dict[str, Any]) -> None:
     console = wide_console()
     table = Table(title=f"Leave-one-out fit and leave-one-budget-out decisions ({report['runs']} runs)",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("form", "LOO RMSE", "LOO max", "ranking", "mean regret", "max regret", "size hits", "method hits"):
+    for col in ("form", "LOO RMSE", "LOO max", "ranking", "mean regret", "max regret", "size hits", "method hits",
+                "top budget RMSE"):
         table.add_column(col, justify="left" if col == "form" else "right", no_wrap=True)
     for form, r in report["forms"].items():
         f, d = r["fit"], r["decisions"]
@@ -168,10 +175,12 @@ def _render(report: dict[str, Any]) -> None:
                       "-" if f["ranking_accuracy"] is None else f"{100 * f['ranking_accuracy']:.0f}%",
                       "-" if d["mean_regret"] is None else f"{100 * d['mean_regret']:.2f}%",
                       "-" if d["max_regret"] is None else f"{100 * d['max_regret']:.2f}%",
-                      f"{d['size_hits']}/{n}", f"{d['method_hits']}/{n}")
+                      f"{d['size_hits']}/{n}", f"{d['method_hits']}/{n}",
+                      "-" if d.get("largest_budget_rmse_log") is None else f"{d['largest_budget_rmse_log']:.4f}")
     console.print(table)
     console.print("LOO: log L of each run predicted without it. Ranking: pairs of runs at one budget ordered "
-                  "right. Regret: the picked run's loss over the best measured run's, at a budget left out.")
+                  "right. Regret: the picked run's loss over the best measured run's, at a budget left out. "
+                  "Top budget RMSE: log L of the runs at the largest budget, predicted by the fit on the others.")
     for form, r in report["forms"].items():
         for row in r["decisions"]["budgets"]:
             if "regret" not in row:
@@ -179,8 +188,8 @@ def _render(report: dict[str, Any]) -> None:
                 continue
             p, b = row["picked"], row["best"]
             console.print(f"{form} {row['budget']:.3g} FLOP: picked {p['label']} N={p['N']:.3g} ({p['loss']:.4f}), "
-                          f"best {b['label']} N={b['N']:.3g} ({b['loss']:.4f}): regret {100 * row['regret']:.2f}%",
-                          highlight=False)
+                          f"best {b['label']} N={b['N']:.3g} ({b['loss']:.4f}): regret {100 * row['regret']:.2f}%; "
+                          f"its {row['runs']} runs predicted to RMSE {row['rmse_log']:.4f} (log L)", highlight=False)
     noise = report["seed_noise"]
     measured = None if noise["sd"] is None else (
         f"sd {noise['sd']:.4f} (log L: {noise['sd_log']:.4f}) over {noise['points']} points")

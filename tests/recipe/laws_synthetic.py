@@ -1,4 +1,4 @@
-"""Synthetic run records from a known anchored law (shared by the tests of laws, recipe limits and validate)."""
+"""Synthetic run records from a known law (shared by the tests of laws, recipe limits and validate)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,20 @@ def l0(n):
     return 2.4 + 0.12 * np.log(np.asarray(n, dtype=float) / 1e7)
 
 
-def true_loss(method: str, n, d):
+def true_loss(method: str, n, d, form: str = "per-model"):
+    """The per-model law with S(N) = N^a (log S linear in log N: the per-model form can represent it exactly),
+    or with ``form="anchored"`` the anchored (logistic) law with the same k, a, beta."""
     c = SHARED
     dc = K[method] * np.asarray(n, dtype=float) ** c["a"]
-    return c["E"] + (l0(n) - c["E"]) / (1.0 + (np.asarray(d, dtype=float) / dc) ** c["beta"])
+    d = np.asarray(d, dtype=float)
+    if form == "anchored":
+        return c["E"] + (l0(n) - c["E"]) / (1.0 + (d / dc) ** c["beta"])
+    return c["E"] + (l0(n) - c["E"]) * (1.0 + d / dc) ** -c["beta"]
 
 
 def records(methods=("full", "lora", "freeze"), budgets=None, models=None, noise=0.0, seeds=(0,), rng_seed=0,
-            with_l0=True) -> list[RunRecord]:
-    """An iso-FLOP sweep whose losses follow the law (log-normal noise of sd ``noise``)."""
+            with_l0=True, form: str = "per-model") -> list[RunRecord]:
+    """An iso-FLOP sweep whose losses follow the law of ``form`` (log-normal noise of sd ``noise``)."""
     rng = np.random.default_rng(rng_seed)
     budgets = np.logspace(14, 17, 5) if budgets is None else budgets
     out = []
@@ -46,7 +51,8 @@ def records(methods=("full", "lora", "freeze"), budgets=None, models=None, noise
                 if examples < 32:
                     continue
                 for seed in seeds:
-                    loss = float(true_loss(method, n, examples)) * math.exp(rng.normal(0, noise) if noise else 0.0)
+                    loss = float(true_loss(method, n, examples, form))
+                    loss *= math.exp(rng.normal(0, noise)) if noise else 1.0
                     args = {"blocks": setting["share"]} if method == "freeze" else setting
                     out.append(RunRecord(
                         backbone=m.backbone, tuning=method, tuning_args=args, non_embedding_params=n,

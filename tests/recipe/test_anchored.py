@@ -47,7 +47,7 @@ def test_fit_recovers_the_known_law(anchored):
 
 def test_anchored_form_recovers_the_exponent(tmp_path):
     """--form anchored (S = N^a): the exponents within 0.1, each k within 35% (k and a trade off)."""
-    runs = write(tmp_path / "runs.jsonl", records(noise=0.01))
+    runs = write(tmp_path / "runs.jsonl", records(noise=0.01, form="anchored"))
     laws = laws_fit([runs], tmp_path / "laws.yaml", form="anchored", bootstrap=0, quiet=True)
     assert laws.data_scale is None and "data_scale" not in Path(laws.path).read_text()
     for law in laws.laws:

@@ -30,12 +30,14 @@ def test_true_law_has_no_regret(tmp_path):
     assert d["max_regret"] == pytest.approx(0.0, abs=1e-9)
     assert d["size_hits"] == 5 and d["method_hits"] == 5
     assert f["loo_rmse_log"] < 1e-3 and f["ranking_accuracy"] == 1.0 and f["ranking_pairs"] > 0
+    # The largest budget, predicted by the fit on the smaller ones: exact data, exact extrapolation.
+    assert d["largest_budget_rmse_log"] < 1e-3 and d["budgets"][-1]["rmse_log"] == d["largest_budget_rmse_log"]
     assert report["seed_noise"]["note"] == "unknown: one seed per point"
     assert json.loads(out.read_text())["forms"]["per-model"]["decisions"]["size_hits"] == 5
 
 
 def test_forms_are_compared_on_the_same_runs(tmp_path):
-    runs = write(tmp_path / "runs.jsonl", records(noise=0.01))
+    runs = write(tmp_path / "runs.jsonl", records(noise=0.01, form="anchored"))
     report = laws_validate([runs], forms=["anchored", "chinchilla"])
     assert set(report["forms"]) == {"anchored", "chinchilla"}
     # The anchored form is the truth here: it predicts held-out runs better than chinchilla.
