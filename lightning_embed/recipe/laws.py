@@ -13,9 +13,9 @@ loss of the pretrained model before training (measured per model, see ``laws bas
 the loss toward the floor E past the data scale D_c (per-model: as a power law in D; anchored: half-way at
 D_c, logistic in log D). L0(N) is interpolated linearly in log N between the measured models and is unknown
 outside them. ``laws fit`` shares E and beta across methods and fits k per method, so a method's law is its
-k on a common curve. The per-model form fits a data scale S per
-measured model (shared by the methods; interpolated in log N like L0, unknown outside the measured
-models: the file's ``data_scale``); the anchored form assumes S = N^a.
+k on a common curve. The per-model form fits a data scale S per measured model (shared by the methods;
+interpolated in log N like L0, unknown outside the measured models: the file's ``data_scale``); the
+anchored form assumes S = N^a.
 
 N is the number of non-embedding parameters (every parameter whose name does not contain ``emb``, as the
 study counts). D is the number of training *examples* (query-document pairs) by default: the FLOP budget
