@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from lightning_embed.data import mixtures, streaming
 from lightning_embed.data.batches import PairCollator, PairExample
+from lightning_embed.data.hub import is_hub_spec
 from lightning_embed.data.mixtures import MixtureName, MixtureSource
 from lightning_embed.data.reading import (
     BUILTIN_PREFIX,
@@ -39,6 +40,9 @@ from lightning_embed.errors import UserError
 def _stream_example(columns: _Columns, where: str, row: dict) -> PairExample:
     """One validated example of a streamed row (a module-level function: workers may unpickle it)."""
     _check_columns(where, list(row), columns)
+    if columns.num_negatives and isinstance(row.get(columns.negatives), str):
+        # Triplet data (anchor, positive, negative) holds one negative as text, not a list (as hub_rows).
+        row = {**row, columns.negatives: [row[columns.negatives]]}
     positive = _text(where, row, columns.positive, "positive")
     return PairExample(_text(where, row, columns.query, "query"), positive, _negatives(where, row, columns, positive),
                        streaming.positive_id(positive))
@@ -46,8 +50,8 @@ def _stream_example(columns: _Columns, where: str, row: dict) -> PairExample:
 
 def _check_streaming(data: PairDataModule) -> None:
     if any(spec.startswith(BUILTIN_PREFIX) for spec in data._train_specs()):
-        raise UserError("streaming reads globs or folders of .jsonl/.parquet shards; builtin sources are read into "
-                        "memory: give shard globs, or set streaming: false.")
+        raise UserError("streaming reads globs or folders of .jsonl/.parquet shards or hf: datasets; builtin sources "
+                        "are read into memory: give shard globs, or set streaming: false.")
     if data.sources is not None and not data.same_source_batches:
         raise UserError("a streamed mixture draws every batch from one source; set same_source_batches: true "
                         "(or streaming: false to shuffle the sources together).")
@@ -132,9 +136,10 @@ class PairDataModule(lightning.LightningDataModule):
             ``round_robin`` (sources in turn, as many batches each) or ``weighted`` (by the sources' weights).
         same_source_batches: with a mapping of sources, draw every batch from one source (also across DDP
             ranks); None: true. False shuffles the sources together (``proportional`` only).
-        streaming: read ``train`` (a glob or folder of ``.jsonl``/``.parquet`` shards) as it is consumed
-            instead of into memory (:mod:`lightning_embed.data.streaming`): tokenization in the loader's workers,
-            each pair once per epoch on one rank, exact resume. ``len()`` of an epoch is an upper bound.
+        streaming: read ``train`` (a glob or folder of ``.jsonl``/``.parquet`` shards, or a hub dataset, read
+            from its cached Arrow files) as it is consumed instead of into memory
+            (:mod:`lightning_embed.data.streaming`): tokenization in the loader's workers, each pair once per
+            epoch on one rank, exact resume. ``len()`` of an epoch is an upper bound.
         shuffle_buffer: with ``streaming``, rows held to shuffle the stream (0: the shards' order).
     """
 
@@ -248,13 +253,14 @@ class PairDataModule(lightning.LightningDataModule):
 
     def _source_stream(self, pattern: str, source: MixtureSource | None, where: str, collator) -> streaming.PairStream:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        shards = streaming.stream_shards(pattern)
+        shards = streaming.source_shards(pattern)
         columns = _Columns(getattr(source, "query_column", None) or self.query_column,
                            getattr(source, "positive_column", None) or self.positive_column,
                            getattr(source, "negatives_column", None) or self.negatives_column, self.num_negatives)
         for shard in shards:
-            if shard.suffix.lower() == ".parquet":
-                _check_columns(str(shard), streaming._parquet_file(shard).schema_arrow.names, columns)
+            names = streaming.shard_columns(shard)
+            if names is not None:
+                _check_columns(pattern if is_hub_spec(pattern) else str(shard), names, columns)
         rows = streaming.count_rows(shards)
         if rows < self.batch_size * world:
             raise UserError(f"{where} has {rows} rows, fewer than one batch (batch_size={self.batch_size} x {world} "

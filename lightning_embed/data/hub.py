@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lightning_embed.errors import UserError
@@ -191,6 +192,24 @@ def hub_rows(spec: str, columns, role: Literal["train", "val"]) -> Iterator[tupl
     yield from _table_rows(spec, dataset.column_names, rows, columns)
 
 
+def hub_shards(spec: str, role: Literal["train", "val"] = "train") -> list[Path]:
+    """The cached Arrow files of one ``hf:`` split, in row order, to stream (``streaming: true``).
+
+    ``datasets`` downloads a split once and keeps it on disk as Arrow files; a stream reads them a record
+    batch at a time, memory-mapped, so the split never has to fit in memory (only on disk), and training
+    needs no network once the split is cached.
+
+    Raises:
+        UserError: as :func:`load_hub_dataset`, or a split that is not a set of cached files.
+    """
+    dataset = load_hub_dataset(spec, role)
+    files = [Path(entry["filename"]) for entry in dataset.cache_files]
+    if not files or dataset._indices is not None:
+        raise UserError(f"{spec}: the split is not a set of cached Arrow files that can be streamed; set "
+                        "streaming: false to read it into memory.")
+    return files
+
+
 def hub_fingerprint(spec: str, role: Literal["train", "val"] = "train") -> dict[str, Any]:
     """The run record's entry for a hub source: its split, row count, a short sha256 of the split's cached
     Arrow files and ``datasets``' own fingerprint (which follows the dataset's revision and data files)."""
@@ -206,5 +225,5 @@ def hub_fingerprint(spec: str, role: Literal["train", "val"] = "train") -> dict[
             "sha256": digest.hexdigest()[:16], "fingerprint": str(dataset._fingerprint)}
 
 
-__all__ = ["HUB_PREFIX", "HubSpec", "hub_fingerprint", "hub_rows", "is_hub_spec", "load_hub_dataset",
+__all__ = ["HUB_PREFIX", "HubSpec", "hub_fingerprint", "hub_rows", "hub_shards", "is_hub_spec", "load_hub_dataset",
            "parse_hub_spec", "resolve_split", "split_names"]

@@ -1,8 +1,9 @@
 """Streaming training pairs from ``.jsonl`` / ``.parquet`` shards without loading them into memory.
 
 ``PairDataModule(train="data/shard-*.parquet", streaming=True)`` reads the shards matched by a glob as they
-are consumed: a seeded order of shards per epoch, rows through a shuffle buffer, then greedy packing into
-conflict-free global batches (the duplicate-positive rule of :mod:`lightning_embed.data.sampling`, with a
+are consumed (``train="hf:ORG/NAME"``: the cached Arrow files of a hub split, memory-mapped): a seeded
+order of shards per epoch, rows through a shuffle buffer, then greedy packing into conflict-free global
+batches (the duplicate-positive rule of :mod:`lightning_embed.data.sampling`, with a
 bounded queue instead of a whole-epoch order).
 
 How the work is split. Every global batch holds ``batch_size * world_size`` pairs; DDP rank r trains on
@@ -34,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lightning_embed.data.batches import PairBatch, PairExample
+from lightning_embed.data.hub import hub_shards, is_hub_spec, load_hub_dataset
 from lightning_embed.data.mixtures import _SourceExamples
 from lightning_embed.errors import UserError
 
@@ -64,18 +66,52 @@ def stream_shards(pattern: str) -> list[Path]:
     return found
 
 
+def source_shards(source: str) -> list[Path]:
+    """The shards of a stream: a glob or folder (:func:`stream_shards`), or the cached Arrow files of a hub
+    split ``hf:ORG/NAME[:CONFIG][@SPLIT]`` (:func:`lightning_embed.data.hub.hub_shards`)."""
+    return hub_shards(source) if is_hub_spec(source) else stream_shards(source)
+
+
 def stream_fingerprint(pattern: str) -> dict:
     """``source``, ``shards``, ``bytes`` and a ``sha256`` of the shards' names and sizes (for the run record).
 
-    Names and sizes, not contents: hashing a stream of many gigabytes would delay every run's first step.
+    Names and sizes, not contents: hashing a stream of many gigabytes would delay every run's first step. A
+    hub split adds ``datasets``' own fingerprint, which follows the dataset's revision and data files.
     """
-    shards = stream_shards(pattern)
+    shards = source_shards(pattern)
     try:
         listing = [(p.name, p.stat().st_size) for p in shards]
     except OSError as err:
         raise UserError(f"cannot read the shards of {pattern!r}: {err.strerror or err}.") from None
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
-    return {"source": pattern, "shards": len(shards), "bytes": sum(size for _, size in listing), "sha256": digest}
+    found = {"source": pattern, "shards": len(shards), "bytes": sum(size for _, size in listing), "sha256": digest}
+    if is_hub_spec(pattern):
+        found["fingerprint"] = str(load_hub_dataset(pattern, "train")._fingerprint)  # cached: no second download
+    return found
+
+
+def _arrow_batches(path: Path) -> Iterator:
+    """The record batches of an Arrow file (the IPC stream format ``datasets`` caches in), memory-mapped."""
+    import pyarrow
+
+    try:
+        yield from pyarrow.ipc.open_stream(pyarrow.memory_map(str(path)))
+    except (pyarrow.ArrowException, OSError) as err:
+        raise UserError(f"{path} is not a readable Arrow stream file: {err}") from None
+
+
+def shard_columns(path: Path) -> list[str] | None:
+    """The column names of a parquet or Arrow shard (None for jsonl, whose rows are checked one by one)."""
+    import pyarrow
+
+    if path.suffix.lower() == ".parquet":
+        return _parquet_file(path).schema_arrow.names
+    if path.suffix.lower() == ".arrow":
+        try:
+            return pyarrow.ipc.open_stream(pyarrow.memory_map(str(path))).schema.names
+        except (pyarrow.ArrowException, OSError) as err:
+            raise UserError(f"{path} is not a readable Arrow stream file: {err}") from None
+    return None
 
 
 def _parquet_file(path: Path):
@@ -89,11 +125,14 @@ def _parquet_file(path: Path):
 
 
 def count_rows(shards: list[Path]) -> int:
-    """Rows in all shards: parquet from its metadata, jsonl by counting non-blank lines (one fast pass)."""
+    """Rows in all shards: parquet from its metadata, Arrow from its batch headers, jsonl by counting non-blank
+    lines (one fast pass)."""
     total = 0
     for shard in shards:
         if shard.suffix.lower() == ".parquet":
             total += _parquet_file(shard).metadata.num_rows
+        elif shard.suffix.lower() == ".arrow":
+            total += sum(batch.num_rows for batch in _arrow_batches(shard))
         else:
             try:
                 with shard.open("rb") as handle:
@@ -160,6 +199,15 @@ class PairStream(IterableDataset):
                     for row in record_batch.to_pylist():
                         yield f"{shard}: row {index}", row
                         index += 1
+                return
+            if shard.suffix.lower() == ".arrow":
+                index = 0
+                for record_batch in _arrow_batches(shard):
+                    record_batch = record_batch.select(self.columns)
+                    for start in range(0, record_batch.num_rows, _PARQUET_CHUNK):
+                        for row in record_batch.slice(start, _PARQUET_CHUNK).to_pylist():
+                            yield f"{shard}: row {index}", row
+                            index += 1
                 return
             from lightning_embed.data.reading import (
                 jsonl_rows,  # here: data imports this module
@@ -363,4 +411,4 @@ class StreamLoader(DataLoader):
 
 
 __all__ = ["STREAM_FORMATS", "MixtureStream", "PairStream", "StreamLoader", "count_rows", "positive_id",
-           "stream_fingerprint", "stream_shards"]
+           "shard_columns", "source_shards", "stream_fingerprint", "stream_shards"]

@@ -419,7 +419,7 @@ def recipe(
     Args:
         budget: training compute in FLOP (e.g. 1e17).
         laws: laws file from ``lightning-embed laws fit`` (default: ./laws.yaml if it exists, else the
-            laws shipped with lightning-embed, fitted on truncated SmolLM2-135M and the stdlib-code data).
+            laws shipped with lightning-embed, fitted on truncated SmolLM2-135M and the python-code data).
         models: candidate families or models, comma-separated: a shipped family (pythia, smollm2,
             qwen2.5, bert, smollm2-135m-truncated), a model of one (pythia-410m), ``all``, a family file
             (.yaml) or a local model folder. Default: the family the laws were fitted on, else pythia.
@@ -469,7 +469,7 @@ def recipe(
     if laws is None and not laws_path.is_file() and SHIPPED_LAWS_FILE.is_file():
         laws_path = SHIPPED_LAWS_FILE
         print(f"recipe: no --laws and no ./laws.yaml; using the laws shipped with lightning-embed ({laws_path.name}: "
-              "truncated SmolLM2-135M on stdlib-code, CPU sweep). Fit laws on your own runs for your setting.",
+              "truncated SmolLM2-135M on python-code, CPU sweep). Fit laws on your own runs for your setting.",
               file=sys.stderr)
     if not laws_path.is_file():
         problems.append(

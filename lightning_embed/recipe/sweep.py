@@ -11,12 +11,14 @@ Paths inside the configs are relative to the sweep directory, and ``sweep run`` 
 so a sweep directory can be copied to another machine and run as it is.
 
 ``sweep run DIR`` runs the points in manifest order as subprocesses (``lightning-embed fit --config``),
-skips points whose ``DONE`` marker exists, resumes a point that has ``checkpoints/last.ckpt`` from it, and
-carries on after a failed point (reported at the end). Stop it with Ctrl+C and run it again to continue.
+skips points whose ``DONE`` marker or completed run record exists, resumes a point that has
+``checkpoints/last.ckpt`` from it, and carries on after a failed point (reported at the end). Stop it with
+Ctrl+C and run it again to continue.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -326,6 +328,29 @@ def load_manifest(directory: Path) -> list[SweepPoint]:
     return [SweepPoint(**p) for p in data.get("points") or []]
 
 
+def recorded_points(directory: Path) -> set[str]:
+    """Names of the points that have a completed run record in the sweep's runs.jsonl.
+
+    A record names its point by its run root (``runs/POINT``), so a sweep whose ``runs/`` folder is gone
+    (a fresh clone of a committed sweep, another machine) does not train its finished points again.
+    """
+    path = Path(directory) / "runs.jsonl"
+    names: set[str] = set()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return names
+    for line in lines:
+        try:
+            record = json.loads(line)
+            root = record["config"]["trainer"]["default_root_dir"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line or a record written by hand: `laws fit` judges those
+        if record.get("status", "completed") == "completed" and isinstance(root, str) and root.startswith("runs/"):
+            names.add(root.removeprefix("runs/"))
+    return names
+
+
 def _stream(cmd: list[str], cwd: Path, log: Path) -> int:
     """Runs a command, copying its output to our stdout and to a log file; returns its exit status."""
     with open(log, "ab") as out:
@@ -402,9 +427,10 @@ def run_sweep(directory: Path, *, command: list[str] | None = None, keep_going: 
 def _run_points(directory: Path, points: list[SweepPoint], base_cmd: list[str], outcome: dict[str, list[str]], *,
                 keep_going: bool, dry_run: bool) -> dict[str, list[str]]:
     sweep_start, ran = time.monotonic(), 0
+    recorded = recorded_points(directory)
     for i, point in enumerate(points, 1):
         root = directory / "runs" / point.name
-        if (root / "DONE").exists():
+        if (root / "DONE").exists() or point.name in recorded:
             outcome["skipped"].append(point.name)
             continue
         cmd = [*base_cmd, "fit", "--config", point.config]
@@ -442,7 +468,8 @@ def sweep_run(directory: Path, keep_going: bool = True, dry_run: bool = False) -
 
     Each point runs as ``lightning-embed fit --config configs/POINT.yaml`` from the sweep directory;
     one that left ``runs/POINT/checkpoints/last.ckpt`` resumes from it. A point that exits cleanly gets a
-    ``runs/POINT/DONE`` marker; its run record is appended to DIRECTORY/runs.jsonl by the FLOP callback.
+    ``runs/POINT/DONE`` marker; its run record is appended to DIRECTORY/runs.jsonl by the FLOP callback. A
+    point counts as finished when it has either, so a committed sweep cloned without ``runs/`` resumes too.
     Ctrl+C or SIGTERM stops the current fit (it checkpoints) and the sweep; run the command again to continue.
 
     Args:

@@ -13,6 +13,7 @@ from lightning_embed.data.datamodule import PairDataModule
 from lightning_embed.data.fingerprints import source_fingerprint
 from lightning_embed.data.hub import HubSpec, parse_hub_spec
 from lightning_embed.data.reading import read_examples
+from lightning_embed.data.streaming import StreamLoader, stream_fingerprint
 from lightning_embed.errors import UserError
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
@@ -137,3 +138,38 @@ def test_data_module_reads_hub_source(repo):
                             batch_size=4)
     module.setup("fit")
     assert len(module.train_examples) == 32 and len(module.val_examples) == 8
+
+
+def test_streamed_hub_source_gives_each_pair_once_with_its_negatives(repo):
+    # streaming: true reads the split's cached Arrow files, memory-mapped, with the same columns and the
+    # triplet rule (one negative as text) as the in-memory path.
+    def stream(**kw) -> list:
+        module = PairDataModule(train=f"hf:{repo}", query_column="anchor", positive_column="pos", batch_size=4,
+                                streaming=True, shuffle_buffer=5, **kw)
+        module.collator = list
+        return [e for batch in StreamLoader(module._make_stream(), None, 0) for e in batch]
+
+    listed = stream(negatives_column="hard", num_negatives=2)
+    assert sorted(e.query for e in listed) == sorted(r["anchor"] for r in _rows("train", 32))
+    assert all(len(e.negatives) == 2 and e.negatives[0].startswith("other") for e in listed)
+    single = stream(negatives_column="negative", num_negatives=1)
+    assert len(single) == 32 and all(e.negatives[0].startswith("unrelated") for e in single)
+    fingerprint = stream_fingerprint(f"hf:{repo}")
+    assert fingerprint["shards"] >= 1 and fingerprint["bytes"] > 0 and fingerprint["fingerprint"]
+    for spec, message in ((f"hf:{repo}", "no column 'query'"), ("hf:someone/not-downloaded", "unreachable")):
+        module = PairDataModule(train=spec, streaming=True, batch_size=4)
+        module.collator = list
+        with pytest.raises(UserError, match=message):
+            module._make_stream()
+
+
+def test_cli_fit_streams_a_hub_source(repo, tiny_backbones, tmp_path):
+    root = tmp_path / "run"
+    main(["fit", f"--model.backbone={tiny_backbones['bert']}", "--model.query_max_length=16",
+          "--model.document_max_length=24", f"--data.train=hf:{repo}", "--data.streaming=true",
+          "--data.query_column=anchor", "--data.positive_column=pos", "--data.batch_size=8",
+          f"--trainer.default_root_dir={root}", "--trainer.max_steps=3", "--trainer.logger=false",
+          "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--flops.runs_file={root}/runs.jsonl"])
+    record = json.loads((root / "runs.jsonl").read_text().splitlines()[-1])
+    assert record["steps"] == 3 and record["examples"] == 24
+    assert record["data"]["train"]["source"] == f"hf:{repo}" and record["data"]["train"]["fingerprint"]

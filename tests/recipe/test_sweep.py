@@ -99,3 +99,23 @@ def test_sweep_run_skips_finished_resumes_interrupted_and_reports_failures(tmp_p
     assert load_manifest(tmp_path) == points
     with pytest.raises(UserError, match="no planned sweep"):
         run_sweep(tmp_path / "nothing")
+
+
+def test_sweep_run_skips_points_recorded_in_runs_jsonl_when_runs_folder_is_gone(tmp_path):
+    # A sweep committed with its runs.jsonl but not its runs/ folder (a fresh clone, another machine) must not
+    # train its finished points again; a failed record or a torn line does not count as finished.
+    points = sweep_plan(tmp_path, budgets=[1e15, 1e16], models="pythia-14m,pythia-31m", methods=["full"])
+    done, failed = points[0], points[1]
+
+    def record(point, status):
+        return json.dumps({"status": status, "config": {"trainer": {"default_root_dir": f"runs/{point.name}"}}})
+
+    (tmp_path / "runs.jsonl").write_text(f"{record(done, 'completed')}\n{record(failed, 'failed')}\n{{\"torn")
+    fake = tmp_path / "fake_fit.py"
+    fake.write_text(FAKE_FIT)
+    (tmp_path / "mode").write_text("ok")
+    outcome = run_sweep(tmp_path, command=[sys.executable, str(fake)])
+    assert outcome["skipped"] == [done.name]
+    assert sorted(outcome["done"]) == sorted(p.name for p in points[1:])
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert done.config not in {c[2] for c in calls} and failed.config in {c[2] for c in calls}

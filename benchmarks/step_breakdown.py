@@ -1,0 +1,186 @@
+"""Where a CPU training step goes at a realistic batch: forward, backward, optimizer, data, callbacks; MFU.
+
+Runs ``lightning-embed fit`` itself (its trainer, callbacks and defaults: packing, bf16-mixed where the CPU
+has it, ``compile: auto``) for SmolLM2-135M full fine-tuning and LoRA r16 on ``builtin:python-code`` at
+``--batch-size`` (128), with Lightning's ``SimpleProfiler``, and prints per workload the median seconds per
+step after ``--warmup`` steps, split into
+
+- forward: the strategy's ``training_step`` (encoding, pooling, loss);
+- backward: the strategy's ``backward``;
+- optimizer: the module's ``optimizer_step`` less the two above (gradient clipping, AdamW, zeroing);
+- data: ``train_dataloader_next`` (collation and tokenization in the training process);
+- callbacks: every callback hook of the step (FLOP counter, progress, checkpointing);
+- other: the rest of ``run_training_batch`` plus the loop between batches;
+
+and MFU: the run record's hardware FLOP per step over the median step time, over the bf16 (and fp32) matmul
+peak measured in the same process (the best of three 2048^3 and 4096x1024x4096 matmuls, before and after).
+
+    python benchmarks/step_breakdown.py > benchmarks/results/step-breakdown-cpu-DATE.txt
+    python benchmarks/step_breakdown.py --smoke        # a tiny model, seconds: the test suite runs this
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from lightning.pytorch.profilers import SimpleProfiler  # noqa: E402
+
+WORKLOADS = {"full": ({"name": "full"}, 5e-5), "lora": ({"name": "lora", "rank": 16}, 5e-4)}
+
+
+class DurationsProfiler(SimpleProfiler):
+    """``SimpleProfiler`` that also writes its raw durations (seconds per call, by action) to a JSON file."""
+
+    def __init__(self, durations_file: str):
+        super().__init__(dirpath=str(Path(durations_file).parent), filename="profile")  # its report: a file
+        self.durations_file = durations_file
+
+    def teardown(self, stage: str | None) -> None:
+        Path(self.durations_file).write_text(json.dumps(dict(self.recorded_durations)))
+        super().teardown(stage)
+
+
+def matmul_peak(dtype: torch.dtype, m: int, k: int, n: int, seconds: float) -> float:
+    """Measured FLOP/s of an (m x k) @ (k x n) matmul on the CPU."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * m * k * n * count / (time.perf_counter() - start)
+
+
+def peaks(smoke: bool = False) -> dict[str, float]:
+    shapes, seconds = (((256, 256, 256),), 0.1) if smoke else (((2048, 2048, 2048), (4096, 1024, 4096)), 1.5)
+    return {name: max(matmul_peak(dtype, *shape, seconds) for shape in shapes for _ in range(3))
+            for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+
+
+def run(workload: str, args, folder: Path) -> dict:
+    """One ``fit``: the profiler's durations and the run record."""
+    from lightning_embed.cli.app import main
+
+    tuning, rate = WORKLOADS[workload]
+    root = folder / workload
+    durations = root / "durations.json"
+    root.mkdir(parents=True)
+    argv = ["fit", f"--model.backbone={args.backbone}", f"--model.tuning={json.dumps(tuning)}",
+            f"--model.learning_rate={rate}", "--model.query_max_length=32", "--model.document_max_length=64",
+            f"--data.train={args.train}", f"--data.batch_size={args.batch_size}", "--data.max_val_examples=32",
+            f"--trainer.max_steps={args.warmup + args.steps}", f"--trainer.default_root_dir={root}",
+            "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.num_sanity_val_steps=0",
+            "--trainer.limit_val_batches=0", "--flops.initial_validation=false", f"--flops.runs_file={root}/runs.jsonl",
+            "--trainer.profiler=step_breakdown.DurationsProfiler",
+            f"--trainer.profiler.durations_file={durations}", *args.fit_args]
+    with contextlib.redirect_stdout(sys.stderr):  # fit's progress to stderr: stdout is the report
+        main(argv)
+    return {"durations": json.loads(durations.read_text()),
+            "record": json.loads((root / "runs.jsonl").read_text().splitlines()[-1])}
+
+
+def breakdown(durations: dict[str, list[float]], warmup: int) -> dict[str, float]:
+    """Median seconds per step of each part, after ``warmup`` steps."""
+    def per_step(action: str) -> list[float]:
+        return durations.get(action, [])[warmup:]
+
+    def one(suffix: str) -> list[float]:
+        found = [v for k, v in durations.items() if k.endswith(suffix)]
+        return found[0][warmup:] if found else []
+
+    batch = per_step("run_training_batch")
+    steps = len(batch)
+    forward, backward = one("Strategy.training_step") or one(".training_step"), one("Strategy.backward")
+    optimizer_step = one(".optimizer_step")
+    data = per_step(next((k for k in durations if k.endswith("train_dataloader_next")), ""))
+    # Callback hooks of the step (batch start/end, before/after backward, optimizer step): summed per step.
+    hooks = [k for k, v in durations.items() if k.startswith("[Callback]") and len(v) >= steps + warmup
+             and not k.endswith(("on_fit_start", "on_train_start", "on_train_epoch_start"))]
+    callbacks = [sum(durations[k][warmup + i] for k in hooks if len(durations[k]) == steps + warmup)
+                 for i in range(steps)]
+    # The loop between two batches: their start times are not recorded, so "other" is the step total
+    # (batch + data) less the parts; the total is taken from the batch and data calls of each step.
+    totals = [b + (data[i] if i < len(data) else 0.0) for i, b in enumerate(batch)]
+    parts = {
+        "forward": forward, "backward": backward,
+        "optimizer": [o - f - b for o, f, b in zip(optimizer_step, forward, backward)],
+        "data": data[:steps], "callbacks": callbacks,
+    }
+    out = {name: statistics.median(values) if values else 0.0 for name, values in parts.items()}
+    out["total"] = statistics.median(totals)
+    out["other"] = out["total"] - sum(out[name] for name in parts)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--train", default="builtin:python-code")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="a tiny model, few steps: checks the script runs")
+    parser.add_argument("fit_args", nargs="*", help="more `fit` arguments, e.g. --model.compile=true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the profiler's class path: step_breakdown.*
+    peak_before = peaks(args.smoke)
+    print(f"command: python benchmarks/step_breakdown.py {' '.join(sys.argv[1:])}")
+    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    from lightning_embed.training.precision import describe_hardware
+
+    print(f"cpu: {describe_hardware()}; {os.cpu_count()} logical cores; torch {torch.__version__}; "
+          f"python {platform.python_version()}; 1-min load average {os.getloadavg()[0]:.1f} at the start")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:  # a tiny random Llama on 64 made-up pairs: the same code in seconds
+            from lightning_embed.testing import make_tiny_backbone
+
+            args.backbone = str(make_tiny_backbone("llama", Path(tmp) / "tiny-llama"))
+            args.train = str(Path(tmp) / "pairs.jsonl")
+            Path(args.train).write_text("".join(json.dumps({"query": f"question {i}", "positive": f"answer {i} " * 5})
+                                                + "\n" for i in range(64)))
+            args.batch_size = min(args.batch_size, 8)
+        for workload in args.workloads:
+            results[workload] = run(workload, args, Path(tmp))
+    peak_after = peaks(args.smoke)
+    peak = {k: max(peak_before[k], peak_after[k]) for k in peak_before}
+    print(f"matmul peak: bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s "
+          f"(before {peak_before['bf16'] / 1e9:,.0f} / after {peak_after['bf16'] / 1e9:,.0f} bf16)")
+    print(f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; median seconds per step")
+    header = ("workload", "total", "forward", "backward", "optimizer", "data", "callbacks", "other", "tokens/s",
+              "MFU(bf16)", "MFU(fp32)")
+    print(" ".join(f"{h:>10}" for h in header))
+    for workload, result in results.items():
+        parts = breakdown(result["durations"], args.warmup)
+        record = result["record"]
+        hw_per_step = record["flops_hardware"] / record["steps"]
+        tokens_per_step = record["tokens"] / record["steps"]
+        flops_s = hw_per_step / parts["total"]
+        row = [workload, *(f"{parts[k]:.3f}" for k in header[1:8]), f"{tokens_per_step / parts['total']:.0f}",
+               f"{flops_s / peak['bf16']:.3f}", f"{flops_s / peak['fp32']:.3f}"]
+        print(" ".join(f"{c:>10}" for c in row))
+        shares = ", ".join(f"{k} {parts[k] / parts['total']:.0%}" for k in header[2:8])
+        print(f"{'':>10} shares: {shares}; precision {record['config']['trainer']['precision']}, "
+              f"hardware FLOP per step {hw_per_step:.3g}, real tokens per step {tokens_per_step:.0f}")
+    print(f"1-min load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
