@@ -2,8 +2,8 @@
 
 Runs ``lightning-embed fit`` itself (its trainer, callbacks and defaults: packing, bf16-mixed where the CPU
 has it, ``compile: auto``) for SmolLM2-135M full fine-tuning and LoRA r16 on ``builtin:python-code`` at
-``--batch-size`` (128), with Lightning's ``SimpleProfiler``, and prints per workload the median seconds per
-step after ``--warmup`` steps, split into
+each of ``--batch-sizes`` (128), with Lightning's ``SimpleProfiler``, and prints per workload the mean seconds
+per step after ``--warmup`` steps, split into
 
 - forward: the strategy's ``training_step`` (encoding, pooling, loss);
 - backward: the strategy's ``backward``;
@@ -12,8 +12,8 @@ step after ``--warmup`` steps, split into
 - callbacks: every callback hook of the step (FLOP counter, progress, checkpointing);
 - other: the rest of ``run_training_batch`` plus the loop between batches;
 
-and MFU: the run record's hardware FLOP per step over the median step time, over the bf16 (and fp32) matmul
-peak measured in the same process (the best of three 2048^3 and 4096x1024x4096 matmuls, before and after).
+and MFU: the run record's hardware FLOP per step over the mean step time, over the matmul peak of the run's
+precision measured in the same process (the best of three 2048^3 and 4096x1024x4096 matmuls, before and after).
 
     python benchmarks/step_breakdown.py > benchmarks/results/step-breakdown-cpu-DATE.txt
     python benchmarks/step_breakdown.py --smoke        # a tiny model, seconds: the test suite runs this
@@ -73,17 +73,17 @@ def peaks(smoke: bool = False) -> dict[str, float]:
             for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
 
 
-def run(workload: str, args, folder: Path) -> dict:
+def run(workload: str, batch_size: int, args, folder: Path) -> dict:
     """One ``fit``: the profiler's durations and the run record."""
     from lightning_embed.cli.app import main
 
     tuning, rate = WORKLOADS[workload]
-    root = folder / workload
+    root = folder / f"{workload}-{batch_size}"
     durations = root / "durations.json"
     root.mkdir(parents=True)
     argv = ["fit", f"--model.backbone={args.backbone}", f"--model.tuning={json.dumps(tuning)}",
             f"--model.learning_rate={rate}", "--model.query_max_length=32", "--model.document_max_length=64",
-            f"--data.train={args.train}", f"--data.batch_size={args.batch_size}", "--data.max_val_examples=32",
+            f"--data.train={args.train}", f"--data.batch_size={batch_size}", "--data.max_val_examples=32",
             f"--trainer.max_steps={args.warmup + args.steps}", f"--trainer.default_root_dir={root}",
             "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.num_sanity_val_steps=0",
             "--trainer.limit_val_batches=0", "--flops.initial_validation=false", f"--flops.runs_file={root}/runs.jsonl",
@@ -96,7 +96,7 @@ def run(workload: str, args, folder: Path) -> dict:
 
 
 def breakdown(durations: dict[str, list[float]], warmup: int) -> dict[str, float]:
-    """Median seconds per step of each part, after ``warmup`` steps."""
+    """Mean seconds per step of each part, after ``warmup`` steps (means, so that the parts add up)."""
     def per_step(action: str) -> list[float]:
         return durations.get(action, [])[warmup:]
 
@@ -122,8 +122,8 @@ def breakdown(durations: dict[str, list[float]], warmup: int) -> dict[str, float
         "optimizer": [o - f - b for o, f, b in zip(optimizer_step, forward, backward)],
         "data": data[:steps], "callbacks": callbacks,
     }
-    out = {name: statistics.median(values) if values else 0.0 for name, values in parts.items()}
-    out["total"] = statistics.median(totals)
+    out = {name: statistics.fmean(values) if values else 0.0 for name, values in parts.items()}
+    out["total"] = statistics.fmean(totals)
     out["other"] = out["total"] - sum(out[name] for name in parts)
     return out
 
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--train", default="builtin:python-code")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--steps", type=int, default=4, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="a tiny model, few steps: checks the script runs")
@@ -145,8 +145,8 @@ def main() -> None:
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     from lightning_embed.training.precision import describe_hardware
 
-    print(f"cpu: {describe_hardware()}; {os.cpu_count()} logical cores; torch {torch.__version__}; "
-          f"python {platform.python_version()}; 1-min load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"hardware: {describe_hardware()}; {os.cpu_count()} logical cores; torch {torch.__version__}; "
+          f"python {platform.python_version()}; 1-min load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:  # a tiny random Llama on 64 made-up pairs: the same code in seconds
@@ -156,29 +156,32 @@ def main() -> None:
             args.train = str(Path(tmp) / "pairs.jsonl")
             Path(args.train).write_text("".join(json.dumps({"query": f"question {i}", "positive": f"answer {i} " * 5})
                                                 + "\n" for i in range(64)))
-            args.batch_size = min(args.batch_size, 8)
-        for workload in args.workloads:
-            results[workload] = run(workload, args, Path(tmp))
+            args.batch_sizes = [min(b, 8) for b in args.batch_sizes]
+        for batch_size in args.batch_sizes:
+            for workload in args.workloads:
+                results[workload, batch_size] = run(workload, batch_size, args, Path(tmp))
     peak_after = peaks(args.smoke)
     peak = {k: max(peak_before[k], peak_after[k]) for k in peak_before}
     print(f"matmul peak: bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s "
-          f"(before {peak_before['bf16'] / 1e9:,.0f} / after {peak_after['bf16'] / 1e9:,.0f} bf16)")
-    print(f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; median seconds per step")
-    header = ("workload", "total", "forward", "backward", "optimizer", "data", "callbacks", "other", "tokens/s",
-              "MFU(bf16)", "MFU(fp32)")
+          f"(bf16 before {peak_before['bf16'] / 1e9:,.0f} / after {peak_after['bf16'] / 1e9:,.0f})")
+    print(f"{args.steps} timed steps after {args.warmup}; mean seconds per step; MFU: hardware FLOP per second over "
+          "the matmul peak of the run's precision")
+    header = ("workload", "batch", "total", "forward", "backward", "optimizer", "data", "callbacks", "other",
+              "tokens/s", "MFU")
     print(" ".join(f"{h:>10}" for h in header))
-    for workload, result in results.items():
+    for (workload, batch_size), result in results.items():
         parts = breakdown(result["durations"], args.warmup)
         record = result["record"]
+        precision = record["config"]["trainer"]["precision"]
         hw_per_step = record["flops_hardware"] / record["steps"]
         tokens_per_step = record["tokens"] / record["steps"]
-        flops_s = hw_per_step / parts["total"]
-        row = [workload, *(f"{parts[k]:.3f}" for k in header[1:8]), f"{tokens_per_step / parts['total']:.0f}",
-               f"{flops_s / peak['bf16']:.3f}", f"{flops_s / peak['fp32']:.3f}"]
+        mfu = hw_per_step / parts["total"] / peak["bf16" if "bf16" in str(precision) else "fp32"]
+        row = [workload, batch_size, *(f"{parts[k]:.3f}" for k in header[2:9]),
+               f"{tokens_per_step / parts['total']:.0f}", f"{mfu:.3f}"]
         print(" ".join(f"{c:>10}" for c in row))
-        shares = ", ".join(f"{k} {parts[k] / parts['total']:.0%}" for k in header[2:8])
-        print(f"{'':>10} shares: {shares}; precision {record['config']['trainer']['precision']}, "
-              f"hardware FLOP per step {hw_per_step:.3g}, real tokens per step {tokens_per_step:.0f}")
+        shares = ", ".join(f"{k} {parts[k] / parts['total']:.0%}" for k in header[3:9])
+        print(f"{'':>10} shares: {shares}; precision {precision}, hardware FLOP per step {hw_per_step:.3g}, "
+              f"real tokens per step {tokens_per_step:.0f}")
     print(f"1-min load average {os.getloadavg()[0]:.1f} at the end")
 
 

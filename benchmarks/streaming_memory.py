@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lightning_embed.training.precision import cpu_model  # light: no torch import
+
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
           "romeo sierra tango uniform victor whiskey xray yankee zulu sort list file read write parse open close "
           "return value error string number index table column row query answer model train data stream").split()
@@ -91,18 +93,6 @@ print("RESULT " + json.dumps(result))
 '''
 
 
-def _cpu() -> str:
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or "unknown"
-    return f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family')} model {fields.get('model')})"
-
-
 def write_pairs(folder: Path, pairs: int, seed: int = 0) -> str:
     """Synthetic query/positive pairs (queries ~8 words, positives ~40) in parquet shards; returns the glob.
 
@@ -162,7 +152,7 @@ def main() -> None:
     print(f"command: python benchmarks/streaming_memory.py --large {args.large} --small {args.small} "
           f"--steps {args.steps} --pipeline-batches {args.pipeline_batches}")
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"cpu: {_cpu()}, {os.cpu_count()} logical cores shared with other jobs (1-min load average "
+    print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores shared with other jobs (1-min load average "
           f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
     print(f"python: {platform.python_version()}")
     print(f"data: {args.large} pairs in {-(-args.large // _SHARD_ROWS)} parquet shards, {size / 2**20:.0f} MiB "

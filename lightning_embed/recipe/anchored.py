@@ -19,7 +19,7 @@ Truncated models (the first blocks of one pretrained model) do not learn at a ra
 the power law in N cannot follow, and the logistic curve fitted on small budgets under-predicted how far
 larger ones go; leave-one-out and a fit-small, predict-large check on the shipped sweep chose the
 per-model form and its shape (see sweeps/python-code/README.md). Sharing E and beta across methods was
-also chosen by leave-one-out (per-method E, a, beta over-fit; see sweeps/smollm2-truncated/README.md).
+also chosen by leave-one-out on the first sweep (per-method E, a, beta over-fit; sweeps/smollm2-truncated).
 
 The fit minimises the squared error of log L with scipy's trust-region least squares from a small grid of
 starting points (18), with log N and log D centred; leave-one-out refits and bootstrap resamples start from

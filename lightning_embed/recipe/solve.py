@@ -28,7 +28,7 @@ from lightning_embed.recipe.laws import ExtrapolationWarning, Law, LawsFile, loa
 #: The study's crossover: full fine-tuning is compute-optimal up to here, LoRA above (Ziarko et al. 2024).
 PAPER_CROSSOVER_FLOPS = 9.06e16
 DEFAULT_LAWS_FILE = Path("laws.yaml")
-#: The laws shipped with the package (fitted on the sweep in ``sweeps/smollm2-truncated``): what ``recipe``
+#: The laws shipped with the package (fitted on the sweep in ``sweeps/python-code``): what ``recipe``
 #: uses when no ``--laws`` is given and there is no ./laws.yaml.
 SHIPPED_LAWS_FILE = Path(__file__).resolve().parent.parent / "resources" / "laws" / "smollm2-135m-truncated.yaml"
 DEFAULT_BATCH_SIZE = 32

@@ -9,8 +9,8 @@ Two checks on run records, for one or more law forms:
   with the lowest predicted loss among the runs measured at that budget is "picked". Regret is how much
   worse its measured loss is than the best measured run at that budget (relative); the model size (and
   the method) hit when the pick has the best run's. The error of those predictions is reported too (at
-  the largest budget it is extrapolation in FLOP, what the recipe does). This is the recipe's job, scored on choices that can
-  be checked: it never picks a point that was not run.
+  the largest budget it is extrapolation in FLOP, what the recipe does). This is the recipe's job, scored on
+  choices that can be checked: it never picks a point that was not run.
 
 The seed noise (standard deviation of the loss across runs identical but for the seed, pooled) says how
 far any of this can be trusted; with one seed per point it is unknown, and said so.

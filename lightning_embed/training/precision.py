@@ -15,16 +15,23 @@ from pathlib import Path
 
 
 def cpu_model() -> str:
-    """The CPU's model name as the OS reports it (``/proc/cpuinfo`` on Linux), else the platform's guess.
+    """The CPU's model name as the OS reports it, with its family and model numbers on Linux (a virtual
+    machine often reports only "AMD EPYC", which covers several generations), else the platform's guess.
 
     Imports nothing heavy: light commands (``recipe``, ``laws``) record it in their provenance.
     """
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not key.strip() and fields:  # the end of the first processor's block
+                break
     except OSError:
         pass
+    if "model name" in fields:
+        numbers = f" (family {fields['cpu family']} model {fields['model']})" if "cpu family" in fields else ""
+        return fields["model name"] + numbers
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
