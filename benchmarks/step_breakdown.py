@@ -7,10 +7,11 @@ per step after ``--warmup`` steps, split into
 
 - forward: the strategy's ``training_step`` (encoding, pooling, loss);
 - backward: the strategy's ``backward``;
-- optimizer: the module's ``optimizer_step`` less the two above (gradient clipping, AdamW, zeroing);
+- optimizer: the module's ``optimizer_step`` less the two above and its callback hooks (clipping, AdamW, zeroing);
 - data: ``train_dataloader_next`` (collation and tokenization in the training process);
 - callbacks: every callback hook of the step (FLOP counter, progress, checkpointing);
-- other: the rest of ``run_training_batch`` plus the loop between batches;
+- other: the rest of ``run_training_batch`` and the module's batch hooks (the loop between batches, a few
+  microseconds, is not timed);
 
 and MFU: the run record's hardware FLOP per step over the mean step time, over the matmul peak of the run's
 precision measured in the same process (the best of three 2048^3 and 4096x1024x4096 matmuls, before and after).
@@ -95,36 +96,42 @@ def run(workload: str, batch_size: int, args, folder: Path) -> dict:
             "record": json.loads((root / "runs.jsonl").read_text().splitlines()[-1])}
 
 
+_OUTER_HOOKS = (".on_train_batch_start", ".on_train_batch_end")  # called around run_training_batch
+_INNER_HOOKS = (".on_before_backward", ".on_after_backward", ".on_before_optimizer_step", ".on_before_zero_grad")
+
+
 def breakdown(durations: dict[str, list[float]], warmup: int) -> dict[str, float]:
-    """Mean seconds per step of each part, after ``warmup`` steps (means, so that the parts add up)."""
-    def per_step(action: str) -> list[float]:
-        return durations.get(action, [])[warmup:]
+    """Mean seconds per step of each part, after ``warmup`` steps (means, so that the parts add up).
+
+    Lightning calls the batch start/end hooks outside ``run_training_batch`` and the backward/optimizer
+    hooks inside the module's ``optimizer_step``; the step total is the batch, the data and the outer hooks.
+    """
+    batch = durations.get("run_training_batch", [])[warmup:]
+    steps = len(batch)
 
     def one(suffix: str) -> list[float]:
-        found = [v for k, v in durations.items() if k.endswith(suffix)]
-        return found[0][warmup:] if found else []
+        found = [v for k, v in durations.items() if k.endswith(suffix) and len(v) == steps + warmup]
+        return found[0][warmup:] if found else [0.0] * steps
 
-    batch = per_step("run_training_batch")
-    steps = len(batch)
-    forward, backward = one("Strategy.training_step") or one(".training_step"), one("Strategy.backward")
-    optimizer_step = one(".optimizer_step")
-    data = per_step(next((k for k in durations if k.endswith("train_dataloader_next")), ""))
-    # Callback hooks of the step (batch start/end, before/after backward, optimizer step): summed per step.
-    hooks = [k for k, v in durations.items() if k.startswith("[Callback]") and len(v) >= steps + warmup
-             and not k.endswith(("on_fit_start", "on_train_start", "on_train_epoch_start"))]
-    callbacks = [sum(durations[k][warmup + i] for k in hooks if len(durations[k]) == steps + warmup)
-                 for i in range(steps)]
-    # The loop between two batches: their start times are not recorded, so "other" is the step total
-    # (batch + data) less the parts; the total is taken from the batch and data calls of each step.
-    totals = [b + (data[i] if i < len(data) else 0.0) for i, b in enumerate(batch)]
+    def summed(prefixes: tuple[str, ...], suffixes: tuple[str, ...]) -> list[float]:
+        keys = [k for k, v in durations.items()
+                if k.startswith(prefixes) and k.endswith(suffixes) and len(v) == steps + warmup]
+        return [sum(durations[k][warmup + i] for k in keys) for i in range(steps)]
+
+    forward, backward = one("Strategy.training_step"), one("Strategy.backward")
+    optimizer_step, data = one(".optimizer_step"), one("train_dataloader_next")
+    outer_callbacks = summed(("[Callback]",), _OUTER_HOOKS)
+    inner_callbacks = summed(("[Callback]",), _INNER_HOOKS)
+    outer_module = summed(("[LightningModule]", "[Strategy]"), _OUTER_HOOKS)
     parts = {
         "forward": forward, "backward": backward,
-        "optimizer": [o - f - b for o, f, b in zip(optimizer_step, forward, backward)],
-        "data": data[:steps], "callbacks": callbacks,
+        "optimizer": [o - f - b - c for o, f, b, c in zip(optimizer_step, forward, backward, inner_callbacks)],
+        "data": data, "callbacks": [o + i for o, i in zip(outer_callbacks, inner_callbacks)],
     }
+    totals = [sum(x) for x in zip(batch, data, outer_callbacks, outer_module)]
     out = {name: statistics.fmean(values) if values else 0.0 for name, values in parts.items()}
-    out["total"] = statistics.fmean(totals)
-    out["other"] = out["total"] - sum(out[name] for name in parts)
+    out["total"] = statistics.fmean(totals) if totals else 0.0
+    out["other"] = out["total"] - sum(out[name] for name in parts)  # the rest of the batch and module hooks
     return out
 
 

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, NoReturn, Union
 
 #: command -> "module:function", or sub-command -> "module:function" for command groups.
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -120,18 +120,25 @@ def add_function_arguments(parser: argparse.ArgumentParser, fn: Callable[..., An
                             default=default, help=help_text + shown)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage mistakes are one line and exit 2 (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
+
+
 def build_parser(command: str, prog: str = "lightning-embed") -> tuple[argparse.ArgumentParser, dict[str, str]]:
     """The parser of one command (a group gets one sub-parser per sub-command)."""
     target = COMMANDS[command]
     if isinstance(target, str):
         fn = _load(target)
         description, _ = _parse_docstring(fn)
-        parser = argparse.ArgumentParser(prog=f"{prog} {command}", description=description,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = OneLineParser(prog=f"{prog} {command}", description=description,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
         add_function_arguments(parser, fn)
         parser.set_defaults(_target=target)
         return parser, {}
-    parser = argparse.ArgumentParser(prog=f"{prog} {command}")
+    parser = OneLineParser(prog=f"{prog} {command}")
     subs = parser.add_subparsers(dest="_sub", required=True, metavar="{" + ",".join(target) + "}")
     for sub, sub_target in target.items():
         fn = _load(sub_target)

@@ -351,11 +351,37 @@ def recorded_points(directory: Path) -> set[str]:
     return names
 
 
+class _Stopping:
+    """What a signal asked of the running sweep: the signal, and the fit it must stop (the current child)."""
+
+    signum: int | None = None
+    proc: subprocess.Popen | None = None
+    grace_s: float = 120.0
+
+
+def _stop_on_signal(signum, frame) -> None:
+    # Ctrl+C and SIGTERM only set a flag and pass SIGTERM on to the fit: raising here could interrupt the loop
+    # that reads the fit's output at any point (a buffer half written, a read half done), and a fit whose
+    # pipe stops being read dies of BrokenPipeError before its checkpoint (docs/bugs.md). The loop keeps
+    # reading until the fit exits, then the sweep stops.
+    first = _Stopping.signum is None
+    _Stopping.signum = signum
+    proc = _Stopping.proc
+    if first and proc is not None and proc.poll() is None:
+        proc.terminate()
+        killer = threading.Timer(_Stopping.grace_s, lambda: proc.poll() is None and proc.kill())
+        killer.daemon = True
+        killer.start()
+
+
 def _stream(cmd: list[str], cwd: Path, log: Path) -> int:
     """Runs a command, copying its output to our stdout and to a log file; returns its exit status."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
+        _Stopping.proc = proc
+        if _Stopping.signum is not None:  # a signal came between Popen and the line above
+            proc.terminate()
         try:
             while chunk := proc.stdout.read1(65536):
                 out.write(chunk)
@@ -364,6 +390,8 @@ def _stream(cmd: list[str], cwd: Path, log: Path) -> int:
         except BaseException:
             _stop(proc, out)
             raise
+        finally:
+            _Stopping.proc = None
 
 
 def _echo(chunk: bytes) -> None:
@@ -377,8 +405,9 @@ def _echo(chunk: bytes) -> None:
 def _stop(proc: subprocess.Popen, out, grace_s: float = 120.0) -> None:
     """Stops the fit (it writes last.ckpt on SIGTERM) while still reading its output until it exits.
 
-    A fit whose output pipe is no longer read dies of BrokenPipeError at its next print, before its checkpoint
-    is written (docs/bugs.md), so the pipe is drained on a thread while we wait.
+    For an error in the sweep itself (a signal does not get here: see :func:`_stop_on_signal`). A fit whose
+    output pipe is no longer read dies of BrokenPipeError at its next print, before its checkpoint is
+    written (docs/bugs.md), so the pipe is drained on a thread while we wait.
     """
     def drain() -> None:
         try:
@@ -399,11 +428,6 @@ def _stop(proc: subprocess.Popen, out, grace_s: float = 120.0) -> None:
     reader.join(timeout=5)
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    # SIGTERM (a scheduler, `kill`) stops a sweep like Ctrl+C: the running fit checkpoints, then we exit.
-    raise SystemExit(128 + signum)
-
-
 def run_sweep(directory: Path, *, command: list[str] | None = None, keep_going: bool = True,
               dry_run: bool = False) -> dict[str, list[str]]:
     """Runs every unfinished point of a sweep (see :func:`sweep_run`); ``command`` replaces the fit command.
@@ -416,12 +440,14 @@ def run_sweep(directory: Path, *, command: list[str] | None = None, keep_going: 
     base_cmd = command or fit_command()
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "pending": []}
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
+    _Stopping.signum = None
+    previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} \
+        if on_main_thread else {}
     try:
         return _run_points(directory, points, base_cmd, outcome, keep_going=keep_going, dry_run=dry_run)
     finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_points(directory: Path, points: list[SweepPoint], base_cmd: list[str], outcome: dict[str, list[str]], *,
@@ -443,7 +469,14 @@ def _run_points(directory: Path, points: list[SweepPoint], base_cmd: list[str], 
             continue
         root.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        status = _stream(cmd, directory, root / "fit.log")
+        if _Stopping.signum is None:
+            status = _stream(cmd, directory, root / "fit.log")
+        if _Stopping.signum is not None:  # Ctrl+C or SIGTERM: the fit has checkpointed and exited
+            print(f"[{i}/{len(points)}] {point.name}: stopped ({signal.Signals(_Stopping.signum).name}); run "
+                  f"`lightning-embed sweep run {directory}` again to resume it.", file=sys.stderr, flush=True)
+            if _Stopping.signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + _Stopping.signum)
         ran += 1
         elapsed = time.monotonic() - sweep_start
         remaining = len(points) - i

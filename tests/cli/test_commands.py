@@ -79,3 +79,17 @@ def test_unknown_command_is_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown command 'frobnicate'" in err
+
+
+def test_usage_mistakes_are_one_line_without_the_usage(capsys):
+    # An unknown option, a bad type, a missing argument and an unknown sub-command: one line, exit 2.
+    cases = {("laws", "fit", "runs.jsonl", "--force"): "unrecognized arguments: --force",
+             ("recipe", "lots"): "invalid float value: 'lots'",
+             ("recipe",): "missing required argument(s): BUDGET",
+             ("laws", "refit"): "invalid choice: 'refit'"}
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as info:
+            main(list(argv))
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and message in err and "usage:" not in err, err
+        assert f"see `lightning-embed {argv[0]}" in err
