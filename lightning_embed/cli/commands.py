@@ -162,9 +162,18 @@ def run_command(args: list[str]) -> Any:
             namespace[name] = value
     missing = [n for n in _required_of(parser, namespace.get("_sub")) if namespace.get(n) in (None, [])]
     if missing:
-        parser.error("missing required argument(s): " + ", ".join(m.upper() for m in missing))
+        _sub_parser(parser, namespace.get("_sub")).error(
+            "missing required argument(s): " + ", ".join(m.upper() for m in missing))
     namespace.pop("_sub", None)
     return _load(target)(**namespace)
+
+
+def _sub_parser(parser: argparse.ArgumentParser, sub: str | None) -> argparse.ArgumentParser:
+    """The parser of a group's sub-command (``laws fit``), or the command's own."""
+    for action in parser._actions if sub is not None else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[sub]
+    return parser
 
 
 def _required_of(parser: argparse.ArgumentParser, sub: str | None) -> list[str]:

@@ -93,3 +93,6 @@ def test_usage_mistakes_are_one_line_without_the_usage(capsys):
         err = capsys.readouterr().err
         assert info.value.code == 2 and err.count("\n") == 1 and message in err and "usage:" not in err, err
         assert f"see `lightning-embed {argv[0]}" in err
+    with pytest.raises(SystemExit):
+        main(["laws", "validate"])
+    assert "see `lightning-embed laws validate --help`" in capsys.readouterr().err
