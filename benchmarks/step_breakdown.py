@@ -31,7 +31,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,21 +55,11 @@ class DurationsProfiler(SimpleProfiler):
         super().teardown(stage)
 
 
-def matmul_peak(dtype: torch.dtype, m: int, k: int, n: int, seconds: float) -> float:
-    """Measured FLOP/s of an (m x k) @ (k x n) matmul on the CPU."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * m * k * n * count / (time.perf_counter() - start)
-
-
 def peaks(smoke: bool = False) -> dict[str, float]:
     shapes, seconds = (((256, 256, 256),), 0.1) if smoke else (((2048, 2048, 2048), (4096, 1024, 4096)), 1.5)
-    return {name: max(matmul_peak(dtype, *shape, seconds) for shape in shapes for _ in range(3))
+    from bench_throughput import matmul_peak  # beside this script
+
+    return {name: max(matmul_peak(dtype, "cpu", *shape, seconds=seconds) for shape in shapes for _ in range(3))
             for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
 
 

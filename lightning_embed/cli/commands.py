@@ -177,9 +177,4 @@ def _sub_parser(parser: argparse.ArgumentParser, sub: str | None) -> argparse.Ar
 
 
 def _required_of(parser: argparse.ArgumentParser, sub: str | None) -> list[str]:
-    if sub is None:
-        return _required.get(id(parser), [])
-    for action in parser._actions:  # the sub-parser of a command group
-        if isinstance(action, argparse._SubParsersAction):
-            return _required.get(id(action.choices[sub]), [])
-    return []
+    return _required.get(id(_sub_parser(parser, sub)), [])

@@ -192,17 +192,22 @@ def hub_rows(spec: str, columns, role: Literal["train", "val"]) -> Iterator[tupl
     yield from _table_rows(spec, dataset.column_names, rows, columns)
 
 
-def hub_shards(spec: str, role: Literal["train", "val"] = "train") -> list[Path]:
+def hub_shards(spec: str, role: Literal["train", "val"] = "train", dataset=None) -> list[Path]:
     """The cached Arrow files of one ``hf:`` split, in row order, to stream (``streaming: true``).
 
     ``datasets`` downloads a split once and keeps it on disk as Arrow files; a stream reads them a record
     batch at a time, memory-mapped, so the split never has to fit in memory (only on disk), and training
     needs no network once the split is cached.
 
+    Args:
+        spec: the ``hf:`` source.
+        role: ``train`` or ``val`` (which split a spec without one names).
+        dataset: the split, when the caller has loaded it already.
+
     Raises:
         UserError: as :func:`load_hub_dataset`, or a split that is not a set of cached files.
     """
-    dataset = load_hub_dataset(spec, role)
+    dataset = dataset if dataset is not None else load_hub_dataset(spec, role)
     files = [Path(entry["filename"]) for entry in dataset.cache_files]
     if not files or dataset._indices is not None:
         raise UserError(f"{spec}: the split is not a set of cached Arrow files that can be streamed; set "

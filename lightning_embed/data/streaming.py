@@ -78,39 +78,45 @@ def stream_fingerprint(pattern: str) -> dict:
     Names and sizes, not contents: hashing a stream of many gigabytes would delay every run's first step. A
     hub split adds ``datasets``' own fingerprint, which follows the dataset's revision and data files.
     """
-    shards = source_shards(pattern)
+    hub = load_hub_dataset(pattern, "train") if is_hub_spec(pattern) else None
+    shards = hub_shards(pattern, dataset=hub) if hub is not None else stream_shards(pattern)
     try:
         listing = [(p.name, p.stat().st_size) for p in shards]
     except OSError as err:
         raise UserError(f"cannot read the shards of {pattern!r}: {err.strerror or err}.") from None
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
     found = {"source": pattern, "shards": len(shards), "bytes": sum(size for _, size in listing), "sha256": digest}
-    if is_hub_spec(pattern):
-        found["fingerprint"] = str(load_hub_dataset(pattern, "train")._fingerprint)  # cached: no second download
+    if hub is not None:
+        found["fingerprint"] = str(hub._fingerprint)
     return found
 
 
-def _arrow_batches(path: Path) -> Iterator:
-    """The record batches of an Arrow file (the IPC stream format ``datasets`` caches in), memory-mapped."""
+def _arrow_reader(path: Path):
+    """A reader of an Arrow file (the IPC stream format ``datasets`` caches in), memory-mapped."""
     import pyarrow
 
     try:
-        yield from pyarrow.ipc.open_stream(pyarrow.memory_map(str(path)))
+        return pyarrow.ipc.open_stream(pyarrow.memory_map(str(path)))
+    except (pyarrow.ArrowException, OSError) as err:
+        raise UserError(f"{path} is not a readable Arrow stream file: {err}") from None
+
+
+def _arrow_batches(path: Path) -> Iterator:
+    """The record batches of an Arrow file, one at a time."""
+    import pyarrow
+
+    try:
+        yield from _arrow_reader(path)
     except (pyarrow.ArrowException, OSError) as err:
         raise UserError(f"{path} is not a readable Arrow stream file: {err}") from None
 
 
 def shard_columns(path: Path) -> list[str] | None:
     """The column names of a parquet or Arrow shard (None for jsonl, whose rows are checked one by one)."""
-    import pyarrow
-
     if path.suffix.lower() == ".parquet":
         return _parquet_file(path).schema_arrow.names
     if path.suffix.lower() == ".arrow":
-        try:
-            return pyarrow.ipc.open_stream(pyarrow.memory_map(str(path))).schema.names
-        except (pyarrow.ArrowException, OSError) as err:
-            raise UserError(f"{path} is not a readable Arrow stream file: {err}") from None
+        return _arrow_reader(path).schema.names
     return None
 
 
