@@ -36,23 +36,29 @@ def _probe(folder: Path, option: str, target: Path) -> None:
                         f"choose another {option}.") from None
 
 
-def check_output(path: str | os.PathLike, option: str, kind: Literal["file", "folder"] = "file") -> Path:
+def check_output(path: str | os.PathLike, option: str, kind: Literal["file", "folder"] = "file",
+                 overwrite: bool | None = None) -> Path:
     """Checks that ``path`` can be written (created if missing) before any work is done.
 
     Args:
         path: the file or folder a command will write.
         option: how the user named it (``--output``, ``trainer.default_root_dir``), for the message.
         kind: ``file``: ``path`` must not be a folder; ``folder``: ``path`` must not be a file.
+        overwrite: for a file that exists: ``False`` refuses it (a result that cost compute is not replaced
+            unless the user says so with ``--overwrite``); ``True`` or ``None`` let it be replaced.
 
     Returns:
         ``path`` with ``~`` expanded.
 
     Raises:
-        UserError: ``path`` is of the wrong kind, or neither it nor its nearest existing parent takes a file.
+        UserError: ``path`` is of the wrong kind, exists while ``overwrite`` is ``False``, or neither it nor
+            its nearest existing parent takes a file.
     """
     target = Path(path).expanduser()
     if kind == "file" and target.is_dir():
         raise UserError(f"{option} {target} is a folder; give a file name.")
+    if kind == "file" and overwrite is False and target.exists():
+        raise UserError(f"{option} {target} exists; pass --overwrite to replace it, or choose another file.")
     if kind == "folder" and target.exists() and not target.is_dir():
         raise UserError(f"{option} {target} is a file, not a folder; choose another {option}.")
     if kind == "file" and target.exists():

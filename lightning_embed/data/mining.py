@@ -200,10 +200,7 @@ def _check_target(output, overwrite: bool):
 
     from lightning_embed.cli.outputs import check_output
 
-    target = Path(output).expanduser()
-    if target.exists() and not target.is_dir() and not overwrite:
-        raise UserError(f"--output {target} exists; pass --overwrite to replace it, or choose another file.")
-    return check_output(target, "--output")
+    return check_output(Path(output), "--output", overwrite=overwrite)
 
 
 def mine_hard_negatives(pairs, model, *, num_negatives: int = 3, corpus=None, range_min: int = 0,

@@ -38,7 +38,8 @@ _LOCAL_HINT = ("evaluate local files instead, e.g. --tasks sts:pairs.jsonl retri
 
 def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"] | None = None,
              baseline: bool = False, output: str | None = None, batch_size: int = 32,
-             device: str | None = None, trust_remote_code: bool = False, dims: str | list[int] | None = None) -> None:
+             device: str | None = None, trust_remote_code: bool = False, dims: str | list[int] | None = None,
+             overwrite: bool = False) -> None:
     """Evaluate a model on MTEB tasks and print the main score of each.
 
     Args:
@@ -57,6 +58,7 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
         dims: also score the first N coordinates of every embedding, for each N (e.g. 64,128,256; a model
             trained with model.matryoshka_dims): one column per dimension beside the full one. The texts are
             encoded once; each truncation is re-normalised (cosine) before scoring.
+        overwrite: replace an existing --output file (without it, an existing file is refused before scoring).
     """
     from lightning_embed.cli.app import _quiet_third_party
 
@@ -66,7 +68,7 @@ def evaluate(model: str, tasks: list[str] | None = None, suite: Literal["paper"]
         raise UserError("name the tasks: --tasks sts:FILE retrieval:FILE_OR_FOLDER ... and/or --suite paper.")
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1.")
-    out_path = _check_output(output)
+    out_path = _check_output(output, overwrite)
     dimensions = _parse_dims(dims)
     resolved = resolve_tasks(specs, english_only=set(SUITES[suite]) if suite else set())
     encoder = load(model, device=device, trust_remote_code=trust_remote_code)
@@ -113,7 +115,7 @@ def _parse_dims(dims: str | Sequence[int] | None) -> list[int]:
     return sorted(set(values), reverse=True)
 
 
-def _check_output(output: str | None) -> Path | None:
+def _check_output(output: str | None, overwrite: bool) -> Path | None:
     # Before any scoring: a result that cannot be written must not cost the evaluation first.
     from lightning_embed.cli.outputs import check_output
 
@@ -124,7 +126,7 @@ def _check_output(output: str | None) -> Path | None:
         raise UserError(f"--output {output} is a folder; give a file name such as results.json.")
     if not path.parent.exists():
         raise UserError(f"--output {output}: folder {path.parent} does not exist.")
-    return check_output(path, "--output")
+    return check_output(path, "--output", overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------------------ tasks

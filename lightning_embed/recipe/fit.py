@@ -484,6 +484,7 @@ def laws_fit(
     strict: bool = False,
     quiet: bool = False,
     description: str | None = None,
+    overwrite: bool = False,
 ) -> LawsFile:
     """Fits a scaling law per fine-tuning method and setting to run records and writes a laws file.
 
@@ -513,12 +514,14 @@ def laws_fit(
         strict: fail when any method setting cannot be fitted (default: fit the others, list the rest).
         quiet: do not print the report table.
         description: where the runs came from (machine, data, sweep), kept in the file's provenance.
+        overwrite: replace an existing laws file (without it, an existing ``output`` is refused before fitting).
 
     Returns:
         The laws written.
 
     Raises:
-        UserError: bad arguments, unreadable records, or no method setting the data can support.
+        UserError: bad arguments, unreadable records, an existing or unwritable ``output``, or no method
+            setting the data can support.
     """
     problems = []
     if not runs:
@@ -542,6 +545,9 @@ def laws_fit(
         problems.append(f"output {str(output)!r} is a directory; give a file name such as laws.yaml")
     if problems:
         raise UserError("laws fit: " + "; ".join(problems) + ".")
+    from lightning_embed.cli.outputs import check_output
+
+    check_output(output, "laws fit -o", overwrite=overwrite)
     observations, files = read_observations([Path(p) for p in runs])
     if not observations:
         total = sum(f["records"] for f in files)

@@ -204,6 +204,7 @@ def laws_validate(
     min_runs: int = 5,
     json: bool = False,
     output: Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Checks whether laws fitted on the runs would have chosen well, and how well each form predicts.
 
@@ -221,12 +222,14 @@ def laws_validate(
         min_runs: fewest runs a method setting needs to be fitted.
         json: print the report as JSON.
         output: also write the report as JSON to this file.
+        overwrite: replace an existing ``output`` (without it, an existing file is refused before any refit).
 
     Returns:
         The report: per form, ``fit`` and ``decisions``; and ``seed_noise``.
 
     Raises:
-        UserError: missing files, runs of one model size, every run at one budget, an unknown form.
+        UserError: missing files, runs of one model size, every run at one budget, an unknown form, an
+            existing ``output`` without ``overwrite``.
     """
     from lightning_embed.recipe.baseline import initial_loss_table, read_initial_losses
     from lightning_embed.recipe.fit import default_form
@@ -241,6 +244,10 @@ def laws_validate(
         problems.append(f"output {str(output)!r} is a directory or its folder does not exist")
     if problems:
         raise UserError("laws validate: " + "; ".join(problems) + ".")
+    if output is not None:
+        from lightning_embed.cli.outputs import check_output
+
+        check_output(output, "laws validate -o", overwrite=overwrite)
     observations, _ = read_observations([Path(p) for p in runs])
     observations = [o for o in observations if math.isfinite(o.loss) and o.loss > 0]
     if not observations:
@@ -257,9 +264,9 @@ def laws_validate(
 
         report["cpu"] = cpu_name()
         report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        tmp = Path(output).with_name(f".{Path(output).name}.tmp")
-        tmp.write_text(jsonlib.dumps(report, indent=2) + "\n")
-        tmp.replace(output)
+        from lightning_embed.cli.outputs import write_text_atomically
+
+        write_text_atomically(output, jsonlib.dumps(report, indent=2) + "\n")
     if json:
         print(jsonlib.dumps(report, indent=2))
     else:

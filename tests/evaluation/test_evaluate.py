@@ -97,6 +97,11 @@ def test_bad_inputs(tiny_backbones, task_files, tmp_path, capsys):
     _fails(capsys, ["evaluate", str(tmp_path / "nope.ckpt"), "--tasks", f"sts:{task_files['sts']}"], "nope.ckpt")
     _fails(capsys, ["evaluate", model], "--tasks")
     assert not out.exists()
+    out.write_text("{}")  # earlier results are kept unless --overwrite
+    _fails(capsys, base + [f"sts:{task_files['sts']}"], "results.json exists", "--overwrite")
+    assert out.read_text() == "{}"
+    main(base + [f"sts:{task_files['sts']}", "--overwrite"])
+    assert "sts" in json.loads(out.read_text())["main_scores"]
 
 
 def test_empty_texts_from_any_task_are_named_not_embedded(tiny_backbones):

@@ -84,6 +84,24 @@ def test_fit_ignores_unfinished_runs_and_validates_arguments(tmp_path):
     assert "does not exist" in msg and "min_runs" in msg and "starts" in msg and "is a directory" in msg
 
 
+def test_fit_keeps_an_existing_laws_file_unless_told(tmp_path, capsys):
+    """A laws file is a result (bootstrap refits cost minutes): a second fit to the same path is refused."""
+    from lightning_embed.cli.app import main
+
+    runs = write_synthetic_runs(tmp_path / "runs.jsonl", [("full", ())])
+    out = tmp_path / "laws.yaml"
+    out.write_text("earlier laws\n")
+    with pytest.raises(UserError, match="--overwrite"):
+        laws_fit([runs], out, bootstrap=0, quiet=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["laws", "fit", str(runs), "-o", str(out), "--bootstrap", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "exists; pass --overwrite" in err[0], err
+    assert out.read_text() == "earlier laws\n"
+    main(["laws", "fit", str(runs), "-o", str(out), "--bootstrap", "0", "--overwrite"])
+    assert [law.label for law in load_laws(out).laws] == ["full"]
+
+
 def test_laws_in_tokens_pick_the_same_recipe(tmp_path):
     """D in tokens (78 per example here) is the same law with B scaled by 78^beta: same winners."""
     runs = write_synthetic_runs(tmp_path / "runs.jsonl", [("full", ()), ("lora", (("rank", 16),))],

@@ -34,6 +34,11 @@ def test_true_law_has_no_regret(tmp_path):
     assert d["largest_budget_rmse_log"] < 1e-3 and d["budgets"][-1]["rmse_log"] == d["largest_budget_rmse_log"]
     assert report["seed_noise"]["note"] == "unknown: one seed per point"
     assert json.loads(out.read_text())["forms"]["per-model"]["decisions"]["size_hits"] == 5
+    with pytest.raises(UserError, match="exists; pass --overwrite"):  # a report is not replaced unasked
+        laws_validate([runs], output=out)
+    out.write_text("{}")
+    laws_validate([runs], output=out, overwrite=True)
+    assert json.loads(out.read_text())["forms"]
 
 
 def test_forms_are_compared_on_the_same_runs(tmp_path):
