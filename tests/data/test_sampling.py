@@ -175,7 +175,7 @@ def test_held_out_batches_give_every_process_a_batch_and_each_pair_once():
     with pytest.raises(UserError, match=r"data.val has 2 pairs, too few to give each of the 3 processes a batch"):
         held_out_sampler(data[:2], 16, world=3, rank=0, where="data.val")
     same = [PairExample(f"q{i}", "one document") for i in range(6)]  # enough pairs, one distinct positive
-    with pytest.raises(UserError, match="distinct positives"):
+    with pytest.raises(UserError, match="data.val has 6 pairs but only 1 distinct positive document"):
         held_out_sampler(same, 4, world=2, rank=0, where="data.val")
 
 
