@@ -153,7 +153,10 @@ def build_parser(command: str, prog: str = "lightning-embed") -> tuple[argparse.
 def run_command(args: list[str]) -> Any:
     """Parses ``args`` (``[command, ...]``) and calls the command's function."""
     parser, subs = build_parser(args[0])
-    namespace = vars(parser.parse_args(args[1:]))
+    parsed, extra = parser.parse_known_args(args[1:])
+    namespace = vars(parsed)
+    if extra:  # named by the sub-command's parser, whose --help lists the options that exist
+        _sub_parser(parser, namespace.get("_sub")).error("unrecognized arguments: " + " ".join(extra))
     target = namespace.pop("_target")
     for key in [k for k in namespace if k.startswith(_POSITIONAL)]:
         value = namespace.pop(key)

@@ -96,3 +96,7 @@ def test_usage_mistakes_are_one_line_without_the_usage(capsys):
     with pytest.raises(SystemExit):
         main(["laws", "validate"])
     assert "see `lightning-embed laws validate --help`" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the sub-command's help lists the options that exist, the group's does not
+        main(["laws", "fit", "runs.jsonl", "--force"])
+    assert "lightning-embed laws fit: error:" in (err := capsys.readouterr().err)
+    assert "see `lightning-embed laws fit --help`" in err
