@@ -128,6 +128,8 @@ def test_resume_is_exact(tiny_backbones, tmp_path):
     straight = _final_weights(next((tmp_path / "straight").rglob("*step=4.ckpt")))
     resumed = _final_weights(next((tmp_path / "resumed").rglob("*step=4.ckpt")))
     assert straight.keys() == resumed.keys()
+    # Equal bit for bit on the CPUs seen so far, but MKL promises that only with aligned buffers (its CNR
+    # mode); 1e-6 is still far below one replayed or skipped batch, which moves weights by about the lr.
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
 
