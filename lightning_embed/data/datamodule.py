@@ -201,10 +201,20 @@ class PairDataModule(lightning.LightningDataModule):
         return self.val
 
     def prepare_data(self) -> None:
-        """Mines and caches builtin sources (once, on one process per machine)."""
-        for spec in {*self._train_specs(), self.val_source, self.test} - {None}:
+        """Mines and caches builtin sources and downloads ``hf:`` ones (once, on one process per machine).
+
+        The other processes wait at Lightning's barrier and then read the datasets cache, instead of each
+        downloading the same files behind ``datasets``' file lock.
+        """
+        roles = {(spec, "train") for spec in self._train_specs()}
+        roles |= {(spec, "val") for spec in (self.val_source, self.test) if spec is not None}
+        for spec, role in sorted(roles):
             if spec.startswith(BUILTIN_PREFIX):
                 _builtin(spec).prepare()
+            elif is_hub_spec(spec):
+                from lightning_embed.data.hub import load_hub_dataset
+
+                load_hub_dataset(spec, role)
 
     def _train_specs(self) -> list[str]:
         return [s.path for s in self.sources.values()] if self.sources is not None else [self.train]

@@ -140,6 +140,18 @@ def test_data_module_reads_hub_source(repo):
     assert len(module.train_examples) == 32 and len(module.val_examples) == 8
 
 
+def test_prepare_data_downloads_hub_splits_once_per_machine(repo, tmp_path):
+    # Lightning calls prepare_data on one process per machine: the splits must be in the datasets cache
+    # after it, so the other processes only read them.
+    module = PairDataModule(train=f"hf:{repo}", val=f"hf:{repo}@dev", query_column="anchor", positive_column="pos",
+                            batch_size=4)
+    assert not list((tmp_path / "hf-cache").rglob("*.arrow"))
+    module.prepare_data()
+    arrow = sorted(p.name for p in (tmp_path / "hf-cache").rglob("*.arrow"))
+    assert any("-train" in name for name in arrow) and any("-dev" in name for name in arrow), arrow
+    assert module.train_examples is None  # reading stays in setup, on every process
+
+
 def test_streamed_hub_source_gives_each_pair_once_with_its_negatives(repo):
     # streaming: true reads the split's cached Arrow files, memory-mapped, with the same columns and the
     # triplet rule (one negative as text) as the in-memory path.
