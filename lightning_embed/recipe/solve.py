@@ -371,7 +371,7 @@ def render(recipe: Recipe, console=None, max_rows: int = 20) -> None:
     console.print(table)
     if len(recipe.candidates) > len(shown):
         console.print(f"... and {len(recipe.candidates) - len(shown)} more candidates (--json lists all).")
-    if any(c.p_winner_better is not None for c in shown):
+    if any("P=" in _note(c, recipe) for c in shown):  # the legend only where a note shows a P
         console.print("P: the share of the laws' bootstrap refits in which the winner beats that candidate.")
     console.print(summary(recipe), highlight=False)
 

@@ -159,3 +159,27 @@ def test_train_source_is_counted_for_repeats(fitted, tmp_path, capsys):
     result = recipe(1e16, laws=fitted.path, models=",".join(m.name for m in MODELS), train=str(pairs))
     assert result.available_examples == 50 and result.winner.repeats == pytest.approx(result.winner.examples / 50)
     assert "Every candidate repeats data" in capsys.readouterr().out
+
+
+def test_the_p_legend_appears_only_beside_a_p_in_the_table(fitted):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from lightning_embed.recipe.decide import CLOSE_PROBABILITY
+    from lightning_embed.recipe.solve import render
+
+    def printed(result) -> str:
+        out = StringIO()
+        render(result, Console(file=out, width=200))
+        return out.getvalue()
+
+    result = solve(1e16, fitted, list(MODELS))
+    for c in result.candidates:  # every alternative surely worse: no P in the notes, so no legend
+        if c is not result.winner:
+            c.p_winner_better = 1.0
+    assert "P=" not in printed(result) and "P: the share" not in printed(result)
+    close = next(c for c in result.candidates if c is not result.winner)
+    close.p_winner_better = CLOSE_PROBABILITY / 2
+    text = printed(result)
+    assert f"P={CLOSE_PROBABILITY / 2:.2f}" in text and "P: the share" in text
