@@ -90,7 +90,9 @@ def data(source: str | None = None, split: Literal["train", "val"] = "train", nu
     if source is None:
         table = Table(title="builtin sources (no download)", title_justify="left")
         for col in ("source", "train pairs", "val pairs", "fingerprint (train, val)", "what it is"):
-            table.add_column(col, justify="right" if col.endswith("pairs") else "left", overflow="fold")
+            # Prose folds at a readable width, also in a file, where the console has no width of its own.
+            table.add_column(col, justify="right" if col.endswith("pairs") else "left", overflow="fold",
+                             max_width=72 if col == "what it is" else None)
         for name, text in describe_builtin_sources().items():
             if not is_mined(name):  # mining takes minutes: a listing only names the command that does it
                 table.add_row(BUILTIN_PREFIX + name, "-", "-", "not mined yet", text)
