@@ -202,8 +202,8 @@ def held_out_sampler(examples: Sequence[PairExample], batch_size: int, world: in
     sampler = PairBatchSampler(examples, batch_size, num_replicas=world, rank=rank)
     if world > 1 and not any(len(b) > (world - 1) * batch_size for b in sampler.batches()):
         distinct = len({e.positive for e in examples})
-        count = (f"{len(examples)} pairs" if distinct == len(examples)
-                 else f"{len(examples)} pairs but only {distinct} distinct positive document(s)")
+        pairs = f"{len(examples)} pair{'' if len(examples) == 1 else 's'}"
+        count = pairs if distinct == len(examples) else f"{pairs} but only {distinct} distinct positive document(s)"
         raise UserError(f"{where} has {count}, too few to give each of the {world} processes a batch (a batch "
                         f"holds distinct positives): it needs at least {world} pairs with distinct positives; add "
                         "held-out pairs or train on fewer processes.")

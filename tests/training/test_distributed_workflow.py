@@ -184,7 +184,7 @@ def test_too_small_data_fails_before_training_on_every_rank(workflow):
     assert codes[0] is not None and codes[1] is not None, stderr[-3000:]
     assert codes[0][:2] == codes[1][:2] == [2, 2]
     assert stderr.count("has 6 training examples, fewer than one batch (batch_size=4 x 2 process(es))") == WORLD
-    assert stderr.count("has 1 pairs, too few to give each of the 2 processes a batch (a batch holds distinct "
+    assert stderr.count("has 1 pair, too few to give each of the 2 processes a batch (a batch holds distinct "
                         "positives): it needs at least 2") == WORLD
     # No traceback from the ranks (torchrun prints its own, naming the exit codes).
     assert not re.search(r'File "[^"]*(lightning|lightning_embed)/', stderr), stderr[-3000:]
