@@ -37,15 +37,15 @@ def _probe(folder: Path, option: str, target: Path) -> None:
 
 
 def check_output(path: str | os.PathLike, option: str, kind: Literal["file", "folder"] = "file",
-                 overwrite: bool | None = None) -> Path:
+                 overwrite: bool = True) -> Path:
     """Checks that ``path`` can be written (created if missing) before any work is done.
 
     Args:
         path: the file or folder a command will write.
         option: how the user named it (``--output``, ``trainer.default_root_dir``), for the message.
         kind: ``file``: ``path`` must not be a folder; ``folder``: ``path`` must not be a file.
-        overwrite: for a file that exists: ``False`` refuses it (a result that cost compute is not replaced
-            unless the user says so with ``--overwrite``); ``True`` or ``None`` let it be replaced.
+        overwrite: whether a file that exists may be replaced; ``False`` refuses it (a command whose result
+            cost compute passes its ``--overwrite`` here, so nothing is replaced unless the user says so).
 
     Returns:
         ``path`` with ``~`` expanded.
@@ -57,7 +57,7 @@ def check_output(path: str | os.PathLike, option: str, kind: Literal["file", "fo
     target = Path(path).expanduser()
     if kind == "file" and target.is_dir():
         raise UserError(f"{option} {target} is a folder; give a file name.")
-    if kind == "file" and overwrite is False and target.exists():
+    if kind == "file" and not overwrite and target.exists():
         raise UserError(f"{option} {target} exists; pass --overwrite to replace it, or choose another file.")
     if kind == "folder" and target.exists() and not target.is_dir():
         raise UserError(f"{option} {target} is a file, not a folder; choose another {option}.")
