@@ -15,6 +15,7 @@ import argparse
 import inspect
 import types
 import typing
+import weakref
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
@@ -74,7 +75,9 @@ def _converter(tp: Any) -> tuple[Callable[[str], Any] | None, list[Any] | None]:
     return str, None
 
 
-_required: dict[int, list[str]] = {}
+# Required parameters per parser, forgotten with the parser: keyed by id(), a later parser at a recycled
+# address inherited another command's (`strategies` asked for `recipe`'s BUDGET in one CI run).
+_required: weakref.WeakKeyDictionary[argparse.ArgumentParser, list[str]] = weakref.WeakKeyDictionary()
 _POSITIONAL = "positional:"
 
 
@@ -107,7 +110,7 @@ def add_function_arguments(parser: argparse.ArgumentParser, fn: Callable[..., An
             parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert, choices=choices,
                                 nargs="+" if is_list else None, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             if required:
-                _required.setdefault(id(parser), []).append(name)
+                _required.setdefault(parser, []).append(name)
             continue
         flags = [f"--{name.replace('_', '-')}"]
         if "_" in name:
@@ -180,4 +183,4 @@ def _sub_parser(parser: argparse.ArgumentParser, sub: str | None) -> argparse.Ar
 
 
 def _required_of(parser: argparse.ArgumentParser, sub: str | None) -> list[str]:
-    return _required.get(id(_sub_parser(parser, sub)), [])
+    return _required.get(_sub_parser(parser, sub), [])

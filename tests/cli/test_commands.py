@@ -100,3 +100,19 @@ def test_usage_mistakes_are_one_line_without_the_usage(capsys):
         main(["laws", "fit", "runs.jsonl", "--force"])
     assert "lightning-embed laws fit: error:" in (err := capsys.readouterr().err)
     assert "see `lightning-embed laws fit --help`" in err
+
+
+def test_required_arguments_are_forgotten_with_their_parser():
+    # Keyed by id(), a dropped parser's required names stayed behind for any later parser at the same address:
+    # `strategies` once refused to run for want of `recipe`'s BUDGET.
+    import gc
+
+    from lightning_embed.cli import commands
+
+    gc.collect()
+    before = len(commands._required)
+    parser, _ = commands.build_parser("recipe")
+    assert commands._required_of(parser, None) == ["budget"]
+    del parser
+    gc.collect()
+    assert len(commands._required) == before
